@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Provides the pinned Consul and Nomad binaries that tests and the demo run.
+#
+# Why this exists: the tests prove behaviour against real agents, and a fresh
+# machine has neither. A binary on PATH is used when it reports the pinned
+# version; otherwise the pinned release is built from its Go module (the only
+# source this machine reaches) into a cache outside the repo, keyed by
+# version, so every later run is instant.
+#
+# Prints, on stdout, two lines: CONSUL_BIN=<path> and NOMAD_BIN=<path>.
+# Progress goes to stderr.
+set -euo pipefail
+
+CONSUL_VERSION=1.22.3
+NOMAD_VERSION=1.11.3
+# The only recent nomad/api pseudo-version the module proxy serves (contract §8).
+NOMAD_API_VERSION=v0.0.0-20261016150620-df630b26e78a
+
+CACHE=${TAGBRIDGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tagbridge}
+mkdir -p "$CACHE"
+
+log() { printf 'install-agents: %s\n' "$*" >&2; }
+
+need_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    log "Go toolchain not found; it is needed to build the pinned agents (no system binary at the pinned version)"
+    exit 1
+  fi
+}
+
+# has_version BIN VERSION: the binary reports exactly the pinned version.
+has_version() {
+  "$1" version 2>/dev/null | head -1 | grep -q "v$2\b"
+}
+
+# go_module_dir MODULE VERSION: download the module, print its read-only dir.
+go_module_dir() {
+  local out
+  if ! out=$(GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "$1@$2" 2>&1); then
+    log "the Go module proxy did not serve $1@$2:"
+    printf '%s\n' "$out" >&2
+    log "pin a version the proxy serves (see ../shared/design/tagbridge.md section 8)"
+    exit 1
+  fi
+  printf '%s\n' "$out" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+build_consul() {
+  local dest=$1 src work
+  need_go
+  log "building Consul $CONSUL_VERSION from its Go module (about 5 min on 2 cores)"
+  src=$(go_module_dir github.com/hashicorp/consul "v$CONSUL_VERSION")
+  work=$(mktemp -d "$CACHE/build-consul.XXXXXX")
+  cp -r "$src/." "$work/"
+  chmod -R u+w "$work"
+  # The release's go.mod points its sub-modules at ./api etc.; its require
+  # lines already name the versions released with it, so drop the block.
+  awk 'BEGIN{skip=0} /^replace \($/{skip=1; next} skip&&/^\)$/{skip=0; next} !skip && !/^replace /{print}' \
+    "$work/go.mod" >"$work/go.mod.new"
+  mv "$work/go.mod.new" "$work/go.mod"
+  (cd "$work" && GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0 \
+    go build -trimpath -ldflags "-s -w" -o "$dest.tmp" .)
+  mv "$dest.tmp" "$dest"
+  rm -rf "$work"
+}
+
+build_nomad() {
+  local dest=$1 src work
+  need_go
+  log "building Nomad $NOMAD_VERSION from its Go module (about 4 min on 2 cores)"
+  src=$(go_module_dir github.com/hashicorp/nomad "v$NOMAD_VERSION")
+  work=$(mktemp -d "$CACHE/build-nomad.XXXXXX")
+  cp -r "$src/." "$work/"
+  chmod -R u+w "$work"
+  sed -i '\#^replace github.com/hashicorp/nomad/api => ./api#d' "$work/go.mod"
+  (cd "$work" && GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0 \
+    go get "github.com/hashicorp/nomad/api@$NOMAD_API_VERSION" &&
+    GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0 \
+    go build -trimpath -ldflags "-s -w" -o "$dest.tmp" .)
+  mv "$dest.tmp" "$dest"
+  rm -rf "$work"
+}
+
+# provide NAME VERSION BUILDER: print the path of a binary at VERSION.
+provide() {
+  local name=$1 version=$2 builder=$3 sys cached
+  if sys=$(command -v "$name" 2>/dev/null) && has_version "$sys" "$version"; then
+    printf '%s\n' "$sys"
+    return
+  fi
+  cached="$CACHE/$name-$version/$name"
+  if [ -x "$cached" ] && has_version "$cached" "$version"; then
+    printf '%s\n' "$cached"
+    return
+  fi
+  mkdir -p "$(dirname "$cached")"
+  # One build at a time per version, even when several test binaries ask.
+  exec 9>"$CACHE/$name-$version.lock"
+  flock 9
+  if ! { [ -x "$cached" ] && has_version "$cached" "$version"; }; then
+    "$builder" "$cached"
+  fi
+  flock -u 9
+  exec 9>&-
+  has_version "$cached" "$version" || { log "$cached does not report v$version"; exit 1; }
+  printf '%s\n' "$cached"
+}
+
+which=${1:-all}
+case "$which" in
+  consul) echo "CONSUL_BIN=$(provide consul "$CONSUL_VERSION" build_consul)" ;;
+  nomad) echo "NOMAD_BIN=$(provide nomad "$NOMAD_VERSION" build_nomad)" ;;
+  all)
+    echo "CONSUL_BIN=$(provide consul "$CONSUL_VERSION" build_consul)"
+    echo "NOMAD_BIN=$(provide nomad "$NOMAD_VERSION" build_nomad)"
+    ;;
+  *) log "usage: $0 [consul|nomad|all]"; exit 2 ;;
+esac
