@@ -4,6 +4,14 @@
 //! sockets). Modules follow the data path: `config` → `server` →
 //! `webhook::<source>` → `policy` → `ingest` → `consul` → `history`.
 
+pub mod config;
+pub mod consul;
+pub mod history;
+pub mod http_client;
+pub mod ingest;
+pub mod metrics;
 pub mod policy;
+pub mod server;
+pub mod tls;
 pub mod webhook;
 pub mod x509;

@@ -4,3 +4,910 @@
 //! candidates, signatures, `latest`), and deliver webhooks late or twice.
 //! This module decides, from the tag alone and the tag currently in KV,
 //! whether a push is a change, a repeat, or something to ignore.
+//!
+//! The rules, in the order [`TagPolicy::decide`] applies them:
+//!
+//! 1. An empty tag is filtered: it can only come from a malformed payload.
+//! 2. `include` (one regex, unanchored as written — anchor it with `^…$`
+//!    if you mean the whole tag) must match, otherwise the tag is filtered.
+//! 3. No `exclude` regex may match (e.g. `-rc`, `\.sig$`).
+//! 4. With nothing recorded yet, the tag is applied: there is nothing to
+//!    be older than.
+//! 5. The same tag again is a repeat ([`Decision::Unchanged`]) unless both
+//!    digests are known and differ: a re-pushed tag with new content is a
+//!    real change and must be rolled out.
+//! 6. Otherwise the two tags are compared under the configured [`Order`]:
+//!    newer is applied, equal precedence (`v1.2.3` vs `1.2.3`) is
+//!    unchanged, and older is reported as [`Decision::Older`] so a late
+//!    webhook cannot roll a service back.
+//!
+//! When the two tags cannot be compared under `semver` or `numeric`, the
+//! rule is deliberately simple: if the *new* tag does not parse it is
+//! filtered (we would be unable to order anything against it later); if
+//! only the *current* one does not parse it is applied, which is how a
+//! service recovers from a stray `latest` recorded before the policy was
+//! switched on.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+
+use regex::Regex;
+
+/// How two different tags are ordered to tell newer from older.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// `v?MAJOR.MINOR.PATCH(-pre)?(+build)?` with semver.org precedence.
+    Semver,
+    /// The runs of decimal digits in the tag, compared left to right
+    /// (`build-9` < `build-10`, `2024.1.15` < `2024.2.1`).
+    Numeric,
+    /// Plain byte-wise string comparison; right for zero-padded dates or
+    /// anything else that sorts as text.
+    #[default]
+    Lexical,
+    /// Delivery order: the last webhook wins. Right for mutable tags or
+    /// commit-hash tags that carry no order of their own.
+    Pushed,
+}
+
+impl Order {
+    /// Every order, in the spelling [`FromStr`] accepts.
+    pub const ALL: [Order; 4] = [Order::Semver, Order::Numeric, Order::Lexical, Order::Pushed];
+
+    /// The configuration spelling of this order.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Order::Semver => "semver",
+            Order::Numeric => "numeric",
+            Order::Lexical => "lexical",
+            Order::Pushed => "pushed",
+        }
+    }
+}
+
+impl fmt::Display for Order {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Order {
+    type Err = PolicyError;
+
+    /// Parses `semver`, `numeric`, `lexical` or `pushed`.
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::UnknownOrder`] for anything else; its message lists
+    /// the accepted names so a config typo is fixable from the log line.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Case and surrounding blanks carry no meaning in a config value, so
+        // forgive them rather than fail a deploy over `Semver`.
+        let wanted = s.trim();
+        Order::ALL
+            .into_iter()
+            .find(|o| o.as_str().eq_ignore_ascii_case(wanted))
+            .ok_or_else(|| PolicyError::UnknownOrder(s.to_owned()))
+    }
+}
+
+/// Why a [`TagPolicy`] (or an [`Order`]) could not be built.
+///
+/// The regex error is part of the message rather than a `source()`, so a
+/// single `{}` shows the whole story and error-chain printers don't repeat it.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The `include` regex does not compile.
+    #[error("include: invalid regex: {0}")]
+    Include(regex::Error),
+    /// One of the `exclude` regexes does not compile.
+    #[error("exclude {pattern:?}: invalid regex: {error}")]
+    Exclude {
+        /// The pattern as configured.
+        pattern: String,
+        /// What the regex compiler said about it.
+        error: regex::Error,
+    },
+    /// The order name is not one of the known ones.
+    #[error("unknown tag order {0:?}: expected one of semver, numeric, lexical, pushed")]
+    UnknownOrder(String),
+}
+
+/// What a pushed tag means for the service, given what is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Write the tag: it is new, newer, or the same tag with new content.
+    Apply,
+    /// The recorded tag already says this (same tag, or equal precedence).
+    Unchanged,
+    /// The policy does not accept this tag; the text says which rule.
+    Filtered(String),
+    /// The tag sorts before the recorded one: a late or replayed webhook.
+    Older,
+}
+
+impl Decision {
+    /// A short reason for logs and responses, `None` when the tag is applied.
+    #[must_use]
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Decision::Apply => None,
+            Decision::Unchanged => Some("unchanged".to_owned()),
+            Decision::Filtered(why) => Some(why.clone()),
+            Decision::Older => Some("older than current".to_owned()),
+        }
+    }
+}
+
+/// A compiled tag policy: include/exclude filters plus an [`Order`].
+#[derive(Debug, Clone)]
+pub struct TagPolicy {
+    include: Option<Regex>,
+    exclude: Vec<Regex>,
+    order: Order,
+}
+
+impl TagPolicy {
+    /// Compiles the filters once, so deciding a tag never fails.
+    ///
+    /// `include` is a single regex matched anywhere in the tag (anchor it
+    /// yourself); `exclude` regexes are likewise unanchored.
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::Include`] or [`PolicyError::Exclude`] when a regex
+    /// does not compile; the message names the field (and, for `exclude`,
+    /// the offending pattern) along with the regex error.
+    pub fn new(
+        include: Option<&str>,
+        exclude: &[String],
+        order: Order,
+    ) -> Result<Self, PolicyError> {
+        let include = include
+            .map(Regex::new)
+            .transpose()
+            .map_err(PolicyError::Include)?;
+        let exclude = exclude
+            .iter()
+            .map(|pattern| {
+                Regex::new(pattern).map_err(|error| PolicyError::Exclude {
+                    pattern: pattern.clone(),
+                    error,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            include,
+            exclude,
+            order,
+        })
+    }
+
+    /// The order this policy compares tags by.
+    #[must_use]
+    pub fn order(&self) -> Order {
+        self.order
+    }
+
+    /// Decide what a pushed tag means given the tag (and digest) currently recorded.
+    ///
+    /// See the [module documentation](self) for the rules and their order.
+    #[must_use]
+    pub fn decide(
+        &self,
+        tag: &str,
+        digest: Option<&str>,
+        current_tag: Option<&str>,
+        current_digest: Option<&str>,
+    ) -> Decision {
+        if tag.is_empty() {
+            return Decision::Filtered("empty tag".to_owned());
+        }
+        if let Some(include) = &self.include {
+            if !include.is_match(tag) {
+                return Decision::Filtered("tag does not match include".to_owned());
+            }
+        }
+        if let Some(excluded) = self.exclude.iter().find(|re| re.is_match(tag)) {
+            let pattern = excluded.as_str();
+            return Decision::Filtered(format!("tag matches exclude {pattern:?}"));
+        }
+        let Some(current) = current_tag else {
+            return Decision::Apply;
+        };
+        if tag == current {
+            return match (digest, current_digest) {
+                (Some(new), Some(old)) if new != old => Decision::Apply,
+                _ => Decision::Unchanged,
+            };
+        }
+        match compare(self.order, tag, current) {
+            Some(Ordering::Greater) => Decision::Apply,
+            Some(Ordering::Equal) => Decision::Unchanged,
+            Some(Ordering::Less) => Decision::Older,
+            None => self.incomparable(tag),
+        }
+    }
+
+    /// The simple rule for tags the order cannot rank (see module docs):
+    /// blame the new tag if it is the one that does not parse.
+    fn incomparable(&self, tag: &str) -> Decision {
+        match self.order {
+            Order::Semver if Semver::parse(tag).is_none() => {
+                Decision::Filtered("tag is not semver".to_owned())
+            }
+            Order::Numeric if digit_runs(tag).next().is_none() => {
+                Decision::Filtered("tag has no number to order by".to_owned())
+            }
+            _ => Decision::Apply,
+        }
+    }
+}
+
+/// Compares `a` to `b` under `order`; `None` when either does not parse.
+///
+/// Lexical and pushed orders always compare (pushed calls everything
+/// newer, which makes "last delivery wins" fall out of `decide`).
+fn compare(order: Order, a: &str, b: &str) -> Option<Ordering> {
+    match order {
+        Order::Pushed => Some(Ordering::Greater),
+        Order::Lexical => Some(a.as_bytes().cmp(b.as_bytes())),
+        Order::Numeric => compare_numeric(a, b),
+        Order::Semver => Some(Semver::parse(a)?.cmp(&Semver::parse(b)?)),
+    }
+}
+
+/// The maximal runs of ASCII digits in `s`, left to right.
+fn digit_runs(s: &str) -> impl Iterator<Item = &str> {
+    // Only ASCII digits: other Unicode digits have no value a registry user
+    // would expect, and the byte-wise comparison below relies on ASCII.
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter(|run| !run.is_empty())
+}
+
+/// Numeric order: digit runs compared as numbers, left to right; after an
+/// equal prefix, the tag with more runs is newer.
+fn compare_numeric(a: &str, b: &str) -> Option<Ordering> {
+    let mut left = digit_runs(a).peekable();
+    let mut right = digit_runs(b).peekable();
+    if left.peek().is_none() || right.peek().is_none() {
+        return None;
+    }
+    loop {
+        match (left.next(), right.next()) {
+            (Some(x), Some(y)) => match compare_decimal(x, y) {
+                Ordering::Equal => {}
+                unequal => return Some(unequal),
+            },
+            (Some(_), None) => return Some(Ordering::Greater),
+            (None, Some(_)) => return Some(Ordering::Less),
+            (None, None) => return Some(Ordering::Equal),
+        }
+    }
+}
+
+/// Compares two non-empty ASCII digit strings by value, at any length.
+///
+/// Parsing into an integer would overflow on the 40-digit build numbers some
+/// CI systems produce; without leading zeros, a longer number is larger and
+/// equal-length numbers order like their text.
+fn compare_decimal(a: &str, b: &str) -> Ordering {
+    let a = a.trim_start_matches('0');
+    let b = b.trim_start_matches('0');
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// A parsed semantic version; only what precedence needs is kept (build
+/// metadata is validated, then dropped, because it never affects order).
+#[derive(Debug, PartialEq, Eq)]
+struct Semver<'a> {
+    major: &'a str,
+    minor: &'a str,
+    patch: &'a str,
+    pre: Vec<&'a str>,
+}
+
+impl<'a> Semver<'a> {
+    /// Parses `v?MAJOR.MINOR.PATCH(-pre)?(+build)?` per the semver.org grammar
+    /// (no leading zeros in numbers or numeric pre-release identifiers, no
+    /// empty identifiers). Strict on purpose: a tag accepted here is a tag
+    /// every semver tool would order the same way.
+    fn parse(tag: &'a str) -> Option<Self> {
+        let s = tag.strip_prefix('v').unwrap_or(tag);
+        let (s, build) = match s.split_once('+') {
+            Some((version, build)) => (version, Some(build)),
+            None => (s, None),
+        };
+        if let Some(build) = build {
+            if !build.split('.').all(is_identifier) {
+                return None;
+            }
+        }
+        let (core, pre) = match s.split_once('-') {
+            Some((core, pre)) => (core, Some(pre)),
+            None => (s, None),
+        };
+        let mut numbers = core.split('.');
+        let (major, minor, patch) = (numbers.next()?, numbers.next()?, numbers.next()?);
+        if numbers.next().is_some() || ![major, minor, patch].into_iter().all(is_numeric_identifier)
+        {
+            return None;
+        }
+        let pre = match pre {
+            None => Vec::new(),
+            Some(pre) => {
+                let ids: Vec<&str> = pre.split('.').collect();
+                let valid = ids.iter().all(|id| {
+                    is_identifier(id)
+                        && (!id.bytes().all(|b| b.is_ascii_digit()) || is_numeric_identifier(id))
+                });
+                if !valid {
+                    return None;
+                }
+                ids
+            }
+        };
+        Some(Self {
+            major,
+            minor,
+            patch,
+            pre,
+        })
+    }
+}
+
+/// Non-empty and made of `[0-9A-Za-z-]`.
+fn is_identifier(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Digits only, and no leading zero unless it is `0` itself.
+fn is_numeric_identifier(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && (id == "0" || !id.starts_with('0'))
+}
+
+impl Ord for Semver<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare_decimal(self.major, other.major)
+            .then_with(|| compare_decimal(self.minor, other.minor))
+            .then_with(|| compare_decimal(self.patch, other.patch))
+            .then_with(|| match (self.pre.is_empty(), other.pre.is_empty()) {
+                // A release outranks every one of its pre-releases.
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Greater,
+                (false, true) => Ordering::Less,
+                (false, false) => compare_pre(&self.pre, &other.pre),
+            })
+    }
+}
+
+impl PartialOrd for Semver<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// semver.org §11.4: identifier by identifier; a longer list wins a tie.
+fn compare_pre(a: &[&str], b: &[&str]) -> Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let x_numeric = x.bytes().all(|c| c.is_ascii_digit());
+        let y_numeric = y.bytes().all(|c| c.is_ascii_digit());
+        let ord = match (x_numeric, y_numeric) {
+            (true, true) => compare_decimal(x, y),
+            (true, false) => Ordering::Less,
+            (false, true) => Ordering::Greater,
+            (false, false) => x.as_bytes().cmp(y.as_bytes()),
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(order: Order) -> TagPolicy {
+        TagPolicy::new(None, &[], order).unwrap()
+    }
+
+    fn decide(order: Order, tag: &str, current: &str) -> Decision {
+        policy(order).decide(tag, None, Some(current), None)
+    }
+
+    fn filtered(why: &str) -> Decision {
+        Decision::Filtered(why.to_owned())
+    }
+
+    // --- Order ---------------------------------------------------------
+
+    #[test]
+    fn order_round_trips_through_its_name() {
+        for order in Order::ALL {
+            assert_eq!(order.as_str().parse::<Order>().unwrap(), order);
+            assert_eq!(order.to_string(), order.as_str());
+        }
+    }
+
+    #[test]
+    fn order_parse_forgives_case_and_blanks() {
+        assert_eq!(" Semver ".parse::<Order>().unwrap(), Order::Semver);
+        assert_eq!("NUMERIC".parse::<Order>().unwrap(), Order::Numeric);
+    }
+
+    #[test]
+    fn order_parse_error_lists_names() {
+        let err = "newest".parse::<Order>().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("\"newest\""), "{msg}");
+        for order in Order::ALL {
+            assert!(msg.contains(order.as_str()), "{msg}");
+        }
+    }
+
+    #[test]
+    fn order_defaults_to_lexical() {
+        assert_eq!(Order::default(), Order::Lexical);
+        assert_eq!(policy(Order::Semver).order(), Order::Semver);
+    }
+
+    // --- construction --------------------------------------------------
+
+    #[test]
+    fn bad_include_names_field() {
+        let err = TagPolicy::new(Some("(unclosed"), &[], Order::Lexical).unwrap_err();
+        assert!(matches!(err, PolicyError::Include(_)));
+        let msg = err.to_string();
+        assert!(msg.starts_with("include: invalid regex: "), "{msg}");
+        assert!(msg.contains("unclosed"), "{msg}");
+    }
+
+    #[test]
+    fn bad_exclude_names_field_and_pattern() {
+        let exclude = vec!["-rc".to_owned(), "[z-a]".to_owned()];
+        let err = TagPolicy::new(None, &exclude, Order::Lexical).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("exclude \"[z-a]\": invalid regex: "),
+            "{msg}"
+        );
+        match err {
+            PolicyError::Exclude { pattern, .. } => assert_eq!(pattern, "[z-a]"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // --- Decision ------------------------------------------------------
+
+    #[test]
+    fn decision_reasons() {
+        assert_eq!(Decision::Apply.reason(), None);
+        assert_eq!(Decision::Unchanged.reason().as_deref(), Some("unchanged"));
+        assert_eq!(filtered("empty tag").reason().as_deref(), Some("empty tag"));
+        assert_eq!(
+            Decision::Older.reason().as_deref(),
+            Some("older than current")
+        );
+    }
+
+    // --- filters -------------------------------------------------------
+
+    #[test]
+    fn empty_tag_is_filtered_before_anything_else() {
+        let p = TagPolicy::new(Some(""), &[], Order::Pushed).unwrap();
+        assert_eq!(p.decide("", None, None, None), filtered("empty tag"));
+    }
+
+    #[test]
+    fn include_is_unanchored_as_written() {
+        let p = TagPolicy::new(Some(r"\d+\.\d+"), &[], Order::Lexical).unwrap();
+        assert_eq!(
+            p.decide("release-1.2-final", None, None, None),
+            Decision::Apply
+        );
+        assert_eq!(
+            p.decide("latest", None, None, None),
+            filtered("tag does not match include")
+        );
+    }
+
+    #[test]
+    fn include_anchored_by_user() {
+        let p = TagPolicy::new(Some(r"^v\d+$"), &[], Order::Lexical).unwrap();
+        assert_eq!(p.decide("v12", None, None, None), Decision::Apply);
+        assert_eq!(
+            p.decide("xv12", None, None, None),
+            filtered("tag does not match include")
+        );
+    }
+
+    #[test]
+    fn exclude_any_match_filters_and_names_pattern() {
+        let exclude = vec!["-rc".to_owned(), r"\.sig$".to_owned()];
+        let p = TagPolicy::new(None, &exclude, Order::Semver).unwrap();
+        assert_eq!(
+            p.decide("1.2.3-rc.1", None, None, None),
+            filtered(r#"tag matches exclude "-rc""#)
+        );
+        assert_eq!(
+            p.decide("sha256-abc.sig", None, None, None),
+            filtered(r#"tag matches exclude "\\.sig$""#)
+        );
+        assert_eq!(p.decide("1.2.3", None, None, None), Decision::Apply);
+    }
+
+    #[test]
+    fn include_checked_before_exclude() {
+        let p = TagPolicy::new(Some("^v"), &["rc".to_owned()], Order::Lexical).unwrap();
+        assert_eq!(
+            p.decide("rc1", None, None, None),
+            filtered("tag does not match include")
+        );
+    }
+
+    // --- current tag / digest ------------------------------------------
+
+    #[test]
+    fn nothing_recorded_applies() {
+        for order in Order::ALL {
+            assert_eq!(
+                policy(order).decide("anything", None, None, None),
+                Decision::Apply
+            );
+        }
+    }
+
+    #[test]
+    fn same_tag_is_unchanged_unless_digest_differs() {
+        for order in Order::ALL {
+            let p = policy(order);
+            let d = |new, old| p.decide("1.0.0", new, Some("1.0.0"), old);
+            assert_eq!(d(None, None), Decision::Unchanged);
+            assert_eq!(d(Some("sha256:a"), None), Decision::Unchanged);
+            assert_eq!(d(None, Some("sha256:a")), Decision::Unchanged);
+            assert_eq!(d(Some("sha256:a"), Some("sha256:a")), Decision::Unchanged);
+            assert_eq!(d(Some("sha256:b"), Some("sha256:a")), Decision::Apply);
+        }
+    }
+
+    #[test]
+    fn repushed_unparsable_tag_with_new_digest_applies() {
+        // The tag is already what KV holds; new content must still roll out.
+        let p = policy(Order::Semver);
+        assert_eq!(
+            p.decide("latest", Some("sha256:b"), Some("latest"), Some("sha256:a")),
+            Decision::Apply
+        );
+    }
+
+    // --- pushed / lexical ----------------------------------------------
+
+    #[test]
+    fn pushed_applies_any_different_tag() {
+        assert_eq!(decide(Order::Pushed, "aaa", "zzz"), Decision::Apply);
+        assert_eq!(decide(Order::Pushed, "zzz", "aaa"), Decision::Apply);
+        assert_eq!(decide(Order::Pushed, "", "aaa"), filtered("empty tag"));
+    }
+
+    #[test]
+    fn lexical_is_bytewise() {
+        assert_eq!(
+            decide(Order::Lexical, "20240102", "20240101"),
+            Decision::Apply
+        );
+        assert_eq!(
+            decide(Order::Lexical, "20240101", "20240102"),
+            Decision::Older
+        );
+        // Byte-wise, not numeric: "9" > "10".
+        assert_eq!(decide(Order::Lexical, "10", "9"), Decision::Older);
+        // Byte-wise, not case-folded: 'B' (0x42) < 'a' (0x61).
+        assert_eq!(decide(Order::Lexical, "B", "a"), Decision::Older);
+    }
+
+    // --- numeric -------------------------------------------------------
+
+    #[test]
+    fn numeric_compares_runs_as_numbers() {
+        assert_eq!(
+            decide(Order::Numeric, "build-10", "build-9"),
+            Decision::Apply
+        );
+        assert_eq!(
+            decide(Order::Numeric, "build-9", "build-10"),
+            Decision::Older
+        );
+        assert_eq!(
+            decide(Order::Numeric, "2024.2.1", "2024.1.15"),
+            Decision::Apply
+        );
+        assert_eq!(
+            decide(Order::Numeric, "2024.1.15", "2024.2.1"),
+            Decision::Older
+        );
+    }
+
+    #[test]
+    fn numeric_ignores_leading_zeros_and_text() {
+        assert_eq!(decide(Order::Numeric, "r007", "7"), Decision::Unchanged);
+        assert_eq!(decide(Order::Numeric, "a1b2", "x1y2z"), Decision::Unchanged);
+        assert_eq!(decide(Order::Numeric, "0010", "9"), Decision::Apply);
+        assert_eq!(decide(Order::Numeric, "0", "000"), Decision::Unchanged);
+    }
+
+    #[test]
+    fn numeric_more_runs_after_equal_prefix_is_newer() {
+        assert_eq!(decide(Order::Numeric, "1.2.1", "1.2"), Decision::Apply);
+        assert_eq!(decide(Order::Numeric, "1.2", "1.2.0"), Decision::Older);
+    }
+
+    #[test]
+    fn numeric_handles_40_digit_numbers() {
+        let big = "9".repeat(40);
+        let bigger = format!("1{}", "0".repeat(40));
+        assert_eq!(decide(Order::Numeric, &bigger, &big), Decision::Apply);
+        assert_eq!(decide(Order::Numeric, &big, &bigger), Decision::Older);
+        let a = format!("build-{}1", "1".repeat(39));
+        let b = format!("build-{}2", "1".repeat(39));
+        assert_eq!(decide(Order::Numeric, &b, &a), Decision::Apply);
+        assert_eq!(
+            compare_numeric(&format!("000{big}"), &big),
+            Some(Ordering::Equal)
+        );
+    }
+
+    #[test]
+    fn numeric_without_digits() {
+        assert_eq!(
+            decide(Order::Numeric, "latest", "build-3"),
+            filtered("tag has no number to order by")
+        );
+        assert_eq!(
+            decide(Order::Numeric, "latest", "stable"),
+            filtered("tag has no number to order by")
+        );
+        assert_eq!(decide(Order::Numeric, "build-3", "latest"), Decision::Apply);
+        assert_eq!(compare_numeric("a", "b"), None);
+    }
+
+    #[test]
+    fn numeric_only_counts_ascii_digits() {
+        // Arabic-Indic digits are not numbers to order by.
+        assert_eq!(
+            decide(Order::Numeric, "\u{0661}\u{0662}", "1"),
+            filtered("tag has no number to order by")
+        );
+    }
+
+    // --- semver --------------------------------------------------------
+
+    #[test]
+    fn semver_core_precedence() {
+        assert_eq!(decide(Order::Semver, "1.10.0", "1.9.0"), Decision::Apply);
+        assert_eq!(decide(Order::Semver, "1.9.0", "1.10.0"), Decision::Older);
+        assert_eq!(decide(Order::Semver, "2.0.0", "1.99.99"), Decision::Apply);
+        assert_eq!(decide(Order::Semver, "1.2.4", "1.2.3"), Decision::Apply);
+    }
+
+    #[test]
+    fn semver_v_prefix_and_build_metadata_are_equal() {
+        assert_eq!(
+            decide(Order::Semver, "v1.2.3", "1.2.3"),
+            Decision::Unchanged
+        );
+        assert_eq!(
+            decide(Order::Semver, "1.2.3+build.2", "1.2.3+build.1"),
+            Decision::Unchanged
+        );
+        assert_eq!(decide(Order::Semver, "v1.2.4+x", "1.2.3"), Decision::Apply);
+    }
+
+    #[test]
+    fn semver_org_prerelease_example_chain() {
+        // The precedence chain given verbatim in semver.org §11.4.
+        let chain = [
+            "1.0.0-alpha",
+            "1.0.0-alpha.1",
+            "1.0.0-alpha.beta",
+            "1.0.0-beta",
+            "1.0.0-beta.2",
+            "1.0.0-beta.11",
+            "1.0.0-rc.1",
+            "1.0.0",
+        ];
+        for (i, a) in chain.iter().enumerate() {
+            for (j, b) in chain.iter().enumerate() {
+                assert_eq!(compare(Order::Semver, a, b), Some(i.cmp(&j)), "{a} vs {b}");
+            }
+        }
+        assert_eq!(
+            decide(Order::Semver, "1.0.0", "1.0.0-rc.1"),
+            Decision::Apply
+        );
+        assert_eq!(
+            decide(Order::Semver, "1.0.0-rc.1", "1.0.0"),
+            Decision::Older
+        );
+    }
+
+    #[test]
+    fn semver_prerelease_identifier_rules() {
+        let cmp = |a, b| compare(Order::Semver, a, b);
+        // Numeric identifiers compare as numbers, not text.
+        assert_eq!(cmp("1.0.0-2", "1.0.0-10"), Some(Ordering::Less));
+        // Numeric sorts before alphanumeric.
+        assert_eq!(cmp("1.0.0-99", "1.0.0-a"), Some(Ordering::Less));
+        // Alphanumeric identifiers compare in ASCII order.
+        assert_eq!(cmp("1.0.0-Z", "1.0.0-a"), Some(Ordering::Less));
+        // Hyphens belong to the identifier, not a separator.
+        assert_eq!(cmp("1.0.0-rc-1", "1.0.0-rc"), Some(Ordering::Greater));
+    }
+
+    #[test]
+    fn semver_huge_numbers_do_not_overflow() {
+        let huge = "1".repeat(40);
+        let a = format!("{huge}.0.0");
+        let b = format!("{huge}1.0.0");
+        assert_eq!(decide(Order::Semver, &b, &a), Decision::Apply);
+        let c = format!("1.0.0-{huge}");
+        let d = format!("1.0.0-{huge}2");
+        assert_eq!(decide(Order::Semver, &d, &c), Decision::Apply);
+    }
+
+    #[test]
+    fn semver_rejects_invalid_grammar() {
+        for bad in [
+            "1.2",
+            "1.2.3.4",
+            "01.2.3",
+            "1.02.3",
+            "1.2.3-",
+            "1.2.3-01",
+            "1.2.3-a..b",
+            "1.2.3+",
+            "1.2.3+a_b",
+            "V1.2.3",
+            "vv1.2.3",
+            "1.2.x",
+            "latest",
+            " 1.2.3",
+        ] {
+            assert_eq!(Semver::parse(bad), None, "{bad}");
+        }
+        for good in [
+            "0.0.0",
+            "1.2.3-0",
+            "1.2.3-0a",
+            "1.2.3-x.7.z.92",
+            "1.2.3+001",
+            "1.2.3-a+b-c.d",
+        ] {
+            assert!(Semver::parse(good).is_some(), "{good}");
+        }
+    }
+
+    #[test]
+    fn semver_incomparable_rules() {
+        assert_eq!(
+            decide(Order::Semver, "latest", "1.2.3"),
+            filtered("tag is not semver")
+        );
+        // Neither parses: the new tag is still the one to blame.
+        assert_eq!(
+            decide(Order::Semver, "latest", "stable"),
+            filtered("tag is not semver")
+        );
+        // A stray non-semver current tag must not block real releases.
+        assert_eq!(decide(Order::Semver, "1.2.3", "latest"), Decision::Apply);
+    }
+
+    // --- properties ----------------------------------------------------
+
+    /// Tags built from a small alphabet so pairs and triples often tie or
+    /// share prefixes, where ordering bugs live.
+    fn numeric_tag() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-c.-]{0,2}([0-2]{1,2}[a-c.-]{1,2}){0,3}[0-2]{0,2}",
+            "[a-c]{0,1}[0-9]{1,45}(\\.[0-9]{1,42})?",
+        ]
+    }
+
+    fn semver_tag() -> impl Strategy<Value = String> {
+        let number =
+            prop::sample::select(vec!["0", "1", "2", "10", "123456789012345678901234567890"]);
+        let ident = prop::sample::select(vec![
+            "0", "1", "2", "10", "alpha", "beta", "rc", "a-b", "0a",
+        ]);
+        (
+            any::<bool>(),
+            number.clone(),
+            number.clone(),
+            number,
+            prop::collection::vec(ident, 0..3),
+            prop::option::of(prop::sample::select(vec!["b1", "001", "x.y"])),
+        )
+            .prop_map(|(v, major, minor, patch, pre, build)| {
+                let mut tag = format!("{}{major}.{minor}.{patch}", if v { "v" } else { "" });
+                if !pre.is_empty() {
+                    tag.push('-');
+                    tag.push_str(&pre.join("."));
+                }
+                if let Some(build) = build {
+                    tag.push('+');
+                    tag.push_str(build);
+                }
+                tag
+            })
+    }
+
+    fn any_order() -> impl Strategy<Value = Order> {
+        prop::sample::select(Order::ALL.to_vec())
+    }
+
+    fn check_total_order(order: Order, a: &str, b: &str, c: &str) -> Result<(), TestCaseError> {
+        let ab = compare(order, a, b).expect("generated tags parse");
+        let ba = compare(order, b, a).expect("generated tags parse");
+        prop_assert_eq!(ab, ba.reverse(), "antisymmetry {} {}", a, b);
+        prop_assert_eq!(compare(order, a, a), Some(Ordering::Equal));
+        let bc = compare(order, b, c).unwrap();
+        let ac = compare(order, a, c).unwrap();
+        if ab != Ordering::Greater && bc != Ordering::Greater {
+            prop_assert_ne!(ac, Ordering::Greater, "transitivity {} {} {}", a, b, c);
+        }
+        if ab == Ordering::Equal && bc == Ordering::Equal {
+            prop_assert_eq!(ac, Ordering::Equal, "equality {} {} {}", a, b, c);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn numeric_is_a_total_order(
+            a in numeric_tag().prop_filter("has digits", |t| t.bytes().any(|b| b.is_ascii_digit())),
+            b in numeric_tag().prop_filter("has digits", |t| t.bytes().any(|b| b.is_ascii_digit())),
+            c in numeric_tag().prop_filter("has digits", |t| t.bytes().any(|b| b.is_ascii_digit())),
+        ) {
+            check_total_order(Order::Numeric, &a, &b, &c)?;
+        }
+
+        #[test]
+        fn semver_is_a_total_order(a in semver_tag(), b in semver_tag(), c in semver_tag()) {
+            check_total_order(Order::Semver, &a, &b, &c)?;
+        }
+
+        #[test]
+        fn numeric_agrees_with_integers(x in any::<u128>(), y in any::<u128>(), zeros in 0usize..5) {
+            let a = format!("{}{x}", "0".repeat(zeros));
+            prop_assert_eq!(compare_numeric(&a, &y.to_string()), Some(x.cmp(&y)));
+        }
+
+        #[test]
+        fn decide_never_panics(
+            order in any_order(),
+            tag in any::<String>(),
+            digest in any::<Option<String>>(),
+            current in any::<Option<String>>(),
+            current_digest in any::<Option<String>>(),
+        ) {
+            let p = TagPolicy::new(Some("."), &["\\.sig$".to_owned()], order).unwrap();
+            let decision = p.decide(&tag, digest.as_deref(), current.as_deref(), current_digest.as_deref());
+            prop_assert_eq!(decision.reason().is_none(), decision == Decision::Apply);
+        }
+
+        #[test]
+        fn decide_never_panics_on_tag_like_strings(
+            order in any_order(),
+            tag in "[v0-9.+a-z-]{0,20}",
+            current in "[v0-9.+a-z-]{0,20}",
+        ) {
+            let _ = policy(order).decide(&tag, None, Some(&current), None);
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The records tagbridge keeps in Consul KV, and the bounded history.
+//!
+//! Operators asked for "a record of what ran when": every change to a
+//! service's tag, and every rollout outcome, lands in one JSON array per
+//! service, newest first, bounded so a busy registry cannot grow a KV value
+//! past Consul's 512 KiB limit. The shapes here are the contract's
+//! (section 5); readers tolerate unknown fields so older and newer
+//! tagbridge versions can share a cluster.
+
+use serde::{Deserialize, Serialize};
+
+/// What a history entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Received,
+    Deployed,
+    RolledBack,
+    Failed,
+    Manual,
+    Pinned,
+    Unpinned,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Received => "received",
+            Event::Deployed => "deployed",
+            Event::RolledBack => "rolled_back",
+            Event::Failed => "failed",
+            Event::Manual => "manual",
+            Event::Pinned => "pinned",
+            Event::Unpinned => "unpinned",
+        }
+    }
+}
+
+/// One line of `<state_prefix>/history/<service>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at: String,
+    pub event: Event,
+    pub tag: String,
+    #[serde(default)]
+    pub previous: Option<String>,
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub delivery: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// `<state_prefix>/desired/<service>`: what the controller should deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    pub tag: String,
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Grows by one with every change, so the controller can tell a new
+    /// desire from a re-read of the same one.
+    pub seq: u64,
+    pub at: String,
+}
+
+/// `<state_prefix>/deployed/<service>`: what the controller last did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub tag: String,
+    #[serde(default)]
+    pub digest: Option<String>,
+    pub seq: u64,
+    #[serde(default)]
+    pub job_version: Option<u64>,
+    #[serde(default)]
+    pub deployment: Option<String>,
+    pub at: String,
+    pub outcome: String,
+}
+
+/// Decode a history value; an absent key is an empty history.
+///
+/// # Errors
+///
+/// The value is not a JSON array of entries (someone wrote it by hand).
+pub fn decode_history(value: Option<&[u8]>) -> Result<Vec<HistoryEntry>, serde_json::Error> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(v) if v.is_empty() => Ok(Vec::new()),
+        Some(v) => serde_json::from_slice(v),
+    }
+}
+
+/// Put `entry` first and keep at most `keep` entries.
+pub fn push_bounded(history: &mut Vec<HistoryEntry>, entry: HistoryEntry, keep: usize) {
+    history.insert(0, entry);
+    history.truncate(keep.max(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(tag: &str) -> HistoryEntry {
+        HistoryEntry {
+            at: "2026-11-25T00:00:00Z".into(),
+            event: Event::Received,
+            tag: tag.into(),
+            previous: None,
+            digest: None,
+            source: Some("dockerhub".into()),
+            delivery: None,
+            actor: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn bounded_newest_first() {
+        let mut h = Vec::new();
+        for i in 0..5 {
+            push_bounded(&mut h, entry(&i.to_string()), 3);
+        }
+        let tags: Vec<_> = h.iter().map(|e| e.tag.as_str()).collect();
+        assert_eq!(tags, ["4", "3", "2"]);
+    }
+
+    #[test]
+    fn wire_shape_matches_contract() {
+        let json = serde_json::to_value(entry("1.0")).unwrap();
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["actor", "at", "delivery", "detail", "digest", "event", "previous", "source", "tag"]
+        );
+        assert_eq!(json["event"], "received");
+        let back: Vec<HistoryEntry> =
+            decode_history(Some(br#"[{"at":"x","event":"rolled_back","tag":"t","extra":1}]"#)).unwrap();
+        assert_eq!(back[0].event, Event::RolledBack);
+    }
+}

@@ -1,0 +1,508 @@
+//! Ingest: one normalised push becomes one Consul transaction.
+//!
+//! The tag key (what consul-template reads), the history and the desired
+//! record change together or not at all: a `/v1/txn` with check-and-set on
+//! every value this replica read, plus a check that the service is not
+//! pinned. Two replicas receiving webhooks at once therefore cannot
+//! interleave half-writes; the loser of a CAS re-reads and decides again.
+//!
+//! The last values read are cached per service, but only as a guess: every
+//! write is conditioned on their indexes, so a stale guess costs a re-read,
+//! never a lost update. That keeps a webhook at one Consul round trip in
+//! the common case. A "no change" answer is never given from the guess.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::config::{Config, ServiceConfig};
+use crate::consul::{Consul, ConsulError, TxnOp, TxnOutcome};
+use crate::history::{decode_history, push_bounded, Desired, Event, HistoryEntry};
+use crate::metrics::Metrics;
+use crate::policy::Decision;
+use crate::webhook::{ImagePush, Source};
+use crate::x509::now_rfc3339;
+
+/// How many times a lost CAS is retried from a fresh read before giving
+/// up with 503 (each retry means another writer got in first).
+const MAX_CAS_ATTEMPTS: usize = 8;
+
+/// A change to apply to a service.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// From a registry webhook: subject to the tag policy.
+    Push { push: ImagePush, source: Source },
+    /// From `tagbridge deploy`: an operator's explicit choice, so the
+    /// order policy does not apply (rolling back to an older tag is the
+    /// point), but the include/exclude filters still do.
+    Manual {
+        tag: String,
+        reason: Option<String>,
+        actor: Option<String>,
+    },
+}
+
+impl Change {
+    fn tag(&self) -> &str {
+        match self {
+            Change::Push { push, .. } => &push.tag,
+            Change::Manual { tag, .. } => tag,
+        }
+    }
+    fn digest(&self) -> Option<&str> {
+        match self {
+            Change::Push { push, .. } => push.digest.as_deref(),
+            Change::Manual { .. } => None,
+        }
+    }
+}
+
+/// What happened, for the HTTP answer and the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub tag: String,
+    pub previous: Option<String>,
+    pub changed: bool,
+    /// Why nothing changed (`None` when `changed`).
+    pub reason: Option<String>,
+    /// Whether a rollout controller will act on the change.
+    pub rollout_queued: bool,
+    /// Whether a history entry was written.
+    pub recorded: bool,
+}
+
+/// Why an ingest could not complete. Nothing was written in every case.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// Consul unreachable or failing after retries → 503.
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+    /// Other writers kept winning the CAS → 503.
+    #[error("gave up after {0} check-and-set conflicts with other writers")]
+    Contention(usize),
+    /// A state record exists but is not what tagbridge writes → 500.
+    #[error("state record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// `tagbridge deploy` on a pinned service.
+    #[error("service {0} is pinned (tagbridge unpin {0} first)")]
+    Pinned(String),
+}
+
+/// What was read for one service, with the indexes to CAS against.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub tag: Option<String>,
+    pub key_index: u64,
+    pub history: Vec<HistoryEntry>,
+    pub history_index: u64,
+    pub desired: Option<Desired>,
+    pub desired_index: u64,
+    /// `Some(index)` when the pin key exists.
+    pub pin_index: Option<u64>,
+}
+
+impl Snapshot {
+    pub fn pinned(&self) -> bool {
+        self.pin_index.is_some()
+    }
+}
+
+/// Keys of one service's records.
+pub struct Keys {
+    pub tag: String,
+    pub history: String,
+    pub desired: String,
+    pub deployed: String,
+    pub pin: String,
+}
+
+impl Keys {
+    pub fn new(cfg: &Config, svc: &ServiceConfig) -> Self {
+        Keys {
+            tag: svc.key.clone(),
+            history: cfg.state_key("history", &svc.name),
+            desired: cfg.state_key("desired", &svc.name),
+            deployed: cfg.state_key("deployed", &svc.name),
+            pin: cfg.state_key("pin", &svc.name),
+        }
+    }
+}
+
+fn retry_policy() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(400))
+        .with_max_times(3)
+        .with_jitter()
+}
+
+/// Read every record of a service (four reads in parallel).
+///
+/// # Errors
+///
+/// Consul failures (after retries), unreadable records.
+pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, IngestError> {
+    let get = |key: String| {
+        let consul = consul.clone();
+        move || {
+            let consul = consul.clone();
+            let key = key.clone();
+            async move { consul.kv_get(&key).await }
+        }
+    };
+    let (tag, history, desired, pin) = tokio::try_join!(
+        get(keys.tag.clone()).retry(retry_policy()).when(ConsulError::is_transient),
+        get(keys.history.clone()).retry(retry_policy()).when(ConsulError::is_transient),
+        get(keys.desired.clone()).retry(retry_policy()).when(ConsulError::is_transient),
+        get(keys.pin.clone()).retry(retry_policy()).when(ConsulError::is_transient),
+    )?;
+    let corrupt = |key: &str, e: serde_json::Error| IngestError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    };
+    let history_entries = decode_history(history.value.as_ref().map(|kv| kv.value.as_slice()))
+        .map_err(|e| corrupt(&keys.history, e))?;
+    let desired_rec = match &desired.value {
+        Some(kv) if !kv.value.is_empty() => {
+            Some(serde_json::from_slice::<Desired>(&kv.value).map_err(|e| corrupt(&keys.desired, e))?)
+        }
+        _ => None,
+    };
+    Ok(Snapshot {
+        tag: tag
+            .value
+            .as_ref()
+            .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string())
+            .filter(|t| !t.is_empty()),
+        key_index: tag.value.as_ref().map_or(0, |kv| kv.modify_index),
+        history: history_entries,
+        history_index: history.value.as_ref().map_or(0, |kv| kv.modify_index),
+        desired: desired_rec,
+        desired_index: desired.value.as_ref().map_or(0, |kv| kv.modify_index),
+        pin_index: pin.value.as_ref().map(|kv| kv.modify_index),
+    })
+}
+
+/// Applies changes to services; shared by every connection.
+pub struct Ingest {
+    consul: Consul,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    cache: Mutex<HashMap<String, Snapshot>>,
+}
+
+/// The plan for one attempt: the ops and the outcome if they commit.
+struct Plan {
+    ops: Vec<TxnOp>,
+    outcome: Outcome,
+}
+
+fn check_op(key: &str, index: Option<u64>) -> TxnOp {
+    match index {
+        Some(i) if i > 0 => TxnOp::CheckIndex {
+            key: key.to_string(),
+            index: i,
+        },
+        _ => TxnOp::CheckNotExists { key: key.to_string() },
+    }
+}
+
+impl Ingest {
+    pub fn new(consul: Consul, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            consul,
+            config,
+            metrics,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn consul(&self) -> &Consul {
+        &self.consul
+    }
+
+    fn cached(&self, service: &str) -> Option<Snapshot> {
+        self.cache.lock().ok()?.get(service).cloned()
+    }
+
+    fn remember(&self, service: &str, snap: Option<Snapshot>) {
+        if let Ok(mut cache) = self.cache.lock() {
+            match snap {
+                Some(s) => cache.insert(service.to_string(), s),
+                None => cache.remove(service),
+            };
+        }
+    }
+
+    fn note_err(&self, e: &IngestError) {
+        if let IngestError::Consul(c) = e {
+            self.metrics.consul_error(c.op());
+        }
+    }
+
+    /// Apply one change to one service.
+    ///
+    /// # Errors
+    ///
+    /// See [`IngestError`]; nothing is written when an error is returned.
+    pub async fn apply(&self, svc: &ServiceConfig, change: &Change) -> Result<Outcome, IngestError> {
+        let r = self.apply_inner(svc, change).await;
+        if let Err(e) = &r {
+            self.note_err(e);
+        }
+        r
+    }
+
+    async fn apply_inner(&self, svc: &ServiceConfig, change: &Change) -> Result<Outcome, IngestError> {
+        let policy = &svc.policy.policy;
+        // Filters need no state: answer without touching Consul.
+        if let Decision::Filtered(reason) = policy.decide(change.tag(), change.digest(), None, None) {
+            return Ok(Outcome {
+                tag: change.tag().to_string(),
+                previous: None,
+                changed: false,
+                reason: Some(reason),
+                rollout_queued: false,
+                recorded: false,
+            });
+        }
+        let keys = Keys::new(&self.config, svc);
+        let mut fresh = false;
+        let mut snap = match self.cached(&svc.name) {
+            Some(s) => s,
+            None => {
+                fresh = true;
+                read_snapshot(&self.consul, &keys).await?
+            }
+        };
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let plan = match self.plan(svc, &keys, &snap, change)? {
+                Some(plan) => plan,
+                None if fresh => {
+                    self.remember(&svc.name, Some(snap.clone()));
+                    return Ok(self.unchanged(change, &snap));
+                }
+                None => {
+                    // Never answer "unchanged" from a guess.
+                    snap = read_snapshot(&self.consul, &keys).await?;
+                    fresh = true;
+                    continue;
+                }
+            };
+            if plan.ops.is_empty() {
+                return Ok(plan.outcome);
+            }
+            let consul = self.consul.clone();
+            let ops = plan.ops.clone();
+            let result = (move || {
+                let consul = consul.clone();
+                let ops = ops.clone();
+                async move { consul.txn(&ops).await }
+            })
+            .retry(retry_policy())
+            .when(ConsulError::is_transient)
+            .await;
+            match result {
+                Ok(TxnOutcome::Committed(indexes)) => {
+                    self.remember(&svc.name, committed_snapshot(snap, &keys, &plan, &indexes));
+                    return Ok(plan.outcome);
+                }
+                Ok(TxnOutcome::Conflict(_)) => {
+                    snap = read_snapshot(&self.consul, &keys).await?;
+                    fresh = true;
+                }
+                Err(e) => {
+                    self.remember(&svc.name, None);
+                    return Err(e.into());
+                }
+            }
+        }
+        self.remember(&svc.name, None);
+        Err(IngestError::Contention(MAX_CAS_ATTEMPTS))
+    }
+
+    fn unchanged(&self, change: &Change, snap: &Snapshot) -> Outcome {
+        Outcome {
+            tag: change.tag().to_string(),
+            previous: snap.tag.clone(),
+            changed: false,
+            reason: Some("unchanged".into()),
+            rollout_queued: false,
+            recorded: false,
+        }
+    }
+
+    /// Decide against `snap`; `None` means "nothing to write: unchanged".
+    fn plan(
+        &self,
+        svc: &ServiceConfig,
+        keys: &Keys,
+        snap: &Snapshot,
+        change: &Change,
+    ) -> Result<Option<Plan>, IngestError> {
+        let tag = change.tag();
+        let current_digest = snap
+            .desired
+            .as_ref()
+            .filter(|d| Some(&d.tag) == snap.tag.as_ref())
+            .and_then(|d| d.digest.as_deref());
+        let decision = match change {
+            Change::Push { .. } => {
+                svc.policy
+                    .policy
+                    .decide(tag, change.digest(), snap.tag.as_deref(), current_digest)
+            }
+            Change::Manual { .. } => {
+                if snap.pinned() {
+                    return Err(IngestError::Pinned(svc.name.clone()));
+                }
+                if snap.tag.as_deref() == Some(tag) {
+                    Decision::Unchanged
+                } else {
+                    Decision::Apply
+                }
+            }
+        };
+        let (write_tag, detail, reason) = match decision {
+            Decision::Unchanged => return Ok(None),
+            Decision::Filtered(reason) => {
+                return Ok(Some(Plan {
+                    ops: Vec::new(),
+                    outcome: Outcome {
+                        tag: tag.to_string(),
+                        previous: snap.tag.clone(),
+                        changed: false,
+                        reason: Some(reason),
+                        rollout_queued: false,
+                        recorded: false,
+                    },
+                }))
+            }
+            Decision::Older => (
+                false,
+                Some("ignored: older than current".to_string()),
+                Some("older than current".to_string()),
+            ),
+            Decision::Apply if snap.pinned() => (
+                false,
+                Some("pinned: recorded, not deployed".to_string()),
+                Some("pinned".to_string()),
+            ),
+            Decision::Apply => (true, None, None),
+        };
+
+        let (event, source, delivery, actor, digest, detail) = match change {
+            Change::Push { push, source } => (
+                Event::Received,
+                Some(source.as_str().to_string()),
+                push.delivery.clone(),
+                push.actor.clone(),
+                push.digest.clone(),
+                detail,
+            ),
+            Change::Manual { reason, actor, .. } => (
+                Event::Manual,
+                Some("cli".to_string()),
+                None,
+                actor.clone(),
+                None,
+                reason.clone(),
+            ),
+        };
+        let at = now_rfc3339();
+        let mut history = snap.history.clone();
+        push_bounded(
+            &mut history,
+            HistoryEntry {
+                at: at.clone(),
+                event,
+                tag: tag.to_string(),
+                previous: snap.tag.clone(),
+                digest: digest.clone(),
+                source,
+                delivery,
+                actor,
+                detail,
+            },
+            svc.history_keep,
+        );
+        let history_json = serde_json::to_vec(&history).map_err(|e| IngestError::Corrupt {
+            key: keys.history.clone(),
+            reason: e.to_string(),
+        })?;
+
+        let mut ops = Vec::with_capacity(4);
+        if write_tag {
+            ops.push(TxnOp::Cas {
+                key: keys.tag.clone(),
+                value: tag.as_bytes().to_vec(),
+                index: snap.key_index,
+            });
+            let desired = Desired {
+                tag: tag.to_string(),
+                digest,
+                seq: snap.desired.as_ref().map_or(0, |d| d.seq) + 1,
+                at,
+            };
+            ops.push(TxnOp::Cas {
+                key: keys.desired.clone(),
+                value: serde_json::to_vec(&desired).map_err(|e| IngestError::Corrupt {
+                    key: keys.desired.clone(),
+                    reason: e.to_string(),
+                })?,
+                index: snap.desired_index,
+            });
+        } else {
+            // The decision was taken on this tag value: hold it still.
+            ops.push(check_op(&keys.tag, Some(snap.key_index)));
+        }
+        ops.push(TxnOp::Cas {
+            key: keys.history.clone(),
+            value: history_json,
+            index: snap.history_index,
+        });
+        ops.push(check_op(&keys.pin, snap.pin_index));
+
+        Ok(Some(Plan {
+            ops,
+            outcome: Outcome {
+                tag: tag.to_string(),
+                previous: snap.tag.clone(),
+                changed: write_tag,
+                reason,
+                rollout_queued: write_tag && svc.rollout.is_some(),
+                recorded: true,
+            },
+        }))
+    }
+}
+
+/// The snapshot as it is after `plan` committed, so the next webhook for
+/// the service needs no read.
+fn committed_snapshot(
+    mut snap: Snapshot,
+    keys: &Keys,
+    plan: &Plan,
+    indexes: &[(String, u64)],
+) -> Option<Snapshot> {
+    let index_of = |key: &str| indexes.iter().find(|(k, _)| k == key).map(|(_, i)| *i);
+    for op in &plan.ops {
+        if let TxnOp::Cas { key, value, .. } = op {
+            // Consul did not say: read afresh next time.
+            let idx = index_of(key)?;
+            if key == &keys.tag {
+                snap.tag = Some(String::from_utf8_lossy(value).into_owned());
+                snap.key_index = idx;
+            } else if key == &keys.history {
+                snap.history = decode_history(Some(value)).unwrap_or_default();
+                snap.history_index = idx;
+            } else if key == &keys.desired {
+                snap.desired = serde_json::from_slice(value).ok();
+                snap.desired_index = idx;
+            }
+        }
+    }
+    Some(snap)
+}

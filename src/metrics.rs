@@ -1,0 +1,96 @@
+//! Prometheus metrics, served on the admin listener.
+//!
+//! Labels come only from configuration (service names, source names) and
+//! from a fixed list of outcomes, never from a request, so a caller cannot
+//! grow the series count. SECURITY: no label ever holds a secret, a URL
+//! path or a token.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub service: String,
+    pub source: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+/// Every metric tagbridge exports.
+pub struct Metrics {
+    registry: Registry,
+    pub webhooks: Family<WebhookLabels, Counter>,
+    pub ingest_seconds: Histogram,
+    pub consul_errors: Family<OpLabels, Counter>,
+    pub tls_not_after: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tagbridge");
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhook requests by service, source and outcome",
+            webhooks.clone(),
+        );
+        // 250 µs .. ~4 s: loopback Consul answers in well under a
+        // millisecond, a struggling one in seconds.
+        let ingest_seconds = Histogram::new(
+            [0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096]
+                .into_iter(),
+        );
+        registry.register(
+            "ingest_duration_seconds",
+            "Time from a webhook's body being read to its answer",
+            ingest_seconds.clone(),
+        );
+        let consul_errors = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "consul_request_errors",
+            "Consul requests that failed, by operation",
+            consul_errors.clone(),
+        );
+        let tls_not_after = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "tls_cert_not_after_seconds",
+            "notAfter of the served TLS certificate, unix seconds",
+            tls_not_after.clone(),
+        );
+        Self {
+            registry,
+            webhooks,
+            ingest_seconds,
+            consul_errors,
+            tls_not_after,
+        }
+    }
+
+    pub fn consul_error(&self, op: &'static str) {
+        self.consul_errors.get_or_create(&OpLabels { op }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
