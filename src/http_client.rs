@@ -136,12 +136,12 @@ pub fn client_tls_config(files: &ClientTlsFiles) -> Result<rustls::ClientConfig,
     let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    let mut config = match (&files.cert_file, &files.key_file) {
+    // ALPN is left empty: hyper-rustls sets it from the enabled protocols.
+    let config = match (&files.cert_file, &files.key_file) {
         (Some(cert), Some(key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(ClientBuildError::HalfPair),
     };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

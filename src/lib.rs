@@ -4,6 +4,7 @@
 //! sockets). Modules follow the data path: `config` → `server` →
 //! `webhook::<source>` → `policy` → `ingest` → `consul` → `history`.
 
+pub mod cli;
 pub mod config;
 pub mod consul;
 pub mod history;

@@ -1,1 +1,126 @@
-fn main() {}
+//! `tagbridge`: the binary owns the world — arguments, environment,
+//! signals, sockets and exit codes. Everything else is the library's.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tagbridge::cli::{self, Cli, CliError, Command};
+use tagbridge::config::{self, Config, LogFormat, Purpose};
+use tagbridge::ingest::Ingest;
+use tagbridge::metrics::Metrics;
+use tagbridge::server::{self, AppState};
+use tagbridge::tls::CertStore;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tagbridge: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result: anyhow::Result<()> = rt.block_on(async move {
+        let mut out = std::io::stdout().lock();
+        let cfg = |purpose| -> Result<Arc<Config>, CliError> {
+            Ok(Arc::new(Config::load(&cli.config, purpose, &config::process_env)?))
+        };
+        match cli.command {
+            Command::Serve => serve(cfg(Purpose::Serve)?).await,
+            Command::Check { connect } => Ok(cli::check(&cli.config, connect, &mut out).await?),
+            Command::Secret => Ok(cli::secret(&mut out)?),
+            Command::History { service, limit, json } => {
+                Ok(cli::history(cfg(Purpose::Client)?.as_ref(), &service, limit, json, &mut out).await?)
+            }
+            Command::Status { service, json } => {
+                Ok(cli::status(cfg(Purpose::Client)?.as_ref(), service.as_deref(), json, &mut out).await?)
+            }
+            Command::Deploy { service, tag, reason } => {
+                Ok(cli::deploy(cfg(Purpose::Client)?, &service, &tag, reason, &mut out).await?)
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Configuration problems are already one line each.
+            for line in format!("{e:#}").lines() {
+                eprintln!("tagbridge: {line}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAGBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
+    init_tracing(cfg.log_format);
+    let tls_files = cfg.tls.clone().context("a tls block is required to serve")?;
+    let certs = CertStore::load(&tls_files).context("loading the TLS certificate")?;
+    let tls = certs.server_config().context("TLS configuration")?;
+    let consul = cli::consul_client(&cfg).context("Consul client")?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.tls_not_after.set(certs.not_after());
+    let ingest = Ingest::new(consul, cfg.clone(), metrics.clone());
+    let state = Arc::new(AppState::new(cfg.clone(), ingest, metrics, Some(certs.clone())));
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let admin = TcpListener::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.admin_listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        admin = %admin.local_addr()?,
+        services = cfg.services.len(),
+        consul = %cfg.consul.address,
+        "tagbridge serving"
+    );
+
+    let cancel = CancellationToken::new();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    {
+        let cancel = cancel.clone();
+        let certs = certs.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); cancel.cancel(); return; }
+                    _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); cancel.cancel(); return; }
+                    _ = sighup.recv() => match certs.reload() {
+                        Ok(()) => tracing::info!(not_after = certs.not_after(), "SIGHUP: TLS certificate reloaded"),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: new TLS pair refused; still serving the previous certificate"),
+                    },
+                }
+            }
+        });
+    }
+    tokio::spawn(certs.clone().watch(Duration::from_secs(5), cancel.clone()));
+
+    let admin_task = tokio::spawn(server::admin::run(admin, state.clone(), cancel.clone().cancelled_owned()));
+    server::run(listener, tls, state, cancel.clone().cancelled_owned()).await?;
+    cancel.cancel();
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
