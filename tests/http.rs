@@ -600,7 +600,9 @@ async fn every_source_fixture_reaches_kv() {
         ("generic", "generic", true),
     ] {
         services.push_str(&format!(
-            "service \"{name}\" {{\n secret_sha256 = \"{{SECRET:{name}}}\"\n source = \"{source}\"\n repository = \"acme/web\"\n key = \"configs/{name}/IMAGE_TAG\"\n {}\n tags {{ exclude = [\"^latest$\"] }}\n}}\n",
+            "service \"{name}\" {{\n secret_sha256 = \"{{SECRET:{name}}}\"\n source = \"{source}\"\n repository = \"{}\"\n key = \"configs/{name}/IMAGE_TAG\"\n {}\n tags {{ exclude = [\"^latest$\"] }}\n}}\n",
+            // GHCR namespaces keep the org's mixed case; matching ignores it.
+            if name == "github" { "acmecorp/web" } else { "acme/web" },
             if signed { format!("signing_secret_file = \"{s}\"") } else { String::new() }
         ));
     }
@@ -705,8 +707,10 @@ async fn certificate_reload_swaps_pair_and_keeps_old_on_bad_pair() {
     std::fs::copy(&fresh.cert_file, &env.tls.cert_file).unwrap();
     std::fs::copy(&fresh.key_file, &env.tls.key_file).unwrap();
     certs.reload().expect("good pair loads");
+    // A new connection (pooled ones keep their old session) with the old CA.
     let err = env
-        .client
+        .tls
+        .client()
         .post(tb.url("/hooks/x"))
         .send()
         .await
