@@ -19,10 +19,19 @@ use crate::ingest::{read_snapshot, Change, Ingest, IngestError, Keys};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Parser)]
-#[command(name = "tagbridge", version, about = "Registry webhooks → Consul KV → rolling Nomad deploys")]
+#[command(
+    name = "tagbridge",
+    version,
+    about = "Registry webhooks → Consul KV → rolling Nomad deploys"
+)]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "TAGBRIDGE_CONFIG", default_value = "./tagbridge.hcl")]
+    #[arg(
+        long,
+        global = true,
+        env = "TAGBRIDGE_CONFIG",
+        default_value = "./tagbridge.hcl"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -123,9 +132,15 @@ pub fn secret(out: &mut dyn Write) -> Result<(), CliError> {
         .map_err(|_| CliError::Other("the system random source failed".into()))?;
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let hash = hex::encode(Sha256::digest(secret.as_bytes()));
-    writeln!(out, "# Give the registry this URL path (keep it secret; it is not stored anywhere):")?;
+    writeln!(
+        out,
+        "# Give the registry this URL path (keep it secret; it is not stored anywhere):"
+    )?;
     writeln!(out, "/hooks/{secret}")?;
-    writeln!(out, "# Put this line in the service block of tagbridge.hcl:")?;
+    writeln!(
+        out,
+        "# Put this line in the service block of tagbridge.hcl:"
+    )?;
     writeln!(out, "secret_sha256 = \"{hash}\"")?;
     Ok(())
 }
@@ -136,7 +151,11 @@ pub fn secret(out: &mut dyn Write) -> Result<(), CliError> {
 /// # Errors
 ///
 /// Every configuration problem, or the first connection problem.
-pub async fn check(cfg_path: &std::path::Path, connect: bool, out: &mut dyn Write) -> Result<(), CliError> {
+pub async fn check(
+    cfg_path: &std::path::Path,
+    connect: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let cfg = Config::load(cfg_path, Purpose::Serve, &crate::config::process_env)?;
     if let Some(tls) = &cfg.tls {
         crate::tls::CertStore::load(tls)?;
@@ -145,11 +164,23 @@ pub async fn check(cfg_path: &std::path::Path, connect: bool, out: &mut dyn Writ
         let consul = consul_client(&cfg)?;
         let leader = consul.leader().await?;
         if leader.is_empty() {
-            return Err(CliError::Other(format!("consul at {} has no leader", cfg.consul.address)));
+            return Err(CliError::Other(format!(
+                "consul at {} has no leader",
+                cfg.consul.address
+            )));
         }
-        writeln!(out, "consul {}: reachable, leader {leader}", cfg.consul.address)?;
+        writeln!(
+            out,
+            "consul {}: reachable, leader {leader}",
+            cfg.consul.address
+        )?;
     }
-    writeln!(out, "{}: ok ({} services)", cfg_path.display(), cfg.services.len())?;
+    writeln!(
+        out,
+        "{}: ok ({} services)",
+        cfg_path.display(),
+        cfg.services.len()
+    )?;
     Ok(())
 }
 
@@ -158,13 +189,20 @@ pub async fn check(cfg_path: &std::path::Path, connect: bool, out: &mut dyn Writ
 /// # Errors
 ///
 /// Unknown service, Consul unreachable, unreadable records.
-pub async fn history(cfg: &Config, name: &str, limit: usize, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+pub async fn history(
+    cfg: &Config,
+    name: &str,
+    limit: usize,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let svc = service(cfg, name)?;
     let consul = consul_client(cfg)?;
     let snap = read_snapshot(&consul, &Keys::new(cfg, svc)).await?;
     let entries: Vec<&HistoryEntry> = snap.history.iter().take(limit).collect();
     if json {
-        serde_json::to_writer_pretty(&mut *out, &entries).map_err(|e| CliError::Other(e.to_string()))?;
+        serde_json::to_writer_pretty(&mut *out, &entries)
+            .map_err(|e| CliError::Other(e.to_string()))?;
         writeln!(out)?;
         return Ok(());
     }
@@ -182,7 +220,13 @@ pub async fn history(cfg: &Config, name: &str, limit: usize, json: bool, out: &m
             ]
         })
         .collect();
-    table(out, &["AT", "EVENT", "TAG", "PREVIOUS", "SOURCE", "ACTOR", "DETAIL"], &rows)?;
+    table(
+        out,
+        &[
+            "AT", "EVENT", "TAG", "PREVIOUS", "SOURCE", "ACTOR", "DETAIL",
+        ],
+        &rows,
+    )?;
     if rows.is_empty() {
         writeln!(out, "(no history for {name} yet)")?;
     }
@@ -194,7 +238,12 @@ pub async fn history(cfg: &Config, name: &str, limit: usize, json: bool, out: &m
 /// # Errors
 ///
 /// Unknown service, Consul unreachable, unreadable records.
-pub async fn status(cfg: &Config, name: Option<&str>, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+pub async fn status(
+    cfg: &Config,
+    name: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let services: Vec<&ServiceConfig> = match name {
         Some(n) => vec![service(cfg, n)?],
         None => cfg.services.iter().collect(),
@@ -231,7 +280,9 @@ pub async fn status(cfg: &Config, name: Option<&str>, json: bool, out: &mut dyn 
                 .as_ref()
                 .map_or("-".into(), |d| format!("{} ({})", d.tag, d.outcome)),
             if snap.pinned() { "yes" } else { "no" }.into(),
-            svc.rollout.as_ref().map_or("none (KV only)".into(), |r| format!("job {}", r.job)),
+            svc.rollout
+                .as_ref()
+                .map_or("none (KV only)".into(), |r| format!("job {}", r.job)),
         ]);
     }
     if json {
@@ -240,11 +291,24 @@ pub async fn status(cfg: &Config, name: Option<&str>, json: bool, out: &mut dyn 
         } else {
             serde_json::Value::Array(docs)
         };
-        serde_json::to_writer_pretty(&mut *out, &value).map_err(|e| CliError::Other(e.to_string()))?;
+        serde_json::to_writer_pretty(&mut *out, &value)
+            .map_err(|e| CliError::Other(e.to_string()))?;
         writeln!(out)?;
         return Ok(());
     }
-    table(out, &["SERVICE", "TAG", "LAST CHANGE", "DESIRED", "DEPLOYED", "PINNED", "ROLLOUT"], &rows)
+    table(
+        out,
+        &[
+            "SERVICE",
+            "TAG",
+            "LAST CHANGE",
+            "DESIRED",
+            "DEPLOYED",
+            "PINNED",
+            "ROLLOUT",
+        ],
+        &rows,
+    )
 }
 
 /// `tagbridge deploy <svc> <tag>`: the same transaction as a webhook,
@@ -254,7 +318,13 @@ pub async fn status(cfg: &Config, name: Option<&str>, json: bool, out: &mut dyn 
 ///
 /// Unknown service, a tag the service's filters refuse, pinned service,
 /// Consul failures.
-pub async fn deploy(cfg: Arc<Config>, name: &str, tag: &str, reason: Option<String>, out: &mut dyn Write) -> Result<(), CliError> {
+pub async fn deploy(
+    cfg: Arc<Config>,
+    name: &str,
+    tag: &str,
+    reason: Option<String>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let svc = service(&cfg, name)?.clone();
     let consul = consul_client(&cfg)?;
     let ingest = Ingest::new(consul, cfg.clone(), Arc::new(Metrics::new()));
@@ -275,14 +345,20 @@ pub async fn deploy(cfg: Arc<Config>, name: &str, tag: &str, reason: Option<Stri
             writeln!(out, "{name}: {} is already {tag}; nothing to do", svc.key)?;
             return Ok(());
         }
-        return Err(CliError::Other(format!("{name}: tag {tag:?} refused: {reason}")));
+        return Err(CliError::Other(format!(
+            "{name}: tag {tag:?} refused: {reason}"
+        )));
     }
     writeln!(
         out,
         "{name}: {} {} -> {tag}{}",
         svc.key,
         outcome.previous.as_deref().unwrap_or("(unset)"),
-        if outcome.rollout_queued { " (rollout queued)" } else { "" }
+        if outcome.rollout_queued {
+            " (rollout queued)"
+        } else {
+            ""
+        }
     )?;
     Ok(())
 }

@@ -334,15 +334,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("{s:?} is not a duration like \"30s\", \"15m\" or \"1h30m\""));
+            return Err(format!(
+                "{s:?} is not a duration like \"30s\", \"15m\" or \"1h30m\""
+            ));
         }
         let n: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("{s:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let d = match unit {
@@ -351,7 +357,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "" => return Err(format!("{s:?}: a unit is required (ms, s, m, h)")),
-            other => return Err(format!("{s:?}: unknown unit {other:?} (expected ms, s, m, h)")),
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?} (expected ms, s, m, h)"
+                ))
+            }
         };
         total = total.saturating_add(d);
     }
@@ -407,7 +417,10 @@ fn valid_key(key: &str) -> Result<(), String> {
     if key.starts_with('/') || key.ends_with('/') {
         return Err(format!("{key:?} must not start or end with '/'"));
     }
-    if key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if key
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(format!("{key:?} has an empty, '.' or '..' segment"));
     }
     if key.chars().any(char::is_control) {
@@ -429,12 +442,20 @@ fn client_tls(
     let cert = cert.or_else(|| env(&format!("{env_prefix}_CLIENT_CERT")));
     let key = key.or_else(|| env(&format!("{env_prefix}_CLIENT_KEY")));
     if cert.is_some() != key.is_some() {
-        c.add(None, &format!("{section}.cert_file"), "cert_file and key_file must be set together");
+        c.add(
+            None,
+            &format!("{section}.cert_file"),
+            "cert_file and key_file must be set together",
+        );
     }
     for (field, path) in [("ca_file", &ca), ("cert_file", &cert), ("key_file", &key)] {
         if let Some(p) = path {
             if let Err(e) = std::fs::metadata(p) {
-                c.add(None, &format!("{section}.{field}"), format!("cannot read {p}: {e}"));
+                c.add(
+                    None,
+                    &format!("{section}.{field}"),
+                    format!("cannot read {p}: {e}"),
+                );
             }
         }
     }
@@ -490,7 +511,12 @@ impl Config {
     /// # Errors
     ///
     /// As [`Config::load`].
-    pub fn parse(path: &Path, text: &str, purpose: Purpose, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        purpose: Purpose,
+        env: EnvLookup<'_>,
+    ) -> Result<Config, ConfigError> {
         let mut c = Collector {
             file: path.display().to_string(),
             problems: Vec::new(),
@@ -498,19 +524,25 @@ impl Config {
         let raw: RawConfig = match hcl::from_str(text) {
             Ok(r) => r,
             Err(e) => {
-                let msg = e.to_string().lines().map(str::trim).collect::<Vec<_>>().join(" ");
+                let msg = e
+                    .to_string()
+                    .lines()
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 c.add(None, "", msg);
                 return Err(ConfigError(c.problems));
             }
         };
 
-        let addr = |c: &mut Collector, field: &str, v: Option<String>, default: &str| -> SocketAddr {
-            let v = v.unwrap_or_else(|| default.to_string());
-            v.parse().unwrap_or_else(|e| {
-                c.add(None, field, format!("{v:?} is not an ip:port address: {e}"));
-                default.parse().expect("default address parses")
-            })
-        };
+        let addr =
+            |c: &mut Collector, field: &str, v: Option<String>, default: &str| -> SocketAddr {
+                let v = v.unwrap_or_else(|| default.to_string());
+                v.parse().unwrap_or_else(|e| {
+                    c.add(None, field, format!("{v:?} is not an ip:port address: {e}"));
+                    default.parse().expect("default address parses")
+                })
+            };
         let listen = addr(&mut c, "listen", raw.listen, "0.0.0.0:8443");
         let admin_listen = addr(&mut c, "admin_listen", raw.admin_listen, "127.0.0.1:9102");
 
@@ -538,7 +570,11 @@ impl Config {
             None | Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
             Some(other) => {
-                c.add(None, "log_format", format!("{other:?} is not json or pretty"));
+                c.add(
+                    None,
+                    "log_format",
+                    format!("{other:?} is not json or pretty"),
+                );
                 LogFormat::Json
             }
         };
@@ -585,16 +621,25 @@ impl Config {
             c.add(None, "consul.address", e);
             String::new()
         });
-        let consul_token = token(&mut c, "consul", rc.token_file, "CONSUL_HTTP_TOKEN", env).or_else(|| {
-            env("CONSUL_HTTP_TOKEN_FILE").and_then(|p| match read_secret_file(&p) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    c.add(None, "CONSUL_HTTP_TOKEN_FILE", e);
-                    None
-                }
-            })
-        });
-        let consul_tls = client_tls(&mut c, "consul", rc.ca_file, rc.cert_file, rc.key_file, "CONSUL", env);
+        let consul_token = token(&mut c, "consul", rc.token_file, "CONSUL_HTTP_TOKEN", env)
+            .or_else(|| {
+                env("CONSUL_HTTP_TOKEN_FILE").and_then(|p| match read_secret_file(&p) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        c.add(None, "CONSUL_HTTP_TOKEN_FILE", e);
+                        None
+                    }
+                })
+            });
+        let consul_tls = client_tls(
+            &mut c,
+            "consul",
+            rc.ca_file,
+            rc.cert_file,
+            rc.key_file,
+            "CONSUL",
+            env,
+        );
         let consul_timeout = match rc.timeout.as_deref().map(parse_duration) {
             None => Duration::from_secs(5),
             Some(Ok(d)) if d >= Duration::from_millis(100) => d,
@@ -625,7 +670,15 @@ impl Config {
             String::new()
         });
         let nomad_token = token(&mut c, "nomad", rn.token_file, "NOMAD_TOKEN", env);
-        let nomad_tls = client_tls(&mut c, "nomad", rn.ca_file, rn.cert_file, rn.key_file, "NOMAD", env);
+        let nomad_tls = client_tls(
+            &mut c,
+            "nomad",
+            rn.ca_file,
+            rn.cert_file,
+            rn.key_file,
+            "NOMAD",
+            env,
+        );
         let nomad = NomadConfig {
             address: nomad_address,
             token: nomad_token,
@@ -641,7 +694,11 @@ impl Config {
                 None | Some("slack") => NotifyFormat::Slack,
                 Some("json") => NotifyFormat::Json,
                 Some(other) => {
-                    c.add(None, &field("format"), format!("{other:?} is not slack or json"));
+                    c.add(
+                        None,
+                        &field("format"),
+                        format!("{other:?} is not slack or json"),
+                    );
                     NotifyFormat::Slack
                 }
             };
@@ -664,7 +721,11 @@ impl Config {
                 .unwrap_or_else(|| vec!["deployed".into(), "rolled_back".into(), "failed".into()]);
             for e in &events {
                 if !["deployed", "rolled_back", "failed"].contains(&e.as_str()) {
-                    c.add(None, &field("events"), format!("{e:?} is not one of deployed, rolled_back, failed"));
+                    c.add(
+                        None,
+                        &field("events"),
+                        format!("{e:?} is not one of deployed, rolled_back, failed"),
+                    );
                 }
             }
             notify.push(NotifyConfig {
@@ -690,10 +751,21 @@ impl Config {
         for (i, a) in services.iter().enumerate() {
             for b in &services[i + 1..] {
                 if a.secret_sha256 == b.secret_sha256 {
-                    c.add(Some(&b.name), "secret_sha256", format!("is the same as service {:?}'s; each service needs its own secret", a.name));
+                    c.add(
+                        Some(&b.name),
+                        "secret_sha256",
+                        format!(
+                            "is the same as service {:?}'s; each service needs its own secret",
+                            a.name
+                        ),
+                    );
                 }
                 if a.key == b.key {
-                    c.add(Some(&b.name), "key", format!("{:?} is also service {:?}'s key", b.key, a.name));
+                    c.add(
+                        Some(&b.name),
+                        "key",
+                        format!("{:?} is also service {:?}'s key", b.key, a.name),
+                    );
                 }
             }
         }
@@ -735,14 +807,26 @@ fn validate_service(
     let before = c.problems.len();
     let svc = Some(name);
     if !valid_name(name) {
-        c.add(svc, "", "service names use only a-z, 0-9, '-' and '_' (they become KV keys and metric labels)");
+        c.add(
+            svc,
+            "",
+            "service names use only a-z, 0-9, '-' and '_' (they become KV keys and metric labels)",
+        );
     }
     let mut secret_sha256 = [0u8; 32];
     match s.secret_sha256.as_deref() {
-        None | Some("") => c.add(svc, "secret_sha256", "is required (`tagbridge secret` makes one)"),
+        None | Some("") => c.add(
+            svc,
+            "secret_sha256",
+            "is required (`tagbridge secret` makes one)",
+        ),
         Some(h) => match hex::decode(h) {
             Ok(b) if b.len() == 32 => secret_sha256.copy_from_slice(&b),
-            _ => c.add(svc, "secret_sha256", "must be 64 hex characters: the sha256 of the URL secret, never the secret itself"),
+            _ => c.add(
+                svc,
+                "secret_sha256",
+                "must be 64 hex characters: the sha256 of the URL secret, never the secret itself",
+            ),
         },
     }
     let source = match s.source.as_deref() {
@@ -757,13 +841,21 @@ fn validate_service(
     };
     let repository = s.repository.unwrap_or_default();
     if repository.trim().is_empty() {
-        c.add(svc, "repository", "is required: payloads must name this repository");
+        c.add(
+            svc,
+            "repository",
+            "is required: payloads must name this repository",
+        );
     }
     let key = s.key.unwrap_or_default();
     if let Err(e) = valid_key(&key) {
         c.add(svc, "key", e);
     } else if key == state_prefix || key.starts_with(&format!("{state_prefix}/")) {
-        c.add(svc, "key", format!("{key:?} is inside state_prefix {state_prefix:?}, which tagbridge owns"));
+        c.add(
+            svc,
+            "key",
+            format!("{key:?} is inside state_prefix {state_prefix:?}, which tagbridge owns"),
+        );
     }
     let signing_secret = match (s.signing_secret_file, source.accepts_signing_secret()) {
         (Some(_), false) => {
@@ -786,10 +878,17 @@ fn validate_service(
         }
     };
     let allow_cidrs = match s.allow_cidrs {
-        None => vec!["0.0.0.0/0".parse().expect("cidr"), "::/0".parse().expect("cidr")],
+        None => vec![
+            "0.0.0.0/0".parse().expect("cidr"),
+            "::/0".parse().expect("cidr"),
+        ],
         Some(list) => {
             if list.is_empty() {
-                c.add(svc, "allow_cidrs", "is empty, so every request would be refused; omit it to allow all");
+                c.add(
+                    svc,
+                    "allow_cidrs",
+                    "is empty, so every request would be refused; omit it to allow all",
+                );
             }
             list.iter()
                 .filter_map(|n| parse_net(n).map_err(|e| c.add(svc, "allow_cidrs", e)).ok())
@@ -967,8 +1066,16 @@ mod tests {
         ))
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("service \"a\": signing_secret_file: is required for source github"), "{text}");
-        assert!(text.contains("service \"b\": signing_secret_file: source dockerhub has no signature scheme"), "{text}");
+        assert!(
+            text.contains("service \"a\": signing_secret_file: is required for source github"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "service \"b\": signing_secret_file: source dockerhub has no signature scheme"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1000,9 +1107,15 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(cfg.consul.address, "http://127.0.0.1:18500");
-        assert_eq!(cfg.consul.token.as_ref().map(Secret::expose), Some(&b"tok"[..]));
+        assert_eq!(
+            cfg.consul.token.as_ref().map(Secret::expose),
+            Some(&b"tok"[..])
+        );
         assert_eq!(cfg.nomad.address, "https://nomad:4646");
-        assert_eq!(format!("{:?}", cfg.consul.token), "Some(Secret(<redacted>))");
+        assert_eq!(
+            format!("{:?}", cfg.consul.token),
+            "Some(Secret(<redacted>))"
+        );
     }
 
     #[test]

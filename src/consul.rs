@@ -148,7 +148,11 @@ impl RawKv {
 pub enum TxnOp {
     /// Write `value` only if the key's ModifyIndex is `index` (0: only if
     /// the key does not exist).
-    Cas { key: String, value: Vec<u8>, index: u64 },
+    Cas {
+        key: String,
+        value: Vec<u8>,
+        index: u64,
+    },
     /// Delete only if the key's ModifyIndex is `index`.
     DeleteCas { key: String, index: u64 },
     /// Fail the transaction unless the key's ModifyIndex is `index`.
@@ -309,8 +313,8 @@ impl Consul {
         let mut req = http::Request::builder().method(method).uri(url);
         if let Some(token) = &self.settings.token {
             // SECURITY: marked sensitive so hyper never logs or indexes it.
-            let mut value = HeaderValue::from_bytes(token.expose())
-                .map_err(|_| ConsulError::Decode {
+            let mut value =
+                HeaderValue::from_bytes(token.expose()).map_err(|_| ConsulError::Decode {
                     op,
                     reason: "token contains bytes not allowed in a header".into(),
                 })?;
@@ -489,7 +493,12 @@ impl Consul {
     /// # Errors
     ///
     /// Transport failures and unexpected statuses.
-    pub async fn kv_put_cas(&self, key: &str, value: &[u8], index: u64) -> Result<bool, ConsulError> {
+    pub async fn kv_put_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        index: u64,
+    ) -> Result<bool, ConsulError> {
         self.kv_put(key, value, &[("cas", index.to_string())], "kv_put")
             .await
     }
@@ -503,7 +512,13 @@ impl Consul {
     ) -> Result<bool, ConsulError> {
         let url = self.url(&Self::kv_path(key), query);
         let resp = self
-            .call(op, Method::PUT, url, Some(value.to_vec()), self.settings.timeout)
+            .call(
+                op,
+                Method::PUT,
+                url,
+                Some(value.to_vec()),
+                self.settings.timeout,
+            )
             .await?;
         if resp.status != StatusCode::OK {
             return Err(Self::status_err(op, &resp));
@@ -513,7 +528,10 @@ impl Consul {
             b"false" => Ok(false),
             other => Err(ConsulError::Decode {
                 op,
-                reason: format!("expected true or false, got {}", String::from_utf8_lossy(other)),
+                reason: format!(
+                    "expected true or false, got {}",
+                    String::from_utf8_lossy(other)
+                ),
             }),
         }
     }
@@ -631,9 +649,19 @@ impl Consul {
     /// # Errors
     ///
     /// Transport failures and unexpected statuses.
-    pub async fn lock_acquire(&self, key: &str, session: &str, value: &[u8]) -> Result<bool, ConsulError> {
-        self.kv_put(key, value, &[("acquire", session.to_string())], "lock_acquire")
-            .await
+    pub async fn lock_acquire(
+        &self,
+        key: &str,
+        session: &str,
+        value: &[u8],
+    ) -> Result<bool, ConsulError> {
+        self.kv_put(
+            key,
+            value,
+            &[("acquire", session.to_string())],
+            "lock_acquire",
+        )
+        .await
     }
 
     /// Release the lock `key` held by `session`.
@@ -642,8 +670,13 @@ impl Consul {
     ///
     /// Transport failures and unexpected statuses.
     pub async fn lock_release(&self, key: &str, session: &str) -> Result<bool, ConsulError> {
-        self.kv_put(key, b"", &[("release", session.to_string())], "lock_release")
-            .await
+        self.kv_put(
+            key,
+            b"",
+            &[("release", session.to_string())],
+            "lock_release",
+        )
+        .await
     }
 
     /// The raft leader's address; empty while there is none. `/readyz`
@@ -670,7 +703,10 @@ impl Consul {
 
 /// Query parameters and client deadline of a (possibly blocking) read.
 /// The client deadline adds Consul's own jitter (wait/16) and a margin.
-fn blocking_query(block: Option<(u64, Duration)>, timeout: Duration) -> (Vec<(&'static str, String)>, Duration) {
+fn blocking_query(
+    block: Option<(u64, Duration)>,
+    timeout: Duration,
+) -> (Vec<(&'static str, String)>, Duration) {
     match block {
         None => (Vec::new(), timeout),
         Some((index, wait)) => {
@@ -733,7 +769,10 @@ mod tests {
 
     #[test]
     fn keys_are_percent_encoded_but_keep_slashes() {
-        assert_eq!(Consul::kv_path("configs/web app/TAG?x#y"), "/v1/kv/configs/web%20app/TAG%3Fx%23y");
+        assert_eq!(
+            Consul::kv_path("configs/web app/TAG?x#y"),
+            "/v1/kv/configs/web%20app/TAG%3Fx%23y"
+        );
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub struct Deployed {
 pub fn decode_history(value: Option<&[u8]>) -> Result<Vec<HistoryEntry>, serde_json::Error> {
     match value {
         None => Ok(Vec::new()),
-        Some(v) if v.is_empty() => Ok(Vec::new()),
+        Some([]) => Ok(Vec::new()),
         Some(v) => serde_json::from_slice(v),
     }
 }
@@ -140,8 +140,10 @@ mod tests {
             ["actor", "at", "delivery", "detail", "digest", "event", "previous", "source", "tag"]
         );
         assert_eq!(json["event"], "received");
-        let back: Vec<HistoryEntry> =
-            decode_history(Some(br#"[{"at":"x","event":"rolled_back","tag":"t","extra":1}]"#)).unwrap();
+        let back: Vec<HistoryEntry> = decode_history(Some(
+            br#"[{"at":"x","event":"rolled_back","tag":"t","extra":1}]"#,
+        ))
+        .unwrap();
         assert_eq!(back[0].event, Event::RolledBack);
     }
 }

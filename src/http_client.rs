@@ -138,7 +138,9 @@ pub fn client_tls_config(files: &ClientTlsFiles) -> Result<rustls::ClientConfig,
         .with_root_certificates(roots);
     // ALPN is left empty: hyper-rustls sets it from the enabled protocols.
     let config = match (&files.cert_file, &files.key_file) {
-        (Some(cert), Some(key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        (Some(cert), Some(key)) => {
+            builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?
+        }
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(ClientBuildError::HalfPair),
     };

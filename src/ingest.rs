@@ -27,7 +27,9 @@ use crate::x509::now_rfc3339;
 
 /// How many times a lost CAS is retried from a fresh read before giving
 /// up with 503 (each retry means another writer got in first).
-const MAX_CAS_ATTEMPTS: usize = 8;
+/// Within one process, changes to one service are applied one at a time,
+/// so only other replicas (or operators) can make a CAS lose.
+const MAX_CAS_ATTEMPTS: usize = 12;
 
 /// A change to apply to a service.
 #[derive(Debug, Clone)]
@@ -153,10 +155,18 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
         }
     };
     let (tag, history, desired, pin) = tokio::try_join!(
-        get(keys.tag.clone()).retry(retry_policy()).when(ConsulError::is_transient),
-        get(keys.history.clone()).retry(retry_policy()).when(ConsulError::is_transient),
-        get(keys.desired.clone()).retry(retry_policy()).when(ConsulError::is_transient),
-        get(keys.pin.clone()).retry(retry_policy()).when(ConsulError::is_transient),
+        get(keys.tag.clone())
+            .retry(retry_policy())
+            .when(ConsulError::is_transient),
+        get(keys.history.clone())
+            .retry(retry_policy())
+            .when(ConsulError::is_transient),
+        get(keys.desired.clone())
+            .retry(retry_policy())
+            .when(ConsulError::is_transient),
+        get(keys.pin.clone())
+            .retry(retry_policy())
+            .when(ConsulError::is_transient),
     )?;
     let corrupt = |key: &str, e: serde_json::Error| IngestError::Corrupt {
         key: key.to_string(),
@@ -165,9 +175,9 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
     let history_entries = decode_history(history.value.as_ref().map(|kv| kv.value.as_slice()))
         .map_err(|e| corrupt(&keys.history, e))?;
     let desired_rec = match &desired.value {
-        Some(kv) if !kv.value.is_empty() => {
-            Some(serde_json::from_slice::<Desired>(&kv.value).map_err(|e| corrupt(&keys.desired, e))?)
-        }
+        Some(kv) if !kv.value.is_empty() => Some(
+            serde_json::from_slice::<Desired>(&kv.value).map_err(|e| corrupt(&keys.desired, e))?,
+        ),
         _ => None,
     };
     Ok(Snapshot {
@@ -191,6 +201,19 @@ pub struct Ingest {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     cache: Mutex<HashMap<String, Snapshot>>,
+    /// One lane per service: concurrent webhooks for the same service in
+    /// this process queue here instead of racing each other's CAS.
+    lanes: HashMap<String, tokio::sync::Mutex<()>>,
+}
+
+/// A short random pause after a lost CAS, so two replicas that collided
+/// do not collide again in lockstep.
+async fn conflict_pause(attempt: usize) {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; 1];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    let ms = u64::from(b[0] % 8) * (attempt as u64 + 1);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 /// The plan for one attempt: the ops and the outcome if they commit.
@@ -205,17 +228,25 @@ fn check_op(key: &str, index: Option<u64>) -> TxnOp {
             key: key.to_string(),
             index: i,
         },
-        _ => TxnOp::CheckNotExists { key: key.to_string() },
+        _ => TxnOp::CheckNotExists {
+            key: key.to_string(),
+        },
     }
 }
 
 impl Ingest {
     pub fn new(consul: Consul, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        let lanes = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), tokio::sync::Mutex::new(())))
+            .collect();
         Self {
             consul,
             config,
             metrics,
             cache: Mutex::new(HashMap::new()),
+            lanes,
         }
     }
 
@@ -247,7 +278,11 @@ impl Ingest {
     /// # Errors
     ///
     /// See [`IngestError`]; nothing is written when an error is returned.
-    pub async fn apply(&self, svc: &ServiceConfig, change: &Change) -> Result<Outcome, IngestError> {
+    pub async fn apply(
+        &self,
+        svc: &ServiceConfig,
+        change: &Change,
+    ) -> Result<Outcome, IngestError> {
         let r = self.apply_inner(svc, change).await;
         if let Err(e) = &r {
             self.note_err(e);
@@ -255,10 +290,15 @@ impl Ingest {
         r
     }
 
-    async fn apply_inner(&self, svc: &ServiceConfig, change: &Change) -> Result<Outcome, IngestError> {
+    async fn apply_inner(
+        &self,
+        svc: &ServiceConfig,
+        change: &Change,
+    ) -> Result<Outcome, IngestError> {
         let policy = &svc.policy.policy;
         // Filters need no state: answer without touching Consul.
-        if let Decision::Filtered(reason) = policy.decide(change.tag(), change.digest(), None, None) {
+        if let Decision::Filtered(reason) = policy.decide(change.tag(), change.digest(), None, None)
+        {
             return Ok(Outcome {
                 tag: change.tag().to_string(),
                 previous: None,
@@ -268,6 +308,10 @@ impl Ingest {
                 recorded: false,
             });
         }
+        let _lane = match self.lanes.get(&svc.name) {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
         let keys = Keys::new(&self.config, svc);
         let mut fresh = false;
         let mut snap = match self.cached(&svc.name) {
@@ -277,7 +321,7 @@ impl Ingest {
                 read_snapshot(&self.consul, &keys).await?
             }
         };
-        for _ in 0..MAX_CAS_ATTEMPTS {
+        for attempt in 0..MAX_CAS_ATTEMPTS {
             let plan = match self.plan(svc, &keys, &snap, change)? {
                 Some(plan) => plan,
                 None if fresh => {
@@ -310,6 +354,7 @@ impl Ingest {
                     return Ok(plan.outcome);
                 }
                 Ok(TxnOutcome::Conflict(_)) => {
+                    conflict_pause(attempt).await;
                     snap = read_snapshot(&self.consul, &keys).await?;
                     fresh = true;
                 }

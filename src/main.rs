@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tagbridge: cannot start the runtime: {e}");
@@ -29,21 +32,40 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = rt.block_on(async move {
         let mut out = std::io::stdout().lock();
         let cfg = |purpose| -> Result<Arc<Config>, CliError> {
-            Ok(Arc::new(Config::load(&cli.config, purpose, &config::process_env)?))
+            Ok(Arc::new(Config::load(
+                &cli.config,
+                purpose,
+                &config::process_env,
+            )?))
         };
         match cli.command {
             Command::Serve => serve(cfg(Purpose::Serve)?).await,
             Command::Check { connect } => Ok(cli::check(&cli.config, connect, &mut out).await?),
             Command::Secret => Ok(cli::secret(&mut out)?),
-            Command::History { service, limit, json } => {
-                Ok(cli::history(cfg(Purpose::Client)?.as_ref(), &service, limit, json, &mut out).await?)
-            }
-            Command::Status { service, json } => {
-                Ok(cli::status(cfg(Purpose::Client)?.as_ref(), service.as_deref(), json, &mut out).await?)
-            }
-            Command::Deploy { service, tag, reason } => {
-                Ok(cli::deploy(cfg(Purpose::Client)?, &service, &tag, reason, &mut out).await?)
-            }
+            Command::History {
+                service,
+                limit,
+                json,
+            } => Ok(cli::history(
+                cfg(Purpose::Client)?.as_ref(),
+                &service,
+                limit,
+                json,
+                &mut out,
+            )
+            .await?),
+            Command::Status { service, json } => Ok(cli::status(
+                cfg(Purpose::Client)?.as_ref(),
+                service.as_deref(),
+                json,
+                &mut out,
+            )
+            .await?),
+            Command::Deploy {
+                service,
+                tag,
+                reason,
+            } => Ok(cli::deploy(cfg(Purpose::Client)?, &service, &tag, reason, &mut out).await?),
         }
     });
     match result {
@@ -72,14 +94,22 @@ fn init_tracing(format: LogFormat) {
 
 async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     init_tracing(cfg.log_format);
-    let tls_files = cfg.tls.clone().context("a tls block is required to serve")?;
+    let tls_files = cfg
+        .tls
+        .clone()
+        .context("a tls block is required to serve")?;
     let certs = CertStore::load(&tls_files).context("loading the TLS certificate")?;
     let tls = certs.server_config().context("TLS configuration")?;
     let consul = cli::consul_client(&cfg).context("Consul client")?;
     let metrics = Arc::new(Metrics::new());
     metrics.tls_not_after.set(certs.not_after());
     let ingest = Ingest::new(consul, cfg.clone(), metrics.clone());
-    let state = Arc::new(AppState::new(cfg.clone(), ingest, metrics, Some(certs.clone())));
+    let state = Arc::new(AppState::new(
+        cfg.clone(),
+        ingest,
+        metrics,
+        Some(certs.clone()),
+    ));
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -117,7 +147,11 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     }
     tokio::spawn(certs.clone().watch(Duration::from_secs(5), cancel.clone()));
 
-    let admin_task = tokio::spawn(server::admin::run(admin, state.clone(), cancel.clone().cancelled_owned()));
+    let admin_task = tokio::spawn(server::admin::run(
+        admin,
+        state.clone(),
+        cancel.clone().cancelled_owned(),
+    ));
     server::run(listener, tls, state, cancel.clone().cancelled_owned()).await?;
     cancel.cancel();
     let _ = admin_task.await;

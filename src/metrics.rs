@@ -52,10 +52,10 @@ impl Metrics {
         );
         // 250 µs .. ~4 s: loopback Consul answers in well under a
         // millisecond, a struggling one in seconds.
-        let ingest_seconds = Histogram::new(
-            [0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096]
-                .into_iter(),
-        );
+        let ingest_seconds = Histogram::new([
+            0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
+            1.024, 2.048, 4.096,
+        ]);
         registry.register(
             "ingest_duration_seconds",
             "Time from a webhook's body being read to its answer",

@@ -108,7 +108,10 @@ impl CertStore {
     /// Whether the files changed since the last load attempt.
     pub fn changed_on_disk(&self) -> bool {
         let now = FileStamp::read(&self.files);
-        self.stamp.lock().map(|s| s.as_ref() != Some(&now)).unwrap_or(true)
+        self.stamp
+            .lock()
+            .map(|s| s.as_ref() != Some(&now))
+            .unwrap_or(true)
     }
 
     /// notAfter of the served certificate (unix seconds; 0 if unknown).
@@ -142,8 +145,13 @@ impl CertStore {
             }
             if self.changed_on_disk() {
                 match self.reload() {
-                    Ok(()) => tracing::info!(not_after = self.not_after(), "TLS certificate reloaded after a file change"),
-                    Err(e) => tracing::warn!(error = %e, "TLS files changed but the new pair was refused; still serving the previous certificate"),
+                    Ok(()) => tracing::info!(
+                        not_after = self.not_after(),
+                        "TLS certificate reloaded after a file change"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS files changed but the new pair was refused; still serving the previous certificate")
+                    }
                 }
             }
         }

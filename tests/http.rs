@@ -75,7 +75,12 @@ impl Env {
         let dir = TempDir::new("http");
         let tls = TestTls::new(&dir);
         let client = tls.client();
-        Env { consul, tls, dir, client }
+        Env {
+            consul,
+            tls,
+            dir,
+            client,
+        }
     }
 
     async fn serve(&self, extra: &str, services: &str) -> InProcess {
@@ -86,16 +91,28 @@ impl Env {
         self.post_h(tb, name, body, &[]).await
     }
 
-    async fn post_h(&self, tb: &InProcess, name: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Value) {
+    async fn post_h(
+        &self,
+        tb: &InProcess,
+        name: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> (u16, Value) {
         let (secret, _) = secret_pair(name);
-        let mut req = self.client.post(tb.url(&format!("/hooks/{secret}"))).body(body);
+        let mut req = self
+            .client
+            .post(tb.url(&format!("/hooks/{secret}")))
+            .body(body);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 }
 
@@ -111,8 +128,12 @@ async fn accepted_push_writes_tag_history_and_desired_together() {
         json!({"service": "web", "key": "configs/web/IMAGE_TAG", "tag": "1.4.2",
                "previous": null, "changed": true, "rollout": "none"})
     );
-    assert_eq!(env.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.4.2"));
-    let desired: Value = serde_json::from_str(&env.consul.kv("tagbridge/desired/web").unwrap()).unwrap();
+    assert_eq!(
+        env.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("1.4.2")
+    );
+    let desired: Value =
+        serde_json::from_str(&env.consul.kv("tagbridge/desired/web").unwrap()).unwrap();
     assert_eq!(desired["tag"], "1.4.2");
     assert_eq!(desired["seq"], 1);
     let h = env.consul.history("web");
@@ -126,11 +147,18 @@ async fn accepted_push_writes_tag_history_and_desired_together() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["previous"], "1.4.2");
     assert_eq!(body["changed"], true);
-    assert_eq!(env.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.5.0"));
-    let desired: Value = serde_json::from_str(&env.consul.kv("tagbridge/desired/web").unwrap()).unwrap();
+    assert_eq!(
+        env.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("1.5.0")
+    );
+    let desired: Value =
+        serde_json::from_str(&env.consul.kv("tagbridge/desired/web").unwrap()).unwrap();
     assert_eq!(desired["seq"], 2);
     let h = env.consul.history("web");
-    assert_eq!((h[0]["tag"].as_str(), h[0]["previous"].as_str()), (Some("1.5.0"), Some("1.4.2")));
+    assert_eq!(
+        (h[0]["tag"].as_str(), h[0]["previous"].as_str()),
+        (Some("1.5.0"), Some("1.4.2"))
+    );
     tb.stop().await;
 }
 
@@ -138,30 +166,55 @@ async fn accepted_push_writes_tag_history_and_desired_together() {
 async fn unchanged_older_and_filtered_tags_change_nothing_they_should_not() {
     let env = Env::new();
     let tb = env.serve("", WEB).await;
-    assert_eq!(env.post(&tb, "web", dockerhub("acme/web", "2.0.0")).await.0, 200);
+    assert_eq!(
+        env.post(&tb, "web", dockerhub("acme/web", "2.0.0")).await.0,
+        200
+    );
     let before = env.consul.fingerprint();
 
     let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "2.0.0")).await;
-    assert_eq!((status, &body["changed"], &body["reason"]), (200, &json!(false), &json!("unchanged")));
-    assert_eq!(env.consul.fingerprint(), before, "unchanged must write nothing");
+    assert_eq!(
+        (status, &body["changed"], &body["reason"]),
+        (200, &json!(false), &json!("unchanged"))
+    );
+    assert_eq!(
+        env.consul.fingerprint(),
+        before,
+        "unchanged must write nothing"
+    );
 
-    for (tag, reason) in [("latest", "tag does not match include"), ("2.1.0-rc", "tag does not match include")] {
+    for (tag, reason) in [
+        ("latest", "tag does not match include"),
+        ("2.1.0-rc", "tag does not match include"),
+    ] {
         let (status, body) = env.post(&tb, "web", dockerhub("acme/web", tag)).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["changed"], false);
         assert_eq!(body["reason"], reason, "{tag}");
     }
-    assert_eq!(env.consul.fingerprint(), before, "filtered tags must write nothing");
+    assert_eq!(
+        env.consul.fingerprint(),
+        before,
+        "filtered tags must write nothing"
+    );
 
     // An older tag (late delivery) is recorded in history but never
     // replaces the newer one.
     let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "1.9.9")).await;
-    assert_eq!((status, &body["reason"]), (200, &json!("older than current")), "{body}");
-    assert_eq!(env.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("2.0.0"));
+    assert_eq!(
+        (status, &body["reason"]),
+        (200, &json!("older than current")),
+        "{body}"
+    );
+    assert_eq!(
+        env.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("2.0.0")
+    );
     let h = env.consul.history("web");
     assert_eq!(h[0]["tag"], "1.9.9");
     assert_eq!(h[0]["detail"], "ignored: older than current");
-    let desired: Value = serde_json::from_str(&env.consul.kv("tagbridge/desired/web").unwrap()).unwrap();
+    let desired: Value =
+        serde_json::from_str(&env.consul.kv("tagbridge/desired/web").unwrap()).unwrap();
     assert_eq!(desired["tag"], "2.0.0");
     tb.stop().await;
 }
@@ -184,12 +237,21 @@ service "api" {
         let (status, body) = env.post(&tb, "api", dockerhub("acme/web", tag)).await;
         assert_eq!(status, 200);
         assert_eq!(body["changed"], false);
-        assert!(body["reason"].as_str().unwrap().starts_with("tag matches exclude"), "{body}");
+        assert!(
+            body["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("tag matches exclude"),
+            "{body}"
+        );
     }
     assert_eq!(env.consul.kv("configs/api/IMAGE_TAG"), None);
     let (status, _) = env.post(&tb, "api", dockerhub("acme/web", "1.0")).await;
     assert_eq!(status, 200);
-    assert_eq!(env.consul.kv("configs/api/IMAGE_TAG").as_deref(), Some("1.0"));
+    assert_eq!(
+        env.consul.kv("configs/api/IMAGE_TAG").as_deref(),
+        Some("1.0")
+    );
     tb.stop().await;
 }
 
@@ -243,7 +305,10 @@ async fn unknown_secret_and_any_other_path_get_the_same_404() {
         let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
         bodies.push((ct, resp.bytes().await.unwrap()));
     }
-    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "404 bodies differ: {bodies:?}");
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "404 bodies differ: {bodies:?}"
+    );
     assert_eq!(env.consul.fingerprint(), vec![]);
     tb.stop().await;
 }
@@ -269,11 +334,18 @@ async fn missing_or_wrong_signature_is_401_and_changes_nothing() {
     let body = fixture("github/package_published.json");
     let event = ("X-GitHub-Event", "package".to_string());
 
-    let (status, resp) = env.post_h(&tb, "gh", body.clone(), &[event.clone()]).await;
+    let (status, resp) = env
+        .post_h(&tb, "gh", body.clone(), std::slice::from_ref(&event))
+        .await;
     assert_eq!(status, 401, "{resp}");
     let wrong = hub_sig(b"not-the-key", &body);
     let (status, _) = env
-        .post_h(&tb, "gh", body.clone(), &[event.clone(), ("X-Hub-Signature-256", wrong)])
+        .post_h(
+            &tb,
+            "gh",
+            body.clone(),
+            &[event.clone(), ("X-Hub-Signature-256", wrong)],
+        )
         .await;
     assert_eq!(status, 401);
     // A valid signature over other bytes is still wrong.
@@ -281,7 +353,12 @@ async fn missing_or_wrong_signature_is_401_and_changes_nothing() {
     tampered.push(b' ');
     let sig = hub_sig(b"s3cr3t-signing-key", &body);
     let (status, _) = env
-        .post_h(&tb, "gh", tampered, &[event.clone(), ("X-Hub-Signature-256", sig.clone())])
+        .post_h(
+            &tb,
+            "gh",
+            tampered,
+            &[event.clone(), ("X-Hub-Signature-256", sig.clone())],
+        )
         .await;
     assert_eq!(status, 401);
     assert_eq!(env.consul.fingerprint(), vec![], "nothing may be written");
@@ -290,7 +367,10 @@ async fn missing_or_wrong_signature_is_401_and_changes_nothing() {
         .post_h(&tb, "gh", body, &[event, ("X-Hub-Signature-256", sig)])
         .await;
     assert_eq!(status, 200, "{resp}");
-    assert_eq!(env.consul.kv("configs/gh/IMAGE_TAG").as_deref(), Some("1.4.2"));
+    assert_eq!(
+        env.consul.kv("configs/gh/IMAGE_TAG").as_deref(),
+        Some("1.4.2")
+    );
     let h = env.consul.history("gh");
     assert_eq!(h[0]["source"], "github");
     assert!(h[0]["digest"].as_str().unwrap().starts_with("sha256:"));
@@ -307,11 +387,21 @@ service "acr" {
   repository    = "acme/web"
   key           = "configs/acr/IMAGE_TAG"
 }"#;
-    let tb = env.serve("", &format!("{}\n{acr}", gh_service(&env.dir))).await;
+    let tb = env
+        .serve("", &format!("{}\n{acr}", gh_service(&env.dir)))
+        .await;
     let body = fixture("github/ping.json");
     let sig = hub_sig(b"s3cr3t-signing-key", &body);
     let (status, resp) = env
-        .post_h(&tb, "gh", body, &[("X-GitHub-Event", "ping".into()), ("X-Hub-Signature-256", sig)])
+        .post_h(
+            &tb,
+            "gh",
+            body,
+            &[
+                ("X-GitHub-Event", "ping".into()),
+                ("X-Hub-Signature-256", sig),
+            ],
+        )
         .await;
     assert_eq!((status, resp), (200, json!({"pong": true})));
     let (status, resp) = env.post(&tb, "acr", fixture("acr/ping.json")).await;
@@ -323,7 +413,10 @@ service "acr" {
 #[tokio::test]
 async fn source_outside_allow_cidrs_is_403() {
     let env = Env::new();
-    let svc = WEB.replace("history_keep  = 5", "allow_cidrs = [\"192.0.2.0/24\", \"2001:db8::/32\"]");
+    let svc = WEB.replace(
+        "history_keep  = 5",
+        "allow_cidrs = [\"192.0.2.0/24\", \"2001:db8::/32\"]",
+    );
     let tb = env.serve("", &svc).await;
     let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "1.0")).await;
     assert_eq!(status, 403, "{body}");
@@ -331,13 +424,19 @@ async fn source_outside_allow_cidrs_is_403() {
 
     // X-Forwarded-For is ignored unless the peer is a trusted proxy…
     let xff = [("X-Forwarded-For", "192.0.2.7".to_string())];
-    let (status, _) = env.post_h(&tb, "web", dockerhub("acme/web", "1.0"), &xff).await;
+    let (status, _) = env
+        .post_h(&tb, "web", dockerhub("acme/web", "1.0"), &xff)
+        .await;
     assert_eq!(status, 403);
     tb.stop().await;
 
     // …and believed when it is.
-    let tb = env.serve("trusted_proxies = [\"127.0.0.1/32\"]", &svc).await;
-    let (status, body) = env.post_h(&tb, "web", dockerhub("acme/web", "1.0"), &xff).await;
+    let tb = env
+        .serve("trusted_proxies = [\"127.0.0.1/32\"]", &svc)
+        .await;
+    let (status, body) = env
+        .post_h(&tb, "web", dockerhub("acme/web", "1.0"), &xff)
+        .await;
     assert_eq!(status, 200, "{body}");
     tb.stop().await;
 }
@@ -349,8 +448,14 @@ async fn malformed_body_and_wrong_repository_are_400_and_change_nothing() {
     for (body, needle) in [
         (b"{not json".to_vec(), "dockerhub"),
         (b"[]".to_vec(), "dockerhub"),
-        (br#"{"push_data":{"tag":1},"repository":{"repo_name":"acme/web"}}"#.to_vec(), "dockerhub"),
-        (dockerhub("acme/other", "1.0"), "repository \"acme/other\" does not match"),
+        (
+            br#"{"push_data":{"tag":1},"repository":{"repo_name":"acme/web"}}"#.to_vec(),
+            "dockerhub",
+        ),
+        (
+            dockerhub("acme/other", "1.0"),
+            "repository \"acme/other\" does not match",
+        ),
     ] {
         let (status, resp) = env.post(&tb, "web", body).await;
         assert_eq!(status, 400, "{resp}");
@@ -372,7 +477,8 @@ async fn body_over_one_mib_is_413_declared_or_streamed() {
     assert_eq!(status, 413);
 
     // Chunked, no Content-Length: counted while streaming.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..20).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..20).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
     let stream = futures_stream(chunks);
     let resp = env
         .client
@@ -420,7 +526,10 @@ async fn repeated_failures_from_one_ip_get_429_with_retry_after() {
             .unwrap();
         statuses.push(resp.status().as_u16());
         if resp.status() == 429 {
-            retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            retry_after = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
         }
     }
     assert_eq!(statuses, [404, 404, 404, 429, 429, 429]);
@@ -437,7 +546,10 @@ async fn repeated_failures_from_one_ip_get_429_with_retry_after() {
 async fn consul_down_is_503_with_nothing_written_then_recovers() {
     let mut env = Env::new();
     let tb = env.serve("", WEB).await;
-    assert_eq!(env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0, 200);
+    assert_eq!(
+        env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0,
+        200
+    );
     env.consul.stop();
     let resp = env
         .client
@@ -448,14 +560,21 @@ async fn consul_down_is_503_with_nothing_written_then_recovers() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     assert!(resp.headers().contains_key("retry-after"));
-    let readyz = reqwest::get(format!("http://{}/readyz", tb.admin)).await.unwrap();
+    let readyz = reqwest::get(format!("http://{}/readyz", tb.admin))
+        .await
+        .unwrap();
     assert_eq!(readyz.status().as_u16(), 503);
 
     env.consul.restart();
     let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "1.2")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(env.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.2"));
-    let readyz = reqwest::get(format!("http://{}/readyz", tb.admin)).await.unwrap();
+    assert_eq!(
+        env.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("1.2")
+    );
+    let readyz = reqwest::get(format!("http://{}/readyz", tb.admin))
+        .await
+        .unwrap();
     assert_eq!(readyz.status().as_u16(), 200);
     tb.stop().await;
 }
@@ -473,7 +592,9 @@ async fn slow_headers_are_cut_off() {
     let connector = tokio_rustls::TlsConnector::from(env.tls.rustls_client());
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
-    tls.write_all(b"POST /hooks/x HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    tls.write_all(b"POST /hooks/x HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let mut buf = vec![0u8; 1024];
     let r = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
@@ -483,7 +604,10 @@ async fn slow_headers_are_cut_off() {
         Ok(Err(_)) => true,
         Err(_) => false,
     };
-    assert!(closed, "server kept a connection with unfinished headers open");
+    assert!(
+        closed,
+        "server kept a connection with unfinished headers open"
+    );
     assert!(elapsed < Duration::from_secs(9));
     assert_eq!(env.consul.fingerprint(), vec![]);
     tb.stop().await;
@@ -494,7 +618,9 @@ async fn history_is_bounded_at_history_keep() {
     let env = Env::new();
     let tb = env.serve("", WEB).await;
     for i in 1..=8 {
-        let (status, _) = env.post(&tb, "web", dockerhub("acme/web", &format!("1.{i}"))).await;
+        let (status, _) = env
+            .post(&tb, "web", dockerhub("acme/web", &format!("1.{i}")))
+            .await;
         assert_eq!(status, 200);
     }
     let h = env.consul.history("web");
@@ -529,18 +655,36 @@ async fn concurrent_webhooks_on_two_replicas_lose_no_update() {
         let (status, body) = t.await.unwrap();
         assert_eq!(status, 200, "{body}");
     }
-    assert_eq!(env.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("12.0"));
+    assert_eq!(
+        env.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("12.0")
+    );
     let h = env.consul.history("web");
     let mut tags: Vec<u32> = h
         .iter()
-        .map(|e| e["tag"].as_str().unwrap().trim_end_matches(".0").parse().unwrap())
+        .map(|e| {
+            e["tag"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches(".0")
+                .parse()
+                .unwrap()
+        })
         .collect();
     tags.sort();
-    assert_eq!(tags, (1..=12).collect::<Vec<_>>(), "every webhook is in history exactly once");
-    let desired: Value = serde_json::from_str(&env.consul.kv("tagbridge/desired/web").unwrap()).unwrap();
+    assert_eq!(
+        tags,
+        (1..=12).collect::<Vec<_>>(),
+        "every webhook is in history exactly once"
+    );
+    let desired: Value =
+        serde_json::from_str(&env.consul.kv("tagbridge/desired/web").unwrap()).unwrap();
     assert_eq!(desired["tag"], "12.0");
     let applied = h.iter().filter(|e| e["detail"].is_null()).count() as u64;
-    assert_eq!(desired["seq"], applied, "desired.seq counts exactly the applied changes");
+    assert_eq!(
+        desired["seq"], applied,
+        "desired.seq counts exactly the applied changes"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -549,19 +693,31 @@ async fn concurrent_webhooks_on_two_replicas_lose_no_update() {
 async fn pinned_service_records_but_does_not_deploy() {
     let env = Env::new();
     let tb = env.serve("", WEB).await;
-    assert_eq!(env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0, 200);
+    assert_eq!(
+        env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0,
+        200
+    );
     env.consul.put("tagbridge/pin/web", "{\"by\":\"test\"}");
     let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "2.0")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((&body["changed"], &body["reason"]), (&json!(false), &json!("pinned")));
-    assert_eq!(env.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.0"));
+    assert_eq!(
+        (&body["changed"], &body["reason"]),
+        (&json!(false), &json!("pinned"))
+    );
+    assert_eq!(
+        env.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("1.0")
+    );
     let h = env.consul.history("web");
     assert_eq!(h[0]["tag"], "2.0");
     assert_eq!(h[0]["detail"], "pinned: recorded, not deployed");
     env.consul.delete("tagbridge/pin/web");
     let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "2.0")).await;
     assert_eq!((status, &body["changed"]), (200, &json!(true)), "{body}");
-    assert_eq!(env.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("2.0"));
+    assert_eq!(
+        env.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("2.0")
+    );
     tb.stop().await;
 }
 
@@ -569,13 +725,19 @@ async fn pinned_service_records_but_does_not_deploy() {
 async fn a_change_by_someone_else_is_seen_not_overwritten() {
     let env = Env::new();
     let tb = env.serve("", WEB).await;
-    assert_eq!(env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0, 200);
+    assert_eq!(
+        env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0,
+        200
+    );
     // An operator sets the key by hand behind tagbridge's back.
     env.consul.put("configs/web/IMAGE_TAG", "5.0");
     let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "3.0")).await;
     assert_eq!(status, 200);
     assert_eq!(body["reason"], "older than current", "{body}");
-    assert_eq!(env.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("5.0"));
+    assert_eq!(
+        env.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("5.0")
+    );
     // The same tag as the hand-set one is "unchanged", never answered from
     // a stale cache.
     let (_, body) = env.post(&tb, "web", dockerhub("acme/web", "5.0")).await;
@@ -614,15 +776,41 @@ async fn every_source_fixture_reaches_kv() {
         mac.update(body);
         hex::encode(mac.finalize().into_bytes())
     };
-    let cases: Vec<(&str, &str, Vec<(&str, String)>, &str)> = vec![
-        ("dockerhub", "dockerhub/push.json", vec![], "release-20261124120000"),
-        ("github", "github/registry_package_published.json", vec![("X-GitHub-Event", "registry_package".into())], "release-20261124120000"),
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "dockerhub",
+            "dockerhub/push.json",
+            vec![],
+            "release-20261124120000",
+        ),
+        (
+            "github",
+            "github/registry_package_published.json",
+            vec![("X-GitHub-Event", "registry_package".into())],
+            "release-20261124120000",
+        ),
         ("quay", "quay/push.json", vec![], "1.4.2"),
-        ("quaylegacy", "quay/push_legacy.json", vec![], "release-20261124120000"),
-        ("harbor", "harbor/push_artifact.json", vec![("Authorization", "fixture-signing-secret".into())], "release-20261124120000"),
+        (
+            "quaylegacy",
+            "quay/push_legacy.json",
+            vec![],
+            "release-20261124120000",
+        ),
+        (
+            "harbor",
+            "harbor/push_artifact.json",
+            vec![("Authorization", "fixture-signing-secret".into())],
+            "release-20261124120000",
+        ),
         ("acr", "acr/push.json", vec![], "1.4.2"),
         ("artifactory", "artifactory/pushed.json", vec![], "1.4.2"),
-        ("generic", "generic/push.json", vec![], "release-20261124120000"),
+        (
+            "generic",
+            "generic/push.json",
+            vec![],
+            "release-20261124120000",
+        ),
     ];
     for (name, file, mut headers, tag) in cases {
         let body = fixture(file);
@@ -635,7 +823,13 @@ async fn every_source_fixture_reaches_kv() {
         let (status, resp) = env.post_h(&tb, name, body, &headers).await;
         assert_eq!(status, 200, "{name}: {resp}");
         assert_eq!(resp["changed"], true, "{name}: {resp}");
-        assert_eq!(env.consul.kv(&format!("configs/{name}/IMAGE_TAG")).as_deref(), Some(tag), "{name}");
+        assert_eq!(
+            env.consul
+                .kv(&format!("configs/{name}/IMAGE_TAG"))
+                .as_deref(),
+            Some(tag),
+            "{name}"
+        );
         let h = env.consul.history(name);
         assert_eq!(h[0]["event"], "received");
     }
@@ -644,11 +838,22 @@ async fn every_source_fixture_reaches_kv() {
     let body = fixture("github/untagged.json");
     let sig = hub_sig(secret, &body);
     let (status, resp) = env
-        .post_h(&tb, "github", body, &[("X-GitHub-Event", "package".into()), ("X-Hub-Signature-256", sig)])
+        .post_h(
+            &tb,
+            "github",
+            body,
+            &[
+                ("X-GitHub-Event", "package".into()),
+                ("X-Hub-Signature-256", sig),
+            ],
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(resp["changed"], false);
-    assert!(resp["reason"].as_str().unwrap().contains("untagged"), "{resp}");
+    assert!(
+        resp["reason"].as_str().unwrap().contains("untagged"),
+        "{resp}"
+    );
     assert_eq!(env.consul.fingerprint(), before);
     tb.stop().await;
 }
@@ -665,16 +870,41 @@ async fn http2_metrics_and_readiness() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.version(), reqwest::Version::HTTP_2, "ALPN should pick h2");
+    assert_eq!(
+        resp.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN should pick h2"
+    );
     assert_eq!(resp.status().as_u16(), 200);
     let _ = env.client.post(tb.url("/hooks/nope")).send().await.unwrap();
 
     let admin = |p: &str| format!("http://{}{p}", tb.admin);
-    assert_eq!(reqwest::get(admin("/healthz")).await.unwrap().status().as_u16(), 200);
-    assert_eq!(reqwest::get(admin("/readyz")).await.unwrap().status().as_u16(), 200);
-    let metrics = reqwest::get(admin("/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        reqwest::get(admin("/healthz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(admin("/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let metrics = reqwest::get(admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.contains(r#"tagbridge_webhooks_total{service="web",source="dockerhub",outcome="applied"} 1"#),
+        metrics.contains(
+            r#"tagbridge_webhooks_total{service="web",source="dockerhub",outcome="applied"} 1"#
+        ),
         "{metrics}"
     );
     assert!(metrics.contains(r#"outcome="not_found"} 1"#), "{metrics}");
@@ -694,7 +924,11 @@ async fn certificate_reload_swaps_pair_and_keeps_old_on_bad_pair() {
     assert!(first > 0);
 
     // A broken pair: the old certificate keeps serving.
-    std::fs::write(&env.tls.key_file, "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        &env.tls.key_file,
+        "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     assert!(certs.changed_on_disk());
     assert!(certs.reload().is_err());
     let (status, _) = env.post(&tb, "web", dockerhub("acme/web", "1.0")).await;
@@ -717,7 +951,12 @@ async fn certificate_reload_swaps_pair_and_keeps_old_on_bad_pair() {
         .expect_err("old CA no longer matches the served certificate");
     assert!(err.is_connect() || err.is_request(), "{err}");
     let (status, _) = {
-        let resp = fresh.client().post(tb.url("/hooks/x")).send().await.unwrap();
+        let resp = fresh
+            .client()
+            .post(tb.url("/hooks/x"))
+            .send()
+            .await
+            .unwrap();
         (resp.status().as_u16(), ())
     };
     assert_eq!(status, 404);

@@ -101,7 +101,9 @@ impl FailGuard {
     pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
         let now = Instant::now();
         let map = self.blocked.lock().ok()?;
-        map.get(&ip).and_then(|until| until.checked_duration_since(now)).filter(|d| !d.is_zero())
+        map.get(&ip)
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
     }
 
     /// Count a failed attempt; `Some(wait)` when this one crossed the limit.
@@ -109,7 +111,9 @@ impl FailGuard {
         match self.limiter.check_key(&ip) {
             Ok(()) => None,
             Err(not_until) => {
-                let wait = not_until.wait_time_from(self.clock.now()).max(Duration::from_secs(1));
+                let wait = not_until
+                    .wait_time_from(self.clock.now())
+                    .max(Duration::from_secs(1));
                 if let Ok(mut map) = self.blocked.lock() {
                     if map.len() >= SWEEP_AT {
                         let now = Instant::now();
@@ -141,10 +145,19 @@ mod tests {
             client_ip(peer, Some("6.6.6.6, 198.51.100.7, 10.9.9.9"), &trusted),
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(client_ip(peer, None, &trusted), "10.1.2.3".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(peer, Some("garbage, 10.9.9.9"), &trusted), "10.9.9.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, None, &trusted),
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer, Some("garbage, 10.9.9.9"), &trusted),
+            "10.9.9.9".parse::<IpAddr>().unwrap()
+        );
         let mapped: SocketAddr = "[::ffff:203.0.113.9]:1".parse().unwrap();
-        assert_eq!(client_ip(mapped, None, &[]), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(mapped, None, &[]),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -70,7 +70,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, ingest: Ingest, metrics: Arc<Metrics>, certs: Option<Arc<CertStore>>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        ingest: Ingest,
+        metrics: Arc<Metrics>,
+        certs: Option<Arc<CertStore>>,
+    ) -> Self {
         let limits = Limits {
             max_connections: config.max_connections,
             ..Limits::default()
@@ -140,11 +145,19 @@ impl Rejection {
                 json!({"error": "body not received in time"}),
                 None,
             ),
-            Rejection::Signature(e) => (StatusCode::UNAUTHORIZED, json!({"error": e.to_string()}), None),
-            Rejection::BadRequest(reason) => (StatusCode::BAD_REQUEST, json!({"error": reason}), None),
-            Rejection::Ingest(e @ IngestError::Corrupt { .. }) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": e.to_string()}), None)
+            Rejection::Signature(e) => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": e.to_string()}),
+                None,
+            ),
+            Rejection::BadRequest(reason) => {
+                (StatusCode::BAD_REQUEST, json!({"error": reason}), None)
             }
+            Rejection::Ingest(e @ IngestError::Corrupt { .. }) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": e.to_string()}),
+                None,
+            ),
             Rejection::Ingest(IngestError::Pinned(_)) | Rejection::Ingest(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "state store unavailable, nothing was written; retry later"}),
@@ -233,7 +246,8 @@ pub async fn run(
         let watcher = graceful.watcher();
         tracker.spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(state.limits.handshake, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(state.limits.handshake, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -268,7 +282,11 @@ pub async fn run(
 }
 
 /// Handle one request: log it once, count it once.
-pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> Response<Full<Bytes>> {
+pub async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: &AppState,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let (resp, report) = route(req, peer, state).await;
     let elapsed = started.elapsed();
@@ -300,7 +318,11 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) 
     resp
 }
 
-async fn route(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> (Response<Full<Bytes>>, Report) {
+async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: &AppState,
+) -> (Response<Full<Bytes>>, Report) {
     let mut report = Report {
         service: None,
         tag: None,
@@ -359,7 +381,10 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> (R
         Ok(Parsed::Push(p)) => p,
         Ok(Parsed::Ping) => {
             report.outcome = "ping";
-            return (json_response(StatusCode::OK, &json!({"pong": true})), report);
+            return (
+                json_response(StatusCode::OK, &json!({"pong": true})),
+                report,
+            );
         }
         Ok(Parsed::Ignored(reason)) => {
             report.outcome = "ignored";
@@ -376,9 +401,14 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> (R
             };
             return (reject(&mut report, r), report);
         }
-        Err(WebhookError::Malformed(m)) => return (reject(&mut report, Rejection::BadRequest(m)), report),
+        Err(WebhookError::Malformed(m)) => {
+            return (reject(&mut report, Rejection::BadRequest(m)), report)
+        }
     };
-    if let Some(p) = pushes.iter().find(|p| !p.repository.eq_ignore_ascii_case(&svc.repository)) {
+    if let Some(p) = pushes
+        .iter()
+        .find(|p| !p.repository.eq_ignore_ascii_case(&svc.repository))
+    {
         let msg = format!(
             "repository {:?} does not match this service's repository {:?}",
             p.repository, svc.repository
@@ -387,7 +417,10 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> (R
     }
     if pushes.is_empty() {
         return (
-            reject(&mut report, Rejection::BadRequest(format!("{}: no tag in payload", svc.source))),
+            reject(
+                &mut report,
+                Rejection::BadRequest(format!("{}: no tag in payload", svc.source)),
+            ),
             report,
         );
     }
@@ -424,7 +457,13 @@ async fn ingest_all(
     for push in pushes {
         let o = state
             .ingest
-            .apply(svc, &Change::Push { push, source: svc.source })
+            .apply(
+                svc,
+                &Change::Push {
+                    push,
+                    source: svc.source,
+                },
+            )
             .await?;
         if o.changed {
             last_changed = Some(o.clone());
@@ -455,7 +494,11 @@ fn accepted(svc: &ServiceConfig, o: &Outcome) -> Response<Full<Bytes>> {
 }
 
 /// Read the body, refusing more than [`MAX_BODY`] while it streams.
-async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: Duration) -> Result<Bytes, Rejection> {
+async fn read_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: Duration,
+) -> Result<Bytes, Rejection> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -467,6 +510,8 @@ async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: Duration) -
         Err(_) => Err(Rejection::BodyTimeout),
         Ok(Ok(c)) => Ok(c.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Rejection::TooLarge),
-        Ok(Err(e)) => Err(Rejection::BadRequest(format!("body could not be read: {e}"))),
+        Ok(Err(e)) => Err(Rejection::BadRequest(format!(
+            "body could not be read: {e}"
+        ))),
     }
 }

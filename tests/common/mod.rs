@@ -33,7 +33,10 @@ fn provide(which: &str) -> PathBuf {
         .stderr(Stdio::inherit())
         .output()
         .expect("run scripts/install-agents.sh");
-    assert!(out.status.success(), "scripts/install-agents.sh {which} failed");
+    assert!(
+        out.status.success(),
+        "scripts/install-agents.sh {which} failed"
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().expect("a BIN= line");
     PathBuf::from(line.split_once('=').expect("NAME=path").1.trim())
@@ -106,7 +109,12 @@ kill -9 "$child" 2>/dev/null
 wait "$child" 2>/dev/null
 exit 0"#;
         let mut cmd = Command::new("bash");
-        cmd.arg("-c").arg(script).arg("watchdog").arg(program).arg(log).args(args);
+        cmd.arg("-c")
+            .arg(script)
+            .arg("watchdog")
+            .arg(program)
+            .arg(log)
+            .args(args);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -294,7 +302,10 @@ pub fn http1_request(method: &str, url: &str, body: &[u8]) -> std::io::Result<(u
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -341,9 +352,8 @@ impl TestTls {
             .push(rcgen::DnType::CommonName, "tagbridge test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca cert");
         let key = KeyPair::generate().expect("key");
-        let params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .expect("params");
+        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params");
         let cert = params.signed_by(&key, &ca).expect("server cert");
         TestTls {
             ca_pem: ca.pem(),
@@ -355,7 +365,9 @@ impl TestTls {
     /// A reqwest client trusting the test CA (HTTP/1.1 and HTTP/2).
     pub fn client(&self) -> reqwest::Client {
         reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("ca"))
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("ca"),
+            )
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client")
@@ -411,7 +423,9 @@ impl InProcess {
     ) -> Self {
         let path = dir.write("tagbridge.hcl", config_text);
         let no_env = |_: &str| None;
-        let cfg = Arc::new(Config::load(&path, Purpose::Serve, &no_env).unwrap_or_else(|e| panic!("config: {e}")));
+        let cfg = Arc::new(
+            Config::load(&path, Purpose::Serve, &no_env).unwrap_or_else(|e| panic!("config: {e}")),
+        );
         let certs = CertStore::load(cfg.tls.as_ref().expect("tls")).expect("certs");
         let tls = certs.server_config().expect("server config");
         let consul = tagbridge::cli::consul_client(&cfg).expect("consul client");
@@ -420,8 +434,12 @@ impl InProcess {
         let mut state = AppState::new(cfg, ingest, metrics, Some(certs));
         tweak(&mut state.limits);
         let state = Arc::new(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind admin");
         let addr = listener.local_addr().expect("addr");
         let admin_addr = admin.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,424 @@
+//! The `tagbridge` binary: serve (logs, signals, two replicas) and the
+//! operator commands, against a real Consul agent.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn bin() -> std::path::PathBuf {
+    assert_cmd::cargo::cargo_bin("tagbridge")
+}
+
+const SIGNING: &str = "cli-test-signing-key-do-not-log";
+const TOKEN: &str = "consul-token-do-not-log-7f3a";
+
+fn write_config(dir: &TempDir, tls: &TestTls, extra: &str) -> std::path::PathBuf {
+    let signing = dir.write("gen.hmac", SIGNING);
+    let (_, gen_hash) = secret_pair("gen");
+    let (_, web_hash) = secret_pair("web");
+    dir.write(
+        "tagbridge.hcl",
+        format!(
+            r#"
+listen       = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{extra}
+tls {{
+  cert_file = "{cert}"
+  key_file  = "{key}"
+}}
+service "gen" {{
+  secret_sha256       = "{gen_hash}"
+  source              = "generic"
+  repository          = "acme/gen"
+  key                 = "configs/gen/IMAGE_TAG"
+  signing_secret_file = "{signing}"
+  tags {{ order = "numeric" }}
+}}
+service "web" {{
+  secret_sha256 = "{web_hash}"
+  source        = "dockerhub"
+  repository    = "acme/web"
+  key           = "configs/web/IMAGE_TAG"
+  rollout {{
+    job = "web"
+  }}
+}}
+"#,
+            cert = tls.cert_file.display(),
+            key = tls.key_file.display(),
+            signing = signing.display(),
+        ),
+    )
+}
+
+struct Serving {
+    child: Child,
+    log: std::path::PathBuf,
+    port: u16,
+}
+
+impl Serving {
+    fn start(config: &Path, consul: &ConsulAgent, log: std::path::PathBuf) -> Self {
+        let child = Command::new(bin())
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("CONSUL_HTTP_ADDR", consul.addr())
+            .env("CONSUL_HTTP_TOKEN", TOKEN)
+            .env("TAGBRIDGE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn tagbridge serve");
+        // Owned by the guard at once, so a failed start still reaps it.
+        let mut serving = Serving {
+            child,
+            log,
+            port: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&serving.log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains("tagbridge serving")) {
+                let v: Value = serde_json::from_str(line).expect("JSON log line");
+                let listen = v["listen"].as_str().unwrap();
+                serving.port = listen.rsplit(':').next().unwrap().parse().unwrap();
+                return serving;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tagbridge did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "tagbridge ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (
+            status,
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn generic_body(tag: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"repository": "acme/gen", "tag": tag})).unwrap()
+}
+
+async fn post_generic(
+    client: &reqwest::Client,
+    base: &str,
+    secret: &str,
+    body: Vec<u8>,
+    key: &[u8],
+) -> u16 {
+    client
+        .post(format!("{base}/hooks/{secret}"))
+        .header("X-Hub-Signature-256", hub_sig(key, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn serve_logs_one_line_per_webhook_and_never_a_secret() {
+    let consul = ConsulAgent::start();
+    let dir = TempDir::new("cli-log");
+    let tls = TestTls::new(&dir);
+    let cfg = write_config(&dir, &tls, "");
+    let tb = Serving::start(&cfg, &consul, dir.path().join("serve.log"));
+    let client = tls.client();
+    let base = tb.url("");
+    let (secret, _) = secret_pair("gen");
+
+    assert_eq!(
+        post_generic(
+            &client,
+            &base,
+            &secret,
+            generic_body("7"),
+            SIGNING.as_bytes()
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        post_generic(&client, &base, &secret, generic_body("8"), b"wrong key").await,
+        401
+    );
+    assert_eq!(
+        post_generic(
+            &client,
+            &base,
+            "not-a-secret-guess",
+            generic_body("9"),
+            SIGNING.as_bytes()
+        )
+        .await,
+        404
+    );
+    assert_eq!(consul.kv("configs/gen/IMAGE_TAG").as_deref(), Some("7"));
+
+    let (status, log) = tb.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM must end serve cleanly: {status:?}\n{log}"
+    );
+    for needle in [
+        secret.as_str(),
+        SIGNING,
+        TOKEN,
+        "not-a-secret-guess",
+        "/hooks/",
+    ] {
+        assert!(!log.contains(needle), "log leaks {needle:?}:\n{log}");
+    }
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|v: &Value| v["message"] == "webhook")
+        .collect();
+    assert_eq!(lines.len(), 3, "one line per webhook:\n{log}");
+    let outcomes: Vec<_> = lines
+        .iter()
+        .map(|l| l["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["applied", "unauthorized", "not_found"]);
+    assert_eq!(lines[0]["service"], "gen");
+    assert_eq!(lines[0]["source"], "generic");
+    assert_eq!(lines[0]["tag"], "7");
+    assert_eq!(lines[0]["status"], 200);
+    assert!(lines[0]["latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(log.contains("SIGTERM"), "{log}");
+}
+
+#[tokio::test]
+async fn two_processes_ingesting_for_one_service_lose_no_update() {
+    let consul = ConsulAgent::start();
+    let dir = TempDir::new("cli-two");
+    let tls = TestTls::new(&dir);
+    let cfg = write_config(&dir, &tls, "");
+    let a = Serving::start(&cfg, &consul, dir.path().join("a.log"));
+    let b = Serving::start(&cfg, &consul, dir.path().join("b.log"));
+    let (secret, _) = secret_pair("gen");
+    let mut tasks = Vec::new();
+    for i in 1..=16u32 {
+        let client = tls.client();
+        let base = if i % 2 == 0 { a.url("") } else { b.url("") };
+        let secret = secret.clone();
+        tasks.push(tokio::spawn(async move {
+            post_generic(
+                &client,
+                &base,
+                &secret,
+                generic_body(&i.to_string()),
+                SIGNING.as_bytes(),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(consul.kv("configs/gen/IMAGE_TAG").as_deref(), Some("16"));
+    let mut tags: Vec<u32> = consul
+        .history("gen")
+        .iter()
+        .map(|e| e["tag"].as_str().unwrap().parse().unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, (1..=16).collect::<Vec<_>>());
+    let (sa, _) = a.terminate();
+    let (sb, _) = b.terminate();
+    assert!(sa.success() && sb.success());
+}
+
+fn run(config: &Path, consul: &ConsulAgent, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("CONSUL_HTTP_ADDR", consul.addr())
+        .env("USER", "alice")
+        .output()
+        .expect("run tagbridge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn operator_commands_on_a_populated_consul() {
+    let consul = ConsulAgent::start();
+    let dir = TempDir::new("cli-ops");
+    let tls = TestTls::new(&dir);
+    let cfg = write_config(&dir, &tls, "");
+
+    let (code, out, err) = run(
+        &cfg,
+        &consul,
+        &["deploy", "gen", "41", "--reason", "hotfix"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("gen: configs/gen/IMAGE_TAG (unset) -> 41"),
+        "{out}"
+    );
+    let (code, out, _) = run(&cfg, &consul, &["deploy", "gen", "40"]);
+    assert_eq!(code, 0, "a manual deploy may go back to an older tag");
+    assert!(out.contains("41 -> 40"), "{out}");
+    let (code, out, _) = run(&cfg, &consul, &["deploy", "gen", "40"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to do"), "{out}");
+    let (code, out, _) = run(&cfg, &consul, &["deploy", "web", "2.0"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("(rollout queued)"), "{out}");
+    assert_eq!(consul.kv("configs/gen/IMAGE_TAG").as_deref(), Some("40"));
+
+    let (code, out, _) = run(&cfg, &consul, &["history", "gen"]);
+    assert_eq!(code, 0);
+    let lines: Vec<_> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("AT") && lines[0].contains("EVENT") && lines[0].contains("DETAIL")
+    );
+    assert!(
+        lines[1].contains("manual") && lines[1].contains(" 40 ") && lines[1].contains("alice"),
+        "{out}"
+    );
+    assert!(lines[2].contains("hotfix"), "{out}");
+    let (code, out, _) = run(&cfg, &consul, &["history", "gen", "--json", "--limit", "1"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["event"], "manual");
+    assert_eq!(v[0]["tag"], "40");
+    assert_eq!(v[0]["previous"], "41");
+
+    let (code, out, _) = run(&cfg, &consul, &["status", "--json"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["service"], "gen");
+    assert_eq!(v[0]["tag"], "40");
+    assert_eq!(v[0]["desired"]["seq"], 2);
+    assert_eq!(v[1]["rollout"]["job"], "web");
+    let (code, out, _) = run(&cfg, &consul, &["status", "web"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().nth(1).unwrap().starts_with("web "), "{out}");
+
+    // Failures the user can fix: exit 1 with one clear line.
+    consul.put("tagbridge/pin/gen", "{}");
+    let (code, _, err) = run(&cfg, &consul, &["deploy", "gen", "50"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("pinned"), "{err}");
+    let (code, _, err) = run(&cfg, &consul, &["history", "nosuch"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "tagbridge: unknown service \"nosuch\" (configured: gen, web)"
+    );
+    // Bad usage: exit 2.
+    let (code, _, _) = run(&cfg, &consul, &["history"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = run(&cfg, &consul, &["frobnicate"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn check_reports_every_problem_and_secret_makes_a_matching_pair() {
+    let consul = ConsulAgent::start();
+    let dir = TempDir::new("cli-check");
+    let tls = TestTls::new(&dir);
+    let good = write_config(&dir, &tls, "");
+    let (code, out, err) = run(&good, &consul, &["check", "--connect"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reachable"), "{out}");
+
+    let bad = dir.write(
+        "bad.hcl",
+        r#"
+listen = "nowhere"
+tls {
+  cert_file = "/nonexistent/tls.crt"
+  key_file  = "/nonexistent/tls.key"
+}
+service "Web" {
+  secret_sha256 = "1234"
+  source        = "gitlab"
+  key           = ""
+}
+"#,
+    );
+    let (code, _, err) = run(&bad, &consul, &["check"]);
+    assert_eq!(code, 1);
+    let lines: Vec<_> = err.lines().collect();
+    assert!(lines.len() >= 6, "{err}");
+    for needle in [
+        "listen: \"nowhere\" is not an ip:port address",
+        "tls.cert_file: cannot read /nonexistent/tls.crt",
+        "service \"Web\": service names use only",
+        "service \"Web\": secret_sha256: must be 64 hex characters",
+        "service \"Web\": source: unknown source \"gitlab\"",
+        "service \"Web\": key: must not be empty",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(needle) && l.contains("bad.hcl")),
+            "missing {needle:?}:\n{err}"
+        );
+    }
+
+    let (code, out, _) = run(&good, &consul, &["secret"]);
+    assert_eq!(code, 0);
+    let path = out
+        .lines()
+        .find(|l| l.starts_with("/hooks/"))
+        .expect("URL path");
+    let secret = path.trim_start_matches("/hooks/");
+    assert!(secret.len() >= 43, "256 bits, base64url: {secret}");
+    assert!(secret
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("secret_sha256"))
+        .expect("config line");
+    use sha2::Digest as _;
+    let want = hex::encode(sha2::Sha256::digest(secret.as_bytes()));
+    assert_eq!(line, format!("secret_sha256 = \"{want}\""));
+    let (_, out2, _) = run(&good, &consul, &["secret"]);
+    assert_ne!(out, out2, "every secret is new");
+}
