@@ -19,7 +19,7 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 
 echo "== cargo test"
-cargo test --all-targets
+cargo test
 
 echo "== demo (README quick start)"
 bash scripts/demo.sh
