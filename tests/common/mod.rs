@@ -7,6 +7,8 @@
 //! killed.
 #![allow(dead_code)]
 
+pub mod nomad;
+
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,1 @@
+//! Placeholder: real Nomad dev agent harness (written by the rollout work).
