@@ -11,6 +11,7 @@ pub mod history;
 pub mod http_client;
 pub mod ingest;
 pub mod metrics;
+pub mod nomad;
 pub mod policy;
 pub mod server;
 pub mod tls;

@@ -293,7 +293,7 @@ fn dockerhub_malformed_messages() {
     );
     assert_eq!(
         malformed(unsigned(Source::DockerHub, b"[]")),
-        "dockerhub: unexpected body shape: invalid length 0, expected struct Payload with 2 elements at line 1 column 2"
+        "dockerhub: unexpected body shape: invalid length 0, expected a Docker Hub push object at line 1 column 2"
     );
 }
 
@@ -1033,7 +1033,7 @@ fn artifactory_malformed_messages() {
     );
     assert_eq!(
         malformed(artifactory(b"null")),
-        "artifactory: unexpected body shape: invalid type: null, expected struct Payload at line 1 column 4"
+        "artifactory: unexpected body shape: invalid type: null, expected an Artifactory event object at line 1 column 4"
     );
 }
 

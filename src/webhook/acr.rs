@@ -13,6 +13,7 @@ use super::{ImagePush, Parsed, Request, WebhookError};
 const SOURCE: &str = "acr";
 
 #[derive(Deserialize)]
+#[serde(expecting = "an ACR event object")]
 struct Payload {
     /// The event id; used as the delivery id.
     id: Option<String>,

@@ -18,6 +18,7 @@ const SOURCE: &str = "artifactory";
 const AUTH_HEADER: &str = "X-JFrog-Event-Auth";
 
 #[derive(Deserialize)]
+#[serde(expecting = "an Artifactory event object")]
 struct Payload {
     domain: Option<String>,
     event_type: Option<String>,

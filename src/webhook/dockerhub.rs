@@ -14,6 +14,7 @@ use super::{ImagePush, Parsed, Request, WebhookError};
 const SOURCE: &str = "dockerhub";
 
 #[derive(Deserialize)]
+#[serde(expecting = "a Docker Hub push object")]
 struct Payload {
     push_data: Option<PushData>,
     repository: Option<Repository>,

@@ -16,6 +16,7 @@ use super::{ImagePush, Parsed, Request, WebhookError};
 const SOURCE: &str = "generic";
 
 #[derive(Deserialize)]
+#[serde(expecting = "an object with repository and tag")]
 struct Payload {
     repository: Option<String>,
     tag: Option<String>,

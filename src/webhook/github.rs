@@ -19,6 +19,7 @@ use super::{ImagePush, Parsed, Request, WebhookError};
 const SOURCE: &str = "github";
 
 #[derive(Deserialize)]
+#[serde(expecting = "a GitHub package event object")]
 struct Payload {
     action: Option<String>,
     /// Present for `X-GitHub-Event: package`.

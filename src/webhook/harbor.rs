@@ -14,6 +14,7 @@ use super::{ImagePush, Parsed, Request, WebhookError};
 const SOURCE: &str = "harbor";
 
 #[derive(Deserialize)]
+#[serde(expecting = "a Harbor event object")]
 struct Payload {
     #[serde(rename = "type")]
     kind: Option<String>,

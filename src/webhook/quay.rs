@@ -18,6 +18,7 @@ use super::{ImagePush, Parsed, Request, WebhookError};
 const SOURCE: &str = "quay";
 
 #[derive(Deserialize)]
+#[serde(expecting = "a Quay push notification object")]
 struct Payload {
     /// `namespace/name`, e.g. `acme/web`.
     repository: Option<String>,
