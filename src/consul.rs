@@ -159,6 +159,9 @@ pub enum TxnOp {
     CheckIndex { key: String, index: u64 },
     /// Fail the transaction unless the key does not exist.
     CheckNotExists { key: String },
+    /// Fail the transaction unless `session` holds the lock on the key:
+    /// fences every write of a controller that lost leadership.
+    CheckSession { key: String, session: String },
 }
 
 #[derive(Serialize)]
@@ -170,6 +173,8 @@ struct RawTxnKv<'a> {
     value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -187,24 +192,35 @@ impl TxnOp {
                 key,
                 value: Some(b64(value)),
                 index: Some(*index),
+                session: None,
             },
             TxnOp::DeleteCas { key, index } => RawTxnKv {
                 verb: "delete-cas",
                 key,
                 value: None,
                 index: Some(*index),
+                session: None,
             },
             TxnOp::CheckIndex { key, index } => RawTxnKv {
                 verb: "check-index",
                 key,
                 value: None,
                 index: Some(*index),
+                session: None,
             },
             TxnOp::CheckNotExists { key } => RawTxnKv {
                 verb: "check-not-exists",
                 key,
                 value: None,
                 index: None,
+                session: None,
+            },
+            TxnOp::CheckSession { key, session } => RawTxnKv {
+                verb: "check-session",
+                key,
+                value: None,
+                index: None,
+                session: Some(session),
             },
         };
         RawTxnOp { kv }

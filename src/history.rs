@@ -68,19 +68,46 @@ pub struct Desired {
     pub at: String,
 }
 
-/// `<state_prefix>/deployed/<service>`: what the controller last did.
+/// `<state_prefix>/deployed/<service>`: what the controller last did, and
+/// while a rollout runs, everything a new leader needs to resume it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
+    /// The tag running once `outcome` is final (after a rollback: the
+    /// restored one); while in progress, the tag being deployed.
     pub tag: String,
     #[serde(default)]
     pub digest: Option<String>,
+    /// The desired `seq` this record answers.
     pub seq: u64,
     #[serde(default)]
     pub job_version: Option<u64>,
     #[serde(default)]
     pub deployment: Option<String>,
     pub at: String,
+    /// `in_progress`, `rolling_back`, `deployed`, `rolled_back`, `failed`.
     pub outcome: String,
+    /// The tag that ran before this rollout (the rollback target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// The job version before this rollout (the revert target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_version: Option<u64>,
+    /// Why a rollout failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Deployed {
+    pub const IN_PROGRESS: &'static str = "in_progress";
+    pub const ROLLING_BACK: &'static str = "rolling_back";
+    pub const DEPLOYED: &'static str = "deployed";
+    pub const ROLLED_BACK: &'static str = "rolled_back";
+    pub const FAILED: &'static str = "failed";
+
+    /// A rollout or rollback is under way: the controller owns the key.
+    pub fn is_busy(&self) -> bool {
+        self.outcome == Self::IN_PROGRESS || self.outcome == Self::ROLLING_BACK
+    }
 }
 
 /// Decode a history value; an absent key is an empty history.

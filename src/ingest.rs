@@ -103,11 +103,24 @@ pub struct Snapshot {
     pub desired_index: u64,
     /// `Some(index)` when the pin key exists.
     pub pin_index: Option<u64>,
+    /// ModifyIndex of the controller's `deployed` record (0: absent).
+    pub deployed_index: u64,
+    /// The controller is mid-rollout (or mid-rollback) for this service.
+    pub rollout_busy: bool,
 }
 
 impl Snapshot {
     pub fn pinned(&self) -> bool {
         self.pin_index.is_some()
+    }
+
+    /// The newest accepted tag: for services with a rollout, the desired
+    /// record (the key follows the controller); otherwise the key itself.
+    pub fn current_tag(&self, svc: &ServiceConfig) -> Option<&str> {
+        match (&svc.rollout, &self.desired) {
+            (Some(_), Some(d)) => Some(d.tag.as_str()),
+            _ => self.tag.as_deref(),
+        }
     }
 }
 
@@ -140,7 +153,7 @@ fn retry_policy() -> ExponentialBuilder {
         .with_jitter()
 }
 
-/// Read every record of a service (four reads in parallel).
+/// Read every record of a service (five reads in parallel).
 ///
 /// # Errors
 ///
@@ -154,7 +167,7 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
             async move { consul.kv_get(&key).await }
         }
     };
-    let (tag, history, desired, pin) = tokio::try_join!(
+    let (tag, history, desired, pin, deployed) = tokio::try_join!(
         get(keys.tag.clone())
             .retry(retry_policy())
             .when(ConsulError::is_transient),
@@ -167,7 +180,15 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
         get(keys.pin.clone())
             .retry(retry_policy())
             .when(ConsulError::is_transient),
+        get(keys.deployed.clone())
+            .retry(retry_policy())
+            .when(ConsulError::is_transient),
     )?;
+    let rollout_busy = deployed
+        .value
+        .as_ref()
+        .and_then(|kv| serde_json::from_slice::<crate::history::Deployed>(&kv.value).ok())
+        .is_some_and(|d| d.is_busy());
     let corrupt = |key: &str, e: serde_json::Error| IngestError::Corrupt {
         key: key.to_string(),
         reason: e.to_string(),
@@ -192,6 +213,8 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
         desired: desired_rec,
         desired_index: desired.value.as_ref().map_or(0, |kv| kv.modify_index),
         pin_index: pin.value.as_ref().map(|kv| kv.modify_index),
+        deployed_index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
+        rollout_busy,
     })
 }
 
@@ -388,22 +411,23 @@ impl Ingest {
         change: &Change,
     ) -> Result<Option<Plan>, IngestError> {
         let tag = change.tag();
+        let current = snap.current_tag(svc).map(str::to_string);
         let current_digest = snap
             .desired
             .as_ref()
-            .filter(|d| Some(&d.tag) == snap.tag.as_ref())
+            .filter(|d| Some(&d.tag) == current.as_ref())
             .and_then(|d| d.digest.as_deref());
         let decision = match change {
             Change::Push { .. } => {
                 svc.policy
                     .policy
-                    .decide(tag, change.digest(), snap.tag.as_deref(), current_digest)
+                    .decide(tag, change.digest(), current.as_deref(), current_digest)
             }
             Change::Manual { .. } => {
                 if snap.pinned() {
                     return Err(IngestError::Pinned(svc.name.clone()));
                 }
-                if snap.tag.as_deref() == Some(tag) {
+                if current.as_deref() == Some(tag) {
                     Decision::Unchanged
                 } else {
                     Decision::Apply
@@ -417,7 +441,7 @@ impl Ingest {
                     ops: Vec::new(),
                     outcome: Outcome {
                         tag: tag.to_string(),
-                        previous: snap.tag.clone(),
+                        previous: current.clone(),
                         changed: false,
                         reason: Some(reason),
                         rollout_queued: false,
@@ -464,7 +488,7 @@ impl Ingest {
                 at: at.clone(),
                 event,
                 tag: tag.to_string(),
-                previous: snap.tag.clone(),
+                previous: current.clone(),
                 digest: digest.clone(),
                 source,
                 delivery,
@@ -478,13 +502,22 @@ impl Ingest {
             reason: e.to_string(),
         })?;
 
-        let mut ops = Vec::with_capacity(4);
-        if write_tag {
+        let mut ops = Vec::with_capacity(5);
+        // While the controller is mid-rollout, the key stays with the
+        // rollout in flight: allocations it still places must not render a
+        // newer tag. The controller writes the key when it starts the next
+        // rollout (newer tags coalesce in the desired record).
+        let write_key = write_tag && !(svc.rollout.is_some() && snap.rollout_busy);
+        if write_key {
             ops.push(TxnOp::Cas {
                 key: keys.tag.clone(),
                 value: tag.as_bytes().to_vec(),
                 index: snap.key_index,
             });
+        } else {
+            ops.push(check_op(&keys.tag, Some(snap.key_index)));
+        }
+        if write_tag {
             let desired = Desired {
                 tag: tag.to_string(),
                 digest,
@@ -499,9 +532,10 @@ impl Ingest {
                 })?,
                 index: snap.desired_index,
             });
-        } else {
-            // The decision was taken on this tag value: hold it still.
-            ops.push(check_op(&keys.tag, Some(snap.key_index)));
+        }
+        if svc.rollout.is_some() {
+            // The decision above depends on whether a rollout is running.
+            ops.push(check_op(&keys.deployed, Some(snap.deployed_index)));
         }
         ops.push(TxnOp::Cas {
             key: keys.history.clone(),
@@ -514,7 +548,7 @@ impl Ingest {
             ops,
             outcome: Outcome {
                 tag: tag.to_string(),
-                previous: snap.tag.clone(),
+                previous: current,
                 changed: write_tag,
                 reason,
                 rollout_queued: write_tag && svc.rollout.is_some(),

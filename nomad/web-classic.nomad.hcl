@@ -1,0 +1,136 @@
+# The classic way, WITHOUT a tagbridge rollout (no `rollout` block: tagbridge
+# only writes the key).
+#
+# The template re-renders when the Consul key changes and change_mode =
+# "restart" restarts every allocation at once (spread only by the template's
+# default 5 s splay). With a service that takes a while to start (WARMUP),
+# there is a window where no instance answers: the outage tagbridge's
+# rolling strategies remove. Used by the downtime measurement.
+#
+# Note: the template's `key` function blocks until the key exists; write
+# the key before registering the job.
+
+variable "testsvc" {
+  type        = string
+  default     = "/usr/local/bin/tagbridge-testsvc"
+  description = "Absolute path of the tagbridge-testsvc binary (raw_exec)."
+}
+
+variable "count" {
+  type    = number
+  default = 3
+}
+
+variable "warmup" {
+  type        = string
+  default     = "1"
+  description = "Seconds the service waits before it listens (WARMUP)."
+}
+
+variable "tag_key" {
+  type        = string
+  default     = "configs/web/IMAGE_TAG"
+  description = "Consul key holding the tag (the service's `key` in tagbridge.hcl)."
+}
+
+variable "job_name" {
+  type    = string
+  default = "web-classic"
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+variable "min_healthy_time" {
+  type    = string
+  default = "2s"
+}
+
+variable "healthy_deadline" {
+  type    = string
+  default = "20s"
+}
+
+variable "progress_deadline" {
+  type    = string
+  default = "40s"
+}
+
+job "web" {
+  id          = var.job_name
+  name        = var.job_name
+  type        = "service"
+  datacenters = var.datacenters
+
+  group "web" {
+    count = var.count
+
+    network {
+      port "http" {}
+    }
+
+    update {
+      max_parallel      = 1
+      min_healthy_time  = var.min_healthy_time
+      healthy_deadline  = var.healthy_deadline
+      progress_deadline = var.progress_deadline
+      health_check      = "checks"
+      auto_revert       = false
+    }
+
+    # A broken release must fail fast, not be retried forever.
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+
+    service {
+      name     = var.job_name
+      provider = "nomad"
+      port     = "http"
+
+      check {
+        type     = "http"
+        path     = "/healthz"
+        interval = "1s"
+        timeout  = "1s"
+      }
+    }
+
+    task "web" {
+      driver       = "raw_exec"
+      kill_timeout = "2s"
+
+      config {
+        command = var.testsvc
+      }
+
+      env {
+        WARMUP = var.warmup
+      }
+
+      template {
+        data        = <<-EOT
+          TAG={{ key "${var.tag_key}" }}
+        EOT
+        destination = "local/tag.env"
+        env         = true
+        # The classic way: every allocation restarts when the key changes,
+        # all within the (default 5 s) splay of each other.
+        change_mode = "restart"
+      }
+
+      resources {
+        cpu    = 50
+        memory = 32
+      }
+    }
+  }
+}
