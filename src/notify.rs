@@ -1,0 +1,126 @@
+//! Notifications: tell people what a rollout did, once its outcome is known.
+//!
+//! Sent only for terminal outcomes (deployed = healthy, not "submitted"),
+//! in the background with bounded retries, so a slow or dead chat server
+//! never holds a rollout up.
+//!
+//! SECURITY: incoming-webhook URLs are credentials. They come from files,
+//! and neither the URL nor the receiver's answer body is ever logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{NotifyConfig, NotifyFormat};
+use crate::http_client::HttpClient;
+
+/// What a notification says.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub event: &'static str,
+    pub service: String,
+    pub tag: String,
+    pub previous: Option<String>,
+    pub detail: Option<String>,
+    pub at: String,
+}
+
+impl Notice {
+    fn text(&self) -> String {
+        let mut s = match self.event {
+            "deployed" => format!(":white_check_mark: {} deployed {}", self.service, self.tag),
+            "rolled_back" => format!(
+                ":leftwards_arrow_with_hook: {} rolled back to {}",
+                self.service, self.tag
+            ),
+            _ => format!(":x: {} rollout of {} failed", self.service, self.tag),
+        };
+        if let Some(p) = &self.previous {
+            s.push_str(&format!(" (previous: {p})"));
+        }
+        if let Some(d) = &self.detail {
+            s.push_str(&format!("\n{d}"));
+        }
+        s
+    }
+}
+
+/// Sends notices to every configured target that wants the event.
+#[derive(Clone)]
+pub struct Notifier {
+    http: HttpClient,
+    targets: Arc<Vec<NotifyConfig>>,
+    tracker: TaskTracker,
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl Notifier {
+    pub fn new(http: HttpClient, targets: Vec<NotifyConfig>) -> Self {
+        Notifier {
+            http,
+            targets: Arc::new(targets),
+            tracker: TaskTracker::new(),
+            attempts: 3,
+            backoff: Duration::from_millis(500),
+        }
+    }
+
+    /// Queue a notice; returns at once.
+    pub fn send(&self, notice: Notice) {
+        for target in self.targets.iter() {
+            if !target.events.iter().any(|e| e == notice.event) {
+                continue;
+            }
+            let Some(url) = target.url.clone() else { continue };
+            let body = match target.format {
+                NotifyFormat::Slack => json!({ "text": notice.text() }),
+                NotifyFormat::Json => json!({
+                    "event": notice.event,
+                    "service": notice.service,
+                    "tag": notice.tag,
+                    "previous": notice.previous,
+                    "detail": notice.detail,
+                    "at": notice.at,
+                }),
+            };
+            let http = self.http.clone();
+            let name = target.name.clone();
+            let (attempts, backoff) = (self.attempts, self.backoff);
+            let event = notice.event;
+            self.tracker.spawn(async move {
+                let body = serde_json::to_vec(&body).unwrap_or_default();
+                for attempt in 1..=attempts {
+                    let req = http::Request::post(String::from_utf8_lossy(url.expose()).trim())
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(Bytes::from(body.clone())));
+                    let Ok(req) = req else {
+                        tracing::warn!(notify = %name, "notification URL is not a valid URL; not sent");
+                        return;
+                    };
+                    match http.send(req, Duration::from_secs(10)).await {
+                        Ok(r) if r.status.is_success() => {
+                            tracing::debug!(notify = %name, event, "notification sent");
+                            return;
+                        }
+                        Ok(r) => tracing::warn!(notify = %name, event, attempt, status = r.status.as_u16(), "notification refused"),
+                        Err(e) => tracing::warn!(notify = %name, event, attempt, error = %e, "notification not delivered"),
+                    }
+                    if attempt < attempts {
+                        tokio::time::sleep(backoff * attempt).await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Wait (at most `limit`) for queued notices on shutdown.
+    pub async fn drain(&self, limit: Duration) {
+        self.tracker.close();
+        let _ = tokio::time::timeout(limit, self.tracker.wait()).await;
+    }
+}
