@@ -124,6 +124,9 @@ job "web" {
       }
 
       env {
+        # Explicit, so a PORT in the Nomad client's own environment (raw_exec
+        # tasks inherit it) cannot win over the allocated port.
+        PORT   = "${NOMAD_PORT_http}"
         WARMUP = var.warmup
       }
 

@@ -128,6 +128,7 @@ job "web" {
       env {
         # Runtime interpolation by Nomad (not an HCL variable): the job meta.
         TAG    = "${NOMAD_META_image_tag}"
+        PORT   = "${NOMAD_PORT_http}"
         WARMUP = var.warmup
       }
 

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod consul;
+pub mod controller;
 pub mod history;
 pub mod http_client;
 pub mod ingest;

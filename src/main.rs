@@ -155,6 +155,10 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     server::run(listener, tls, state, cancel.clone().cancelled_owned()).await?;
     cancel.cancel();
     let _ = admin_task.await;
+    if let Some((task, notifier)) = controller {
+        let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        notifier.drain(Duration::from_secs(5)).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

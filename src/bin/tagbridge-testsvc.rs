@@ -15,8 +15,8 @@
 //! Configuration (environment only):
 //!
 //! * `TAG` — the tag this instance runs (required unless `TAG_FILE`).
-//! * `TAG_FILE` — read the tag from this file instead (first line,
-//!   trimmed); takes precedence over `TAG`. The example jobs use `TAG`,
+//! * `TAG_FILE` — when `TAG` is unset or empty, read the tag from this
+//!   file instead (first line, trimmed). The example jobs use `TAG`,
 //!   rendered by a Nomad `template` with `env = true`, which needs no
 //!   extra path plumbing; `TAG_FILE` is for templates rendered as plain
 //!   files. Either way the tag is read once at start-up, as an image tag

@@ -1,0 +1,208 @@
+//! The controller: one leader among tagbridge replicas drives rollouts.
+//!
+//! Leadership is a Consul session lock on `<state_prefix>/leader`. The
+//! session has a TTL renewed at half of it; a 404 on renew means Consul
+//! already gave the lock away, so driving stops at once (and every record
+//! write is fenced by the lock anyway). The leader watches the desired
+//! records with blocking queries and runs at most one driver per service;
+//! a driver reads the newest desired record each time it finishes, so tags
+//! that arrive mid-rollout coalesce into the newest.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::consul::{BlockingIndex, Consul, ConsulError};
+use crate::rollout::{Context, Driver};
+
+/// Session TTL: Consul's minimum, so a crashed leader is replaced fast
+/// (Consul may take up to twice the TTL to expire a session).
+pub const SESSION_TTL: Duration = Duration::from_secs(10);
+
+/// Run the controller until `shutdown`: campaign for the lock, lead while
+/// holding it, campaign again when it is lost.
+///
+/// `base` is the rollout context without fence or cancel token; this
+/// function fills both in for each term of leadership.
+pub async fn run(base: Context, shutdown: CancellationToken) {
+    let consul = base.consul.clone();
+    let lock_key = format!("{}/leader", base.config.state_prefix);
+    let holder = format!(
+        "{{\"host\":{:?},\"pid\":{}}}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim(),
+        std::process::id()
+    );
+    let mut backoff = Duration::from_millis(500);
+    while !shutdown.is_cancelled() {
+        match campaign(&consul, &lock_key, holder.as_bytes(), &shutdown).await {
+            Ok(Some(session)) => {
+                backoff = Duration::from_millis(500);
+                tracing::info!(lock = %lock_key, "leadership acquired");
+                let term = shutdown.child_token();
+                let renew = tokio::spawn(renew(consul.clone(), session.clone(), term.clone()));
+                let ctx = Context {
+                    fence: Some((lock_key.clone(), session.clone())),
+                    cancel: term.clone(),
+                    ..base.clone()
+                };
+                lead(ctx).await;
+                term.cancel();
+                let _ = renew.await;
+                // Best effort: a clean stop hands the lock over at once;
+                // otherwise the TTL frees it.
+                let _ = consul.lock_release(&lock_key, &session).await;
+                let _ = consul.session_destroy(&session).await;
+                if !shutdown.is_cancelled() {
+                    tracing::warn!("leadership lost; campaigning again");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "controller cannot reach Consul; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Try to take the lock; while someone else holds it, wait for it to be
+/// released (blocking query) and try again. `Ok(None)` on shutdown.
+async fn campaign(
+    consul: &Consul,
+    key: &str,
+    holder: &[u8],
+    shutdown: &CancellationToken,
+) -> Result<Option<String>, ConsulError> {
+    let session = consul.session_create("tagbridge-controller", SESSION_TTL).await?;
+    let mut index = BlockingIndex::default();
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        if shutdown.is_cancelled() {
+            let _ = consul.session_destroy(&session).await;
+            return Ok(None);
+        }
+        match consul.lock_acquire(key, &session, holder).await {
+            Ok(true) => return Ok(Some(session)),
+            Ok(false) => {}
+            Err(e) => {
+                let _ = consul.session_destroy(&session).await;
+                return Err(e);
+            }
+        }
+        // Keep our own session alive while we wait.
+        if renewed.elapsed() >= SESSION_TTL / 2 {
+            if let Err(e) = consul.session_renew(&session).await {
+                let _ = consul.session_destroy(&session).await;
+                return Err(e);
+            }
+            renewed = tokio::time::Instant::now();
+        }
+        let read = tokio::select! {
+            () = shutdown.cancelled() => continue,
+            r = consul.kv_get_blocking(key, index.current(), SESSION_TTL / 2) => r,
+        };
+        match read {
+            Ok(r) => {
+                index.observe(r.index);
+                if r.value.as_ref().is_some_and(|kv| kv.session.is_some()) {
+                    continue;
+                }
+                // Free: Consul's lock-delay may still refuse us briefly.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                let _ = consul.session_destroy(&session).await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Renew the session at TTL/2 until `term` ends; lose leadership (cancel
+/// `term`) on a 404 or when renewals fail for longer than the TTL.
+async fn renew(consul: Consul, session: String, term: CancellationToken) {
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = term.cancelled() => return,
+            () = tokio::time::sleep(SESSION_TTL / 2) => {}
+        }
+        match consul.session_renew(&session).await {
+            Ok(()) => last_ok = tokio::time::Instant::now(),
+            Err(ConsulError::SessionNotFound(_)) => {
+                tracing::error!("controller session expired: the lock is lost; stopping every rollout driver now");
+                term.cancel();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "session renew failed");
+                if last_ok.elapsed() >= SESSION_TTL {
+                    tracing::error!("session not renewed within its TTL; assuming the lock is lost");
+                    term.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Lead until `ctx.cancel`: watch desired records, keep one driver per
+/// service with a rollout block.
+async fn lead(ctx: Context) {
+    let prefix = format!("{}/desired/", ctx.config.state_prefix);
+    let ctx = Arc::new(ctx);
+    let mut drivers: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut index = BlockingIndex::default();
+    loop {
+        for svc in ctx.config.services.iter().filter(|s| s.rollout.is_some()) {
+            if drivers.get(&svc.name).is_some_and(|h| !h.is_finished()) {
+                continue;
+            }
+            let ctx = ctx.clone();
+            let name = svc.name.clone();
+            drivers.insert(
+                name.clone(),
+                tokio::spawn(async move {
+                    let Some(svc) = ctx.config.service(&name) else { return };
+                    let Some(driver) = Driver::new(&ctx, svc) else { return };
+                    // Logged once, here, where the driver was spawned.
+                    if let Err(e) = driver.drive().await {
+                        if ctx.cancel.is_cancelled() {
+                            tracing::info!(service = %name, "rollout driver stopped: {e}");
+                        } else {
+                            tracing::error!(service = %name, error = %e, "rollout driver failed; retrying on the next change or within 30 s");
+                        }
+                    }
+                }),
+            );
+        }
+        let read = tokio::select! {
+            () = ctx.cancel.cancelled() => break,
+            r = ctx.consul.kv_list(&prefix, Some((index.current(), Duration::from_secs(30)))) => r,
+        };
+        match read {
+            Ok(r) => {
+                index.observe(r.index);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watching desired records failed");
+                tokio::select! {
+                    () = ctx.cancel.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    for (_, h) in drivers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+    }
+}
