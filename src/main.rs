@@ -147,6 +147,15 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     }
     tokio::spawn(certs.clone().watch(Duration::from_secs(5), cancel.clone()));
 
+    let controller = if cfg.services.iter().any(|s| s.rollout.is_some()) {
+        let ctx = cli::rollout_context(&cfg).context("Nomad client")?;
+        tracing::info!(nomad = %cfg.nomad.address, "rollout controller enabled");
+        let notifier = ctx.notifier.clone();
+        let task = tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()));
+        Some((task, notifier))
+    } else {
+        None
+    };
     let admin_task = tokio::spawn(server::admin::run(
         admin,
         state.clone(),

@@ -55,14 +55,13 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn read_tag() -> Result<String, String> {
-    let tag = if let Some(path) = env("TAG_FILE") {
+    let tag = if let Some(tag) = env("TAG") {
+        tag.trim().to_string()
+    } else if let Some(path) = env("TAG_FILE") {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("TAG_FILE {path}: {e}"))?;
         text.lines().next().unwrap_or_default().trim().to_string()
     } else {
-        env("TAG")
-            .ok_or("TAG (or TAG_FILE) is required")?
-            .trim()
-            .to_string()
+        return Err("TAG (or TAG_FILE) is required".into());
     };
     if tag.is_empty() {
         return Err("the tag is empty".into());
