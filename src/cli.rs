@@ -57,11 +57,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show each service's tag, desired and deployed records.
+    /// Show each service's tag, desired and deployed records, and the
+    /// live Nomad deployment.
     Status {
         service: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Follow the service's rollout until it ends (exit 1 unless it
+        /// deployed).
+        #[arg(long, requires = "service")]
+        watch: bool,
     },
     /// Set a service's tag by hand (recorded as `manual`).
     Deploy {
@@ -70,6 +75,17 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Deploy the previous (or a named) tag and pin the service, so
+    /// webhooks are recorded but not deployed until `unpin`.
+    Rollback {
+        service: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Let webhooks deploy again after a rollback.
+    Unpin { service: String },
 }
 
 /// A failure the user can fix; printed as one line, exit code 1.
@@ -323,6 +339,41 @@ pub async fn status(
                 .map_or("none (KV only)".into(), |r| format!("job {}", r.job)),
         ]);
     }
+    let mut live = Vec::new();
+    if cfg.services.iter().any(|s| s.rollout.is_some()) {
+        if let Ok(nomad) = nomad_client(cfg) {
+            for (i, svc) in cfg.services.iter().enumerate() {
+                let Some(rc) = &svc.rollout else { continue };
+                if name.is_some_and(|n| n != svc.name) {
+                    continue;
+                }
+                match nomad.latest_deployment(&rc.namespace, &rc.job, None).await {
+                    Ok(r) => {
+                        if let Some(d) = r.value {
+                            live.push((svc.name.clone(), deployment_lines(&d)));
+                            let doc_i = if name.is_some() { 0 } else { i };
+                            if let Some(doc) = docs.get_mut(doc_i) {
+                                doc["deployment"] = serde_json::json!({
+                                    "id": d.id, "job_version": d.job_version, "status": d.status,
+                                    "description": d.status_description,
+                                    "groups": d.task_groups.iter().map(|(n, g)| (n.clone(), serde_json::json!({
+                                        "desired": g.desired_total, "placed": g.placed_allocs,
+                                        "healthy": g.healthy_allocs, "unhealthy": g.unhealthy_allocs,
+                                        "desired_canaries": g.desired_canaries,
+                                        "placed_canaries": g.placed_canaries.as_ref().map_or(0, Vec::len),
+                                        "promoted": g.promoted,
+                                    }))).collect::<serde_json::Map<_, _>>(),
+                                });
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        live.push((svc.name.clone(), vec![format!("nomad unreachable: {e}")]))
+                    }
+                }
+            }
+        }
+    }
     if json {
         let value = if name.is_some() {
             docs.pop().unwrap_or_default()
@@ -425,4 +476,326 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> Result<(
         writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
     }
     Ok(())
+}
+
+/// One line per task group of a deployment, as `status` shows it.
+pub fn deployment_lines(d: &crate::nomad::Deployment) -> Vec<String> {
+    let mut out = vec![format!(
+        "deployment {} (job version {}): {}{}",
+        d.id.get(..8).unwrap_or(&d.id),
+        d.job_version,
+        d.status,
+        if d.status_description.is_empty() {
+            String::new()
+        } else {
+            format!(" - {}", d.status_description)
+        }
+    )];
+    for (name, g) in &d.task_groups {
+        let canaries = if g.desired_canaries > 0 {
+            format!(
+                "  canaries {}/{}  promoted {}",
+                g.placed_canaries.as_ref().map_or(0, Vec::len),
+                g.desired_canaries,
+                if g.promoted { "yes" } else { "no" }
+            )
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            "  group {name}: desired {}  placed {}  healthy {}  unhealthy {}{canaries}",
+            g.desired_total, g.placed_allocs, g.healthy_allocs, g.unhealthy_allocs
+        ));
+    }
+    out
+}
+
+async fn read_deployed(consul: &Consul, keys: &Keys) -> Result<Option<Deployed>, CliError> {
+    Ok(match consul.kv_get(&keys.deployed).await?.value {
+        Some(kv) if !kv.value.is_empty() => serde_json::from_slice(&kv.value).ok(),
+        _ => None,
+    })
+}
+
+/// `tagbridge status <svc> --watch`: follow the rollout until the
+/// controller records an outcome.
+///
+/// # Errors
+///
+/// Unknown service, no rollout block, Consul or Nomad failures, and an
+/// outcome other than `deployed` (so scripts can gate on it).
+pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), CliError> {
+    let svc = service(cfg, name)?;
+    let rc = svc
+        .rollout
+        .as_ref()
+        .ok_or_else(|| CliError::Other(format!("{name} has no rollout block: nothing to watch")))?;
+    let consul = consul_client(cfg)?;
+    let nomad = nomad_client(cfg)?;
+    let keys = Keys::new(cfg, svc);
+    let deadline =
+        tokio::time::Instant::now() + rc.timeout * 3 + std::time::Duration::from_secs(120);
+    let mut last_lines: Vec<String> = Vec::new();
+    let mut index = crate::consul::BlockingIndex::default();
+    let mut current: Option<String> = None;
+    while tokio::time::Instant::now() < deadline {
+        let deployed = read_deployed(&consul, &keys).await?;
+        let snap = read_snapshot(&consul, &keys).await?;
+        let waiting_for_controller = match (&deployed, &snap.desired) {
+            (Some(d), _) if d.is_busy() => true,
+            (Some(d), Some(want)) => d.seq < want.seq && !snap.pinned(),
+            (None, Some(_)) => !snap.pinned(),
+            _ => false,
+        };
+        let dep_id = deployed.as_ref().and_then(|d| d.deployment.clone());
+        if dep_id != current {
+            current = dep_id.clone();
+            index = crate::consul::BlockingIndex::default();
+        }
+        let dep = match &dep_id {
+            Some(id) => {
+                let r = nomad
+                    .deployment(
+                        id,
+                        Some((index.current(), std::time::Duration::from_secs(2))),
+                    )
+                    .await
+                    .map_err(|e| CliError::Other(e.to_string()))?;
+                index.observe(r.index);
+                Some(r.value)
+            }
+            None => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                None
+            }
+        };
+        let mut lines = vec![format!(
+            "{name}: {} {}",
+            deployed.as_ref().map_or("-", |d| d.outcome.as_str()),
+            deployed.as_ref().map_or("", |d| d.tag.as_str())
+        )];
+        if let Some(d) = &dep {
+            lines.extend(deployment_lines(d));
+        }
+        if lines != last_lines {
+            for l in &lines {
+                writeln!(out, "{l}")?;
+            }
+            out.flush()?;
+            last_lines = lines;
+        }
+        if !waiting_for_controller {
+            let d =
+                deployed.ok_or_else(|| CliError::Other(format!("{name}: nothing deployed yet")))?;
+            if let Some(detail) = &d.detail {
+                writeln!(out, "{name}: {}: {detail}", d.outcome)?;
+            }
+            return if d.outcome == Deployed::DEPLOYED {
+                Ok(())
+            } else {
+                Err(CliError::Other(format!(
+                    "{name}: rollout ended {} (running {})",
+                    d.outcome, d.tag
+                )))
+            };
+        }
+    }
+    Err(CliError::Other(format!(
+        "{name}: still rolling out; stopped watching"
+    )))
+}
+
+/// Pick the tag a rollback goes to: the newest deployed tag from history
+/// that is not the one running now.
+fn rollback_target(history: &[HistoryEntry], running: Option<&str>) -> Option<String> {
+    history
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                crate::history::Event::Deployed | crate::history::Event::RolledBack
+            )
+        })
+        .map(|e| e.tag.as_str())
+        .find(|t| Some(*t) != running && !t.is_empty())
+        .map(str::to_string)
+}
+
+/// `tagbridge rollback <svc> [--to <tag>]`: pin the service to the target
+/// and make it the desired tag (the controller deploys it; a KV-only
+/// service gets its key set here).
+///
+/// # Errors
+///
+/// Unknown service, no target found, Consul failures.
+pub async fn rollback(
+    cfg: &Config,
+    name: &str,
+    to: Option<String>,
+    reason: Option<String>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use crate::consul::{TxnOp, TxnOutcome};
+    let svc = service(cfg, name)?;
+    let consul = consul_client(cfg)?;
+    let keys = Keys::new(cfg, svc);
+    let actor = crate::config::process_env("USER").unwrap_or_else(|| "cli".into());
+    for _ in 0..8 {
+        let snap = read_snapshot(&consul, &keys).await?;
+        let deployed = read_deployed(&consul, &keys).await?;
+        let running = match (&svc.rollout, &deployed) {
+            (Some(_), Some(d)) => Some(d.tag.clone()),
+            _ => snap.tag.clone(),
+        };
+        let target = match &to {
+            Some(t) => t.clone(),
+            None => rollback_target(&snap.history, running.as_deref())
+                .or_else(|| deployed.as_ref().and_then(|d| d.previous.clone()))
+                .or_else(|| {
+                    snap.history
+                        .iter()
+                        .map(|e| e.tag.clone())
+                        .find(|t| Some(t) != running.as_ref())
+                })
+                .ok_or_else(|| {
+                    CliError::Other(format!("{name}: no earlier tag in history; use --to <tag>"))
+                })?,
+        };
+        let at = crate::x509::now_rfc3339();
+        let pin = crate::rollout::PinRecord {
+            tag: Some(target.clone()),
+            at: Some(at.clone()),
+            actor: Some(actor.clone()),
+            reason: reason.clone(),
+        };
+        let desired = crate::history::Desired {
+            tag: target.clone(),
+            digest: None,
+            seq: snap.desired.as_ref().map_or(0, |d| d.seq) + 1,
+            at: at.clone(),
+        };
+        let mut history = snap.history.clone();
+        crate::history::push_bounded(
+            &mut history,
+            HistoryEntry {
+                at,
+                event: crate::history::Event::Pinned,
+                tag: target.clone(),
+                previous: running.clone(),
+                digest: None,
+                source: Some("cli".into()),
+                delivery: None,
+                actor: Some(actor.clone()),
+                detail: Some(reason.clone().unwrap_or_else(|| "rollback".into())),
+            },
+            svc.history_keep,
+        );
+        let json = |v: &dyn erased::Ser| v.to_json();
+        let mut ops = vec![
+            TxnOp::Cas {
+                key: keys.pin.clone(),
+                value: json(&pin),
+                index: snap.pin_index.unwrap_or(0),
+            },
+            TxnOp::Cas {
+                key: keys.desired.clone(),
+                value: json(&desired),
+                index: snap.desired_index,
+            },
+            TxnOp::Cas {
+                key: keys.history.clone(),
+                value: json(&history),
+                index: snap.history_index,
+            },
+        ];
+        if svc.rollout.is_none() {
+            ops.push(TxnOp::Cas {
+                key: keys.tag.clone(),
+                value: target.as_bytes().to_vec(),
+                index: snap.key_index,
+            });
+        }
+        match consul.txn(&ops).await? {
+            TxnOutcome::Committed(_) => {
+                writeln!(
+                    out,
+                    "{name}: rolling back {} -> {target}{}; pinned (webhooks are recorded, not deployed, until `tagbridge unpin {name}`)",
+                    running.as_deref().unwrap_or("(unset)"),
+                    if svc.rollout.is_some() { " through the controller" } else { "" },
+                )?;
+                return Ok(());
+            }
+            TxnOutcome::Conflict(_) => continue,
+        }
+    }
+    Err(CliError::Other(format!(
+        "{name}: records kept changing; try again"
+    )))
+}
+
+/// `tagbridge unpin <svc>`.
+///
+/// # Errors
+///
+/// Unknown service, Consul failures.
+pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), CliError> {
+    use crate::consul::{TxnOp, TxnOutcome};
+    let svc = service(cfg, name)?;
+    let consul = consul_client(cfg)?;
+    let keys = Keys::new(cfg, svc);
+    let actor = crate::config::process_env("USER").unwrap_or_else(|| "cli".into());
+    for _ in 0..8 {
+        let snap = read_snapshot(&consul, &keys).await?;
+        let Some(pin_index) = snap.pin_index else {
+            writeln!(out, "{name}: not pinned")?;
+            return Ok(());
+        };
+        let mut history = snap.history.clone();
+        crate::history::push_bounded(
+            &mut history,
+            HistoryEntry {
+                at: crate::x509::now_rfc3339(),
+                event: crate::history::Event::Unpinned,
+                tag: snap.current_tag(svc).unwrap_or_default().to_string(),
+                previous: None,
+                digest: None,
+                source: Some("cli".into()),
+                delivery: None,
+                actor: Some(actor.clone()),
+                detail: None,
+            },
+            svc.history_keep,
+        );
+        let ops = [
+            TxnOp::DeleteCas {
+                key: keys.pin.clone(),
+                index: pin_index,
+            },
+            TxnOp::Cas {
+                key: keys.history.clone(),
+                value: serde_json::to_vec(&history).unwrap_or_default(),
+                index: snap.history_index,
+            },
+        ];
+        if let TxnOutcome::Committed(_) = consul.txn(&ops).await? {
+            writeln!(out, "{name}: unpinned; the next webhook deploys")?;
+            return Ok(());
+        }
+    }
+    Err(CliError::Other(format!(
+        "{name}: records kept changing; try again"
+    )))
+}
+
+/// Serialise any record to JSON bytes (records are plain data: this
+/// cannot fail).
+mod erased {
+    pub trait Ser {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
+    }
 }

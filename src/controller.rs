@@ -82,7 +82,9 @@ async fn campaign(
     holder: &[u8],
     shutdown: &CancellationToken,
 ) -> Result<Option<String>, ConsulError> {
-    let session = consul.session_create("tagbridge-controller", SESSION_TTL).await?;
+    let session = consul
+        .session_create("tagbridge-controller", SESSION_TTL)
+        .await?;
     let mut index = BlockingIndex::default();
     let mut renewed = tokio::time::Instant::now();
     loop {
@@ -146,7 +148,9 @@ async fn renew(consul: Consul, session: String, term: CancellationToken) {
             Err(e) => {
                 tracing::warn!(error = %e, "session renew failed");
                 if last_ok.elapsed() >= SESSION_TTL {
-                    tracing::error!("session not renewed within its TTL; assuming the lock is lost");
+                    tracing::error!(
+                        "session not renewed within its TTL; assuming the lock is lost"
+                    );
                     term.cancel();
                     return;
                 }

@@ -54,13 +54,32 @@ fn main() -> ExitCode {
                 &mut out,
             )
             .await?),
-            Command::Status { service, json } => Ok(cli::status(
-                cfg(Purpose::Client)?.as_ref(),
-                service.as_deref(),
+            Command::Status {
+                service,
                 json,
+                watch,
+            } => {
+                let cfg = cfg(Purpose::Client)?;
+                match (watch, service.as_deref()) {
+                    (true, Some(svc)) => Ok(cli::watch(&cfg, svc, &mut out).await?),
+                    _ => Ok(cli::status(&cfg, service.as_deref(), json, &mut out).await?),
+                }
+            }
+            Command::Rollback {
+                service,
+                to,
+                reason,
+            } => Ok(cli::rollback(
+                cfg(Purpose::Client)?.as_ref(),
+                &service,
+                to,
+                reason,
                 &mut out,
             )
             .await?),
+            Command::Unpin { service } => {
+                Ok(cli::unpin(cfg(Purpose::Client)?.as_ref(), &service, &mut out).await?)
+            }
             Command::Deploy {
                 service,
                 tag,

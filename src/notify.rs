@@ -76,7 +76,9 @@ impl Notifier {
             if !target.events.iter().any(|e| e == notice.event) {
                 continue;
             }
-            let Some(url) = target.url.clone() else { continue };
+            let Some(url) = target.url.clone() else {
+                continue;
+            };
             let body = match target.format {
                 NotifyFormat::Slack => json!({ "text": notice.text() }),
                 NotifyFormat::Json => json!({

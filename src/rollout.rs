@@ -91,13 +91,33 @@ pub enum RolloutError {
 /// Why a rollout failed; rendered into history and notifications.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    JobMissing { job: String, namespace: String },
-    Placement { groups: Vec<String>, description: String },
-    NoDeployment { version: u64 },
-    Deployment { status: String, description: String, allocs: Vec<AllocFailure> },
-    Unhealthy { allocs: Vec<AllocFailure> },
-    Verify { url: String, detail: String },
-    Timeout { after: Duration, allocs: Vec<AllocFailure> },
+    JobMissing {
+        job: String,
+        namespace: String,
+    },
+    Placement {
+        groups: Vec<String>,
+        description: String,
+    },
+    NoDeployment {
+        version: u64,
+    },
+    Deployment {
+        status: String,
+        description: String,
+        allocs: Vec<AllocFailure>,
+    },
+    Unhealthy {
+        allocs: Vec<AllocFailure>,
+    },
+    Verify {
+        url: String,
+        detail: String,
+    },
+    Timeout {
+        after: Duration,
+        allocs: Vec<AllocFailure>,
+    },
     Registration(String),
 }
 
@@ -124,7 +144,11 @@ impl fmt::Display for AllocFailure {
 }
 
 fn allocs_text(allocs: &[AllocFailure]) -> String {
-    allocs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")
+    allocs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 impl fmt::Display for Failure {
@@ -209,18 +233,22 @@ pub async fn read_state(consul: &Consul, keys: &Keys) -> Result<State, RolloutEr
     };
     let desired = match desired.value {
         Some(kv) if !kv.value.is_empty() => Some(
-            serde_json::from_value(parse(&keys.desired, &kv.value)?).map_err(|e| RolloutError::Corrupt {
-                key: keys.desired.clone(),
-                reason: e.to_string(),
+            serde_json::from_value(parse(&keys.desired, &kv.value)?).map_err(|e| {
+                RolloutError::Corrupt {
+                    key: keys.desired.clone(),
+                    reason: e.to_string(),
+                }
             })?,
         ),
         _ => None,
     };
     let deployed = match deployed.value {
         Some(kv) if !kv.value.is_empty() => Some(
-            serde_json::from_value(parse(&keys.deployed, &kv.value)?).map_err(|e| RolloutError::Corrupt {
-                key: keys.deployed.clone(),
-                reason: e.to_string(),
+            serde_json::from_value(parse(&keys.deployed, &kv.value)?).map_err(|e| {
+                RolloutError::Corrupt {
+                    key: keys.deployed.clone(),
+                    reason: e.to_string(),
+                }
             })?,
         ),
         _ => None,
@@ -231,7 +259,11 @@ pub async fn read_state(consul: &Consul, keys: &Keys) -> Result<State, RolloutEr
             .and_then(|p| p.tag)
             .unwrap_or_default()
     });
-    Ok(State { desired, deployed, pin })
+    Ok(State {
+        desired,
+        deployed,
+        pin,
+    })
 }
 
 /// One rollout driver for one service.
@@ -279,7 +311,9 @@ impl<'a> Driver<'a> {
                 self.resume(d.clone()).await?;
                 continue;
             }
-            let Some(desired) = st.desired else { return Ok(()) };
+            let Some(desired) = st.desired else {
+                return Ok(());
+            };
             if st.deployed.as_ref().is_some_and(|d| d.seq >= desired.seq) {
                 return Ok(());
             }
@@ -324,9 +358,14 @@ impl<'a> Driver<'a> {
                 prior_version: None,
                 detail: Some(failure.to_string()),
             };
-            return self.finish_failed(rec, &desired.tag, failure.to_string()).await;
+            return self
+                .finish_failed(rec, &desired.tag, failure.to_string())
+                .await;
         };
-        let meta_now = job.meta(&self.rc.meta_key).filter(|m| !m.is_empty()).map(str::to_string);
+        let meta_now = job
+            .meta(&self.rc.meta_key)
+            .filter(|m| !m.is_empty())
+            .map(str::to_string);
         let previous = prev.map(|p| p.tag.clone()).or(meta_now.clone());
         tracing::info!(service = %self.svc.name, tag = %desired.tag, previous = ?previous, job_version = job.version, "rollout starting");
         let rec = Deployed {
@@ -354,7 +393,10 @@ impl<'a> Driver<'a> {
 
     async fn resume(&self, rec: Deployed) -> Result<(), RolloutError> {
         if rec.outcome == Deployed::ROLLING_BACK {
-            let reason = rec.detail.clone().unwrap_or_else(|| "rollback resumed".into());
+            let reason = rec
+                .detail
+                .clone()
+                .unwrap_or_else(|| "rollback resumed".into());
             self.rollback_steps(rec, reason).await
         } else {
             self.proceed(rec).await
@@ -375,7 +417,11 @@ impl<'a> Driver<'a> {
         let version = match rec.job_version {
             Some(v) => v,
             // A dead leader registered it but did not record the version.
-            None if job.meta(&self.rc.meta_key) == Some(rec.tag.as_str()) && job.version > prior => job.version,
+            None if job.meta(&self.rc.meta_key) == Some(rec.tag.as_str())
+                && job.version > prior =>
+            {
+                job.version
+            }
             None => match self.register(&rec.tag).await? {
                 Ok((v, e)) => {
                     eval = Some(e);
@@ -453,7 +499,9 @@ impl<'a> Driver<'a> {
                 Err(e) => return Ok(Err(Failure::Registration(e.to_string()))),
             }
         }
-        Ok(Err(Failure::Registration(format!("the job kept changing: {last}"))))
+        Ok(Err(Failure::Registration(format!(
+            "the job kept changing: {last}"
+        ))))
     }
 
     /// Wait for the register's evaluation; placement failures fail fast.
@@ -479,7 +527,10 @@ impl<'a> Driver<'a> {
                     description,
                 }));
             }
-            if matches!(ev.status.as_str(), "complete" | "failed" | "canceled" | "cancelled") {
+            if matches!(
+                ev.status.as_str(),
+                "complete" | "failed" | "canceled" | "cancelled"
+            ) {
                 return Ok(Ok(()));
             }
         }
@@ -492,7 +543,9 @@ impl<'a> Driver<'a> {
         let deadline = Instant::now() + self.ctx.timings.deployment_appears;
         let mut index = BlockingIndex::default();
         while Instant::now() < deadline {
-            let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(30));
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(30));
             let read = tokio::select! {
                 () = self.ctx.cancel.cancelled() => return Err(RolloutError::Cancelled),
                 r = self.ctx.nomad.latest_deployment(&self.rc.namespace, &self.rc.job, Some((index.current(), wait))) => r?,
@@ -514,7 +567,11 @@ impl<'a> Driver<'a> {
     /// Watch a deployment until it ends. Fails it as soon as an allocation
     /// turns unhealthy (Nomad itself would wait for progress_deadline),
     /// and gates canary promotion on health and verify_url.
-    async fn watch(&self, deployment: &str, gate: bool) -> Result<Result<(), Failure>, RolloutError> {
+    async fn watch(
+        &self,
+        deployment: &str,
+        gate: bool,
+    ) -> Result<Result<(), Failure>, RolloutError> {
         let started = Instant::now();
         let deadline = started + self.rc.timeout;
         let mut index = BlockingIndex::default();
@@ -559,7 +616,12 @@ impl<'a> Driver<'a> {
                 .values()
                 .filter(|g| g.desired_canaries > 0 && !g.promoted && !g.auto_promote)
                 .collect();
-            if !promoted && !waiting.is_empty() && waiting.iter().all(|g| g.healthy_allocs >= g.desired_canaries) {
+            if !promoted
+                && !waiting.is_empty()
+                && waiting
+                    .iter()
+                    .all(|g| g.healthy_allocs >= g.desired_canaries)
+            {
                 if gate {
                     if let Some(url) = &self.rc.verify_url {
                         if let Err(detail) = self.verify(url).await {
@@ -591,10 +653,19 @@ impl<'a> Driver<'a> {
                 Ok(r) => r,
                 Err(e) => return Err(e.to_string()),
             };
-            match self.ctx.http.send(req, self.ctx.timings.verify_request).await {
+            match self
+                .ctx
+                .http
+                .send(req, self.ctx.timings.verify_request)
+                .await
+            {
                 Ok(r) if r.status.is_success() => return Ok(()),
                 Ok(r) => {
-                    let body: String = String::from_utf8_lossy(&r.body).trim().chars().take(200).collect();
+                    let body: String = String::from_utf8_lossy(&r.body)
+                        .trim()
+                        .chars()
+                        .take(200)
+                        .collect();
                     last = format!("HTTP {}: {body}", r.status.as_u16());
                 }
                 Err(e) => last = e.to_string(),
@@ -679,13 +750,20 @@ impl<'a> Driver<'a> {
         }
         let Some(job) = self.job().await? else {
             return self
-                .finish_failed(rec.clone(), &rec.tag, format!("{reason}; the job is gone, nothing to revert"))
+                .finish_failed(
+                    rec.clone(),
+                    &rec.tag,
+                    format!("{reason}; the job is gone, nothing to revert"),
+                )
                 .await;
         };
         let failed_version = rec.job_version;
         let target_tag = rec.previous.clone();
         let nomad_reverts = self.rc.strategy == Strategy::Jobspec
-            && job.group_updates().iter().any(|(_, u)| u.as_ref().is_some_and(|u| u.auto_revert));
+            && job
+                .group_updates()
+                .iter()
+                .any(|(_, u)| u.as_ref().is_some_and(|u| u.auto_revert));
 
         // The key first: allocations placed by the revert render it.
         if let Some(prev) = &target_tag {
@@ -699,11 +777,18 @@ impl<'a> Driver<'a> {
 
         let reverted_version = if nomad_reverts {
             // Nomad's auto_revert does it; wait for its new version.
-            match self.wait_for_version_after(failed_version.unwrap_or(job.version)).await? {
+            match self
+                .wait_for_version_after(failed_version.unwrap_or(job.version))
+                .await?
+            {
                 Some(v) => v,
                 None => {
                     return self
-                        .finish_failed(rec.clone(), &rec.tag, format!("{reason}; Nomad did not auto-revert the job"))
+                        .finish_failed(
+                            rec.clone(),
+                            &rec.tag,
+                            format!("{reason}; Nomad did not auto-revert the job"),
+                        )
                         .await
                 }
             }
@@ -743,12 +828,22 @@ impl<'a> Driver<'a> {
         };
         match outcome {
             Ok(()) => {
-                self.finish_rolled_back(rec, target_tag, reverted_version, dep.map(|d| d.id), reason)
-                    .await
+                self.finish_rolled_back(
+                    rec,
+                    target_tag,
+                    reverted_version,
+                    dep.map(|d| d.id),
+                    reason,
+                )
+                .await
             }
             Err(f) => {
-                self.finish_failed(rec.clone(), &rec.tag, format!("{reason}; the rollback failed too: {f}"))
-                    .await
+                self.finish_failed(
+                    rec.clone(),
+                    &rec.tag,
+                    format!("{reason}; the rollback failed too: {f}"),
+                )
+                .await
             }
         }
     }
@@ -776,7 +871,12 @@ impl<'a> Driver<'a> {
             rec.job_version.unwrap_or_default(),
             rec.deployment.as_deref().map(short).unwrap_or("-")
         );
-        let entry = self.entry(Event::Deployed, &rec.tag, rec.previous.clone(), Some(detail.clone()));
+        let entry = self.entry(
+            Event::Deployed,
+            &rec.tag,
+            rec.previous.clone(),
+            Some(detail.clone()),
+        );
         self.commit(Writes {
             deployed: rec.clone(),
             key: None,
@@ -810,7 +910,12 @@ impl<'a> Driver<'a> {
             prior_version: rec.prior_version,
             detail: Some(reason.clone()),
         };
-        let entry = self.entry(Event::RolledBack, &tag, Some(failed_tag.clone()), Some(reason.clone()));
+        let entry = self.entry(
+            Event::RolledBack,
+            &tag,
+            Some(failed_tag.clone()),
+            Some(reason.clone()),
+        );
         self.commit(Writes {
             deployed: out,
             key: None,
@@ -822,14 +927,24 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
-    async fn finish_failed(&self, rec: Deployed, failed_tag: &str, reason: String) -> Result<(), RolloutError> {
+    async fn finish_failed(
+        &self,
+        rec: Deployed,
+        failed_tag: &str,
+        reason: String,
+    ) -> Result<(), RolloutError> {
         let out = Deployed {
             outcome: Deployed::FAILED.into(),
             at: now_rfc3339(),
             detail: Some(reason.clone()),
             ..rec.clone()
         };
-        let entry = self.entry(Event::Failed, failed_tag, rec.previous.clone(), Some(reason.clone()));
+        let entry = self.entry(
+            Event::Failed,
+            failed_tag,
+            rec.previous.clone(),
+            Some(reason.clone()),
+        );
         self.commit(Writes {
             deployed: out,
             key: None,
@@ -841,7 +956,13 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
-    fn entry(&self, event: Event, tag: &str, previous: Option<String>, detail: Option<String>) -> HistoryEntry {
+    fn entry(
+        &self,
+        event: Event,
+        tag: &str,
+        previous: Option<String>,
+        detail: Option<String>,
+    ) -> HistoryEntry {
         HistoryEntry {
             at: now_rfc3339(),
             event,
@@ -855,7 +976,13 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn notify(&self, event: &'static str, tag: &str, previous: Option<String>, detail: Option<String>) {
+    fn notify(
+        &self,
+        event: &'static str,
+        tag: &str,
+        previous: Option<String>,
+        detail: Option<String>,
+    ) {
         self.ctx.notifier.send(Notice {
             event,
             service: self.svc.name.clone(),
@@ -887,7 +1014,10 @@ impl<'a> Driver<'a> {
                 index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
             });
             if let Some(tag) = &w.key {
-                let current = key.value.as_ref().map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
+                let current = key
+                    .value
+                    .as_ref()
+                    .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
                 if current.as_deref() != Some(tag.as_str()) {
                     ops.push(TxnOp::Cas {
                         key: self.keys.tag.clone(),
@@ -897,12 +1027,11 @@ impl<'a> Driver<'a> {
                 }
             }
             if let Some(entry) = &w.history {
-                let mut list = decode_history(history.value.as_ref().map(|kv| kv.value.as_slice())).map_err(|e| {
-                    RolloutError::Corrupt {
+                let mut list = decode_history(history.value.as_ref().map(|kv| kv.value.as_slice()))
+                    .map_err(|e| RolloutError::Corrupt {
                         key: self.keys.history.clone(),
                         reason: e.to_string(),
-                    }
-                })?;
+                    })?;
                 push_bounded(&mut list, entry.clone(), self.svc.history_keep);
                 ops.push(TxnOp::Cas {
                     key: self.keys.history.clone(),
@@ -929,7 +1058,8 @@ impl<'a> Driver<'a> {
 }
 
 fn is_failed(a: &Allocation) -> bool {
-    a.deployment_status.as_ref().and_then(|d| d.healthy) == Some(false) || a.client_status == "failed"
+    a.deployment_status.as_ref().and_then(|d| d.healthy) == Some(false)
+        || a.client_status == "failed"
 }
 
 /// Nomad's AllocMetric as one line: which dimension ran out, how many
@@ -953,6 +1083,110 @@ fn placement_text(m: &serde_json::Value) -> String {
     }
 }
 
+/// Every requirement of the contract (§6) that `job` does not meet for
+/// this service's rollout block, one readable line each. Pure: the
+/// caller fetched the job.
+pub fn unmet_requirements(job: &Job, svc: &ServiceConfig, rc: &RolloutConfig) -> Vec<String> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    let groups = job
+        .raw
+        .get("TaskGroups")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (name, update) in job.group_updates() {
+        match update {
+            None => out.push(format!(
+                "group {name:?} has no update block: Nomad would replace every allocation at once, with no health gate"
+            )),
+            Some(u) if u.max_parallel <= 0 => out.push(format!(
+                "group {name:?} has update.max_parallel = {}: Nomad would not roll it batch by batch",
+                u.max_parallel
+            )),
+            Some(u) => {
+                if rc.strategy == Strategy::Template && u.auto_revert {
+                    out.push(format!(
+                        "group {name:?} has update.auto_revert = true; the template strategy needs false (tagbridge restores the key before it reverts)"
+                    ));
+                }
+            }
+        }
+    }
+    let tasks: Vec<&Value> = groups
+        .iter()
+        .flat_map(|g| {
+            g.get("Tasks")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .collect();
+    match rc.strategy {
+        Strategy::Template => {
+            let reading: Vec<(String, String)> = tasks
+                .iter()
+                .flat_map(|t| {
+                    let task = t
+                        .get("Name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    t.get("Templates")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter(|tpl| {
+                            tpl.get("EmbeddedTmpl")
+                                .and_then(Value::as_str)
+                                .is_some_and(|body| body.contains(&format!("\"{}\"", svc.key)))
+                        })
+                        .map(move |tpl| {
+                            (
+                                task.clone(),
+                                tpl.get("ChangeMode")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("restart")
+                                    .to_string(),
+                            )
+                        })
+                })
+                .collect();
+            if reading.is_empty() {
+                out.push(format!(
+                    "no task template reads the key {:?}: the template strategy needs one (with change_mode = \"noop\")",
+                    svc.key
+                ));
+            }
+            for (task, mode) in reading {
+                if mode != "noop" {
+                    out.push(format!(
+                        "task {task:?}: the template reading {:?} has change_mode = {mode:?}; it must be \"noop\", or every instance restarts at once when the key changes",
+                        svc.key
+                    ));
+                }
+            }
+        }
+        Strategy::Jobspec => {
+            let needles = [
+                format!("NOMAD_META_{}", rc.meta_key),
+                format!("meta.{}", rc.meta_key),
+            ];
+            let uses = tasks.iter().any(|t| {
+                let text = serde_json::to_string(t).unwrap_or_default();
+                needles.iter().any(|n| text.contains(n.as_str()))
+            });
+            if !uses {
+                out.push(format!(
+                    "no task references ${{NOMAD_META_{}}}: the jobspec strategy sets that meta key and the task must read it",
+                    rc.meta_key
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -971,7 +1205,9 @@ mod tests {
             f.to_string(),
             "new allocation unhealthy: allocation web.web[2] (01234567): check \"web-health\" failure (HTTP 500): unhealthy tag bad-1; task events: web: Started: Task started by client"
         );
-        let p = placement_text(&serde_json::json!({"NodesEvaluated": 1, "DimensionExhausted": {"memory": 1}}));
+        let p = placement_text(
+            &serde_json::json!({"NodesEvaluated": 1, "DimensionExhausted": {"memory": 1}}),
+        );
         assert_eq!(p, "1 nodes evaluated, memory: 1");
     }
 }

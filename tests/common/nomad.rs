@@ -1,1 +1,536 @@
-//! Placeholder: real Nomad dev agent harness (written by the rollout work).
+//! Real `nomad agent -dev` on loopback, next to a [`ConsulAgent`], plus
+//! blocking helpers over Nomad's HTTP API for assertions that must not
+//! depend on tagbridge's own Nomad client.
+//!
+//! The agent runs under the same watchdog as Consul, so it never outlives
+//! the test binary. In dev mode Nomad kills every allocation when it gets
+//! SIGTERM (about 1.5 s for nine tasks here); as a backstop, dropping a
+//! [`NomadAgent`] also kills any process still running from its data
+//! directory (the raw_exec tasks and their executors), by pid.
+//!
+//! Known agent facts (see ../shared/design/tagbridge.md section 8): the
+//! cloud fingerprinters must be denied or the agent dies at start-up on
+//! this machine; readiness (node `ready`, raw_exec healthy) takes a few
+//! seconds.
+
+use super::*;
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+/// Path of the pinned Nomad binary (built once, then cached).
+pub fn nomad_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| super::provide("nomad")).clone()
+}
+
+/// Path of the built `tagbridge-testsvc` (Cargo builds every bin target of
+/// the package before the integration tests).
+pub fn testsvc_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tagbridge-testsvc"))
+}
+
+/// Path of a job file under `nomad/`, e.g. `job_file("web-template")`.
+pub fn job_file(name: &str) -> PathBuf {
+    repo_root().join("nomad").join(format!("{name}.nomad.hcl"))
+}
+
+/// Deployment statuses after which Nomad changes nothing by itself.
+pub const TERMINAL_DEPLOYMENT: [&str; 3] = ["successful", "failed", "cancelled"];
+
+/// How long the agent may take to get a ready node with raw_exec.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// A real `nomad agent -dev` (server and client) on free loopback ports,
+/// using the given Consul for templates. Stopped on drop.
+pub struct NomadAgent {
+    pub http_port: u16,
+    /// RPC and Serf ports (also bound by the agent).
+    pub ports: Vec<u16>,
+    proc: Option<Watched>,
+    log: PathBuf,
+    data_dir: PathBuf,
+    /// Allocation id → (host ip, "http" port); ports never change.
+    port_cache: Mutex<HashMap<String, (String, u16)>>,
+    pub dir: TempDir,
+}
+
+impl NomadAgent {
+    /// Start an agent wired to `consul` and wait (≤ 60 s) until its node
+    /// is ready with a healthy raw_exec driver; panics with the log
+    /// otherwise.
+    pub fn start(consul: &ConsulAgent) -> Self {
+        let dir = TempDir::new("nomad");
+        let ports = free_ports(3);
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("mkdir nomad data");
+        // Each agent gets its own slice of the dynamic port range, so two
+        // agents on this machine (parallel tests) rarely hand out the same
+        // host port: Nomad only accounts for its own allocations.
+        static N: AtomicU64 = AtomicU64::new(0);
+        let slot = (u64::from(std::process::id()) + N.fetch_add(1, Ordering::Relaxed)) % 24;
+        let min_port = 20_000 + slot * 500;
+        let config = format!(
+            r#"# Written by tests/common/nomad.rs
+data_dir  = "{data}"
+bind_addr = "127.0.0.1"
+log_level = "INFO"
+disable_update_check = true
+
+ports {{
+  http = {http}
+  rpc  = {rpc}
+  serf = {serf}
+}}
+
+plugin "raw_exec" {{
+  config {{
+    enabled = true
+  }}
+}}
+
+consul {{
+  address          = "127.0.0.1:{consul}"
+  # Keep the test Consul to KV: no nomad/nomad-client services, no joins.
+  auto_advertise   = false
+  server_auto_join = false
+  client_auto_join = false
+}}
+
+client {{
+  min_dynamic_port = {min_port}
+  max_dynamic_port = {max_port}
+  options = {{
+    # env_aws dies fatally here (AWS_CA_BUNDLE is set); the others probe
+    # cloud metadata addresses, which tests must never do.
+    "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
+    # Only raw_exec is used; skips the Docker "no engine" errors and the
+    # java/qemu probes.
+    "driver.allowlist" = "raw_exec"
+  }}
+}}
+"#,
+            data = data_dir.display(),
+            http = ports[0],
+            rpc = ports[1],
+            serf = ports[2],
+            consul = consul.http_port,
+            max_port = min_port + 499,
+        );
+        let config_path = dir.write("agent.hcl", config);
+        let log = dir.path().join("nomad.log");
+        let args = vec![
+            "agent".to_string(),
+            "-dev".to_string(),
+            format!("-config={}", config_path.display()),
+        ];
+        let proc = Watched::spawn(&nomad_bin(), &args, &log, &[]);
+        let agent = NomadAgent {
+            http_port: ports[0],
+            ports,
+            proc: Some(proc),
+            log,
+            data_dir,
+            port_cache: Mutex::new(HashMap::new()),
+            dir,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    /// `http://127.0.0.1:<http port>`.
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the agent's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < READY_WITHIN {
+            match self.api("GET", "/v1/nodes", None) {
+                Ok((200, Value::Array(nodes))) => {
+                    let ready = nodes.iter().any(|n| {
+                        n["Status"] == "ready" && n["Drivers"]["raw_exec"]["Healthy"] == true
+                    });
+                    if ready {
+                        return;
+                    }
+                    last = format!("nodes: {}", Value::Array(nodes));
+                }
+                Ok((status, body)) => last = format!("GET /v1/nodes: {status} {body}"),
+                Err(e) => last = format!("GET /v1/nodes: {e}"),
+            }
+            let log = self.log();
+            if log.contains("agent: shutdown complete") || log.contains("==> Error") {
+                panic!("nomad agent exited during start-up; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "nomad agent not ready (node ready + raw_exec healthy) within {} s; last: {last}\nlog:\n{}",
+            READY_WITHIN.as_secs(),
+            self.log()
+        );
+    }
+
+    /// One request to the Nomad HTTP API: status and body parsed as JSON
+    /// (a body that is not JSON comes back as a JSON string).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> std::io::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.addr());
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, text) = http1_request(method, &url, payload.as_bytes())?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    /// Like [`api`](Self::api) but panics unless the answer is 200.
+    pub fn api_ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        match self.api(method, path, body) {
+            Ok((200, v)) => v,
+            other => panic!("nomad {method} {path}: {other:?}"),
+        }
+    }
+
+    /// Parse a job file with `POST /v1/jobs/parse` (canonicalized), passing
+    /// `vars` as HCL variable assignments. Values are quoted as HCL strings
+    /// (Nomad converts them to the declared number/bool type), except that a
+    /// value starting with `[` or `{` is passed as a raw HCL expression
+    /// (e.g. `("datacenters", r#"["dc1"]"#)`).
+    pub fn parse_job(&self, hcl_path: &Path, vars: &[(&str, &str)]) -> Value {
+        let hcl = std::fs::read_to_string(hcl_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", hcl_path.display()));
+        let variables: String = vars
+            .iter()
+            .map(|(k, v)| {
+                if v.starts_with('[') || v.starts_with('{') {
+                    format!("{k} = {v}\n")
+                } else {
+                    format!("{k} = {}\n", hcl_string(v))
+                }
+            })
+            .collect();
+        let body = json!({"JobHCL": hcl, "Variables": variables, "Canonicalize": true});
+        match self.api("POST", "/v1/jobs/parse", Some(&body)) {
+            Ok((200, job)) => job,
+            other => panic!("nomad parse {}: {other:?}", hcl_path.display()),
+        }
+    }
+
+    /// Register (create or update) a job: `POST /v1/jobs {"Job": job}`.
+    /// Returns the evaluation id and the new `JobModifyIndex`.
+    pub fn register(&self, job: &Value) -> (String, u64) {
+        let r = self.api_ok("POST", "/v1/jobs", Some(&json!({ "Job": job })));
+        (
+            r["EvalID"].as_str().unwrap_or_default().to_string(),
+            r["JobModifyIndex"].as_u64().expect("JobModifyIndex"),
+        )
+    }
+
+    /// `GET /v1/job/<id>`; `Value::Null` when the job does not exist.
+    pub fn job(&self, id: &str) -> Value {
+        match self.api("GET", &format!("/v1/job/{id}"), None) {
+            Ok((200, v)) => v,
+            Ok((404, _)) => Value::Null,
+            other => panic!("nomad GET job {id}: {other:?}"),
+        }
+    }
+
+    /// `GET /v1/job/<id>/allocations` (stubs: no resources, with
+    /// `ClientStatus`, `DesiredStatus`, `JobVersion`, `DeploymentStatus`,
+    /// `TaskStates`).
+    pub fn allocations(&self, job_id: &str) -> Vec<Value> {
+        match self.api_ok("GET", &format!("/v1/job/{job_id}/allocations"), None) {
+            Value::Array(a) => a,
+            other => panic!("allocations of {job_id}: {other}"),
+        }
+    }
+
+    /// `GET /v1/allocation/<id>` (the full allocation).
+    pub fn allocation(&self, alloc_id: &str) -> Value {
+        self.api_ok("GET", &format!("/v1/allocation/{alloc_id}"), None)
+    }
+
+    /// The job's latest deployment (`GET /v1/job/<id>/deployment`, which
+    /// answers `null` when there is none).
+    pub fn latest_deployment(&self, job_id: &str) -> Option<Value> {
+        match self.api_ok("GET", &format!("/v1/job/{job_id}/deployment"), None) {
+            Value::Null => None,
+            d => Some(d),
+        }
+    }
+
+    /// Poll (every 250 ms, at most `timeout`) until the latest deployment
+    /// is for the job's current version and `done(deployment)` holds;
+    /// returns it. Panics with the allocations and the log tail on timeout.
+    pub fn wait_deployment(
+        &self,
+        job_id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        while start.elapsed() < timeout {
+            let version = self.job(job_id)["Version"].as_u64();
+            if let Some(d) = self.latest_deployment(job_id) {
+                if version.is_some() && d["JobVersion"].as_u64() == version && done(&d) {
+                    return d;
+                }
+                last = d;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "deployment of {job_id} not done within {timeout:?}; last deployment: {last}\nallocations: {}\nnomad log tail:\n{}",
+            summarize_allocs(&self.allocations(job_id)),
+            self.log_tail(40)
+        );
+    }
+
+    /// Wait until the deployment of the job's current version is terminal
+    /// (`successful`, `failed` or `cancelled`); returns it. A canary
+    /// deployment waiting for promotion stays `running` (StatusDescription
+    /// "Deployment is running but requires manual promotion").
+    pub fn wait_deployment_terminal(&self, job_id: &str, timeout: Duration) -> Value {
+        self.wait_deployment(job_id, timeout, |d| {
+            TERMINAL_DEPLOYMENT.contains(&d["Status"].as_str().unwrap_or_default())
+        })
+    }
+
+    /// `(host ip, port)` of the allocation's dynamic port labelled `http`,
+    /// from `AllocatedResources.Shared.Ports[]` (`Label`, `Value`,
+    /// `HostIP`), else `AllocatedResources.Shared.Networks[].DynamicPorts`,
+    /// else the legacy `Resources.Networks[].DynamicPorts` (`IP` beside).
+    pub fn alloc_http_port(&self, alloc_id: &str) -> Option<(String, u16)> {
+        if let Some(hit) = self.port_cache.lock().expect("cache").get(alloc_id) {
+            return Some(hit.clone());
+        }
+        let alloc = self.allocation(alloc_id);
+        let found = http_port_of(&alloc)?;
+        self.port_cache
+            .lock()
+            .expect("cache")
+            .insert(alloc_id.to_string(), found.clone());
+        Some(found)
+    }
+
+    /// Allocations of the job that may have a live process (client status
+    /// `pending` or `running`, whatever their desired status).
+    fn live_allocs(&self, job_id: &str) -> Vec<(String, u16)> {
+        self.allocations(job_id)
+            .iter()
+            .filter(|a| matches!(a["ClientStatus"].as_str(), Some("running" | "pending")))
+            .filter_map(|a| self.alloc_http_port(a["ID"].as_str()?))
+            .collect()
+    }
+
+    /// The tags reported (`GET /tag`, 200) by the job's live instances,
+    /// sorted. Instances that do not answer within 1 s are left out.
+    pub fn running_tags(&self, job_id: &str) -> Vec<String> {
+        let mut tags: Vec<String> =
+            probe_all(&self.live_allocs(job_id), "/tag", Duration::from_secs(1))
+                .into_iter()
+                .filter_map(|r| match r {
+                    Some((200, body)) => Some(body.trim().to_string()),
+                    _ => None,
+                })
+                .collect();
+        tags.sort();
+        tags
+    }
+
+    /// How many of the job's instances answer `GET /healthz` with 200
+    /// within 300 ms right now (the downtime sampler's measure).
+    pub fn answering(&self, job_id: &str) -> usize {
+        probe_all(
+            &self.live_allocs(job_id),
+            "/healthz",
+            Duration::from_millis(300),
+        )
+        .into_iter()
+        .filter(|r| matches!(r, Some((200, _))))
+        .count()
+    }
+
+    /// Stop the job (`DELETE /v1/job/<id>`, no purge); returns the eval id.
+    pub fn stop_job(&self, id: &str) -> String {
+        let r = self.api_ok("DELETE", &format!("/v1/job/{id}"), None);
+        r["EvalID"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Stop the agent; then kill, by pid, anything still running from its
+    /// data directory (task processes and executors).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+            kill_leftovers(&self.data_dir);
+        }
+    }
+}
+
+impl Drop for NomadAgent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- nomad log tail ({}):\n{}\n----",
+                self.log.display(),
+                self.log_tail(60)
+            );
+        }
+        self.stop();
+    }
+}
+
+/// An HCL string literal for `s` (quotes, backslashes and template
+/// sequences escaped).
+fn hcl_string(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .replace("${", "$${")
+        .replace("%{", "%%{");
+    format!("\"{escaped}\"")
+}
+
+fn http_port_of(alloc: &Value) -> Option<(String, u16)> {
+    let shared = &alloc["AllocatedResources"]["Shared"];
+    if let Some(ports) = shared["Ports"].as_array() {
+        for p in ports {
+            if p["Label"] == "http" {
+                let ip = p["HostIP"].as_str().unwrap_or("127.0.0.1").to_string();
+                return Some((ip, u16::try_from(p["Value"].as_u64()?).ok()?));
+            }
+        }
+    }
+    for networks in [&shared["Networks"], &alloc["Resources"]["Networks"]] {
+        for n in networks.as_array().into_iter().flatten() {
+            for p in n["DynamicPorts"].as_array().into_iter().flatten() {
+                if p["Label"] == "http" {
+                    let ip = n["IP"].as_str().unwrap_or("127.0.0.1").to_string();
+                    return Some((ip, u16::try_from(p["Value"].as_u64()?).ok()?));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `GET path` on every instance at once; `None` for no answer in time.
+fn probe_all(
+    targets: &[(String, u16)],
+    path: &str,
+    timeout: Duration,
+) -> Vec<Option<(u16, String)>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|(ip, port)| s.spawn(move || probe(ip, *port, path, timeout)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().ok().flatten())
+            .collect()
+    })
+}
+
+/// One plain HTTP GET with an overall `timeout`.
+pub fn probe(ip: &str, port: u16, path: &str, timeout: Duration) -> Option<(u16, String)> {
+    use std::io::Read as _;
+    let start = Instant::now();
+    let addr: SocketAddr = format!("{ip}:{port}").parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    let left = timeout.checked_sub(start.elapsed())?;
+    s.set_read_timeout(Some(left)).ok()?;
+    s.set_write_timeout(Some(left)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    if start.elapsed() > timeout {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Some((status, body.to_string()))
+}
+
+/// One line per allocation, for failure messages.
+pub fn summarize_allocs(allocs: &[Value]) -> String {
+    allocs
+        .iter()
+        .map(|a| {
+            format!(
+                "\n  {} v{} client={} desired={} deployment_healthy={} canary={}",
+                a["ID"].as_str().unwrap_or("?").get(..8).unwrap_or("?"),
+                a["JobVersion"],
+                a["ClientStatus"],
+                a["DesiredStatus"],
+                a["DeploymentStatus"]["Healthy"],
+                a["DeploymentStatus"]["Canary"],
+            )
+        })
+        .collect()
+}
+
+/// Kill (by pid) every process whose working directory or command line is
+/// inside `dir`: raw_exec tasks run in `<data>/alloc/<id>/<task>` and their
+/// executors name a log file there. Only processes of this agent match.
+fn kill_leftovers(dir: &Path) {
+    let Ok(dir) = dir.canonicalize() else { return };
+    let needle = dir.to_string_lossy().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cwd_inside = std::fs::read_link(e.path().join("cwd"))
+            .map(|p| p.starts_with(&dir))
+            .unwrap_or(false);
+        let cmd_inside = std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+            .unwrap_or(false);
+        if cwd_inside || cmd_inside {
+            pids.push(pid.to_string());
+        }
+    }
+    if !pids.is_empty() {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .args(&pids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
