@@ -215,7 +215,10 @@ impl TagPolicy {
             return Decision::Filtered(format!("tag matches exclude {pattern:?}"));
         }
         let Some(current) = current_tag else {
-            return Decision::Apply;
+            // Nothing recorded yet: still refuse a tag the order cannot
+            // place (`latest` under semver), or it would become the
+            // baseline every later tag is compared with.
+            return self.incomparable(tag);
         };
         if tag == current {
             return match (digest, current_digest) {
@@ -553,13 +556,25 @@ mod tests {
     // --- current tag / digest ------------------------------------------
 
     #[test]
-    fn nothing_recorded_applies() {
+    fn nothing_recorded_applies_what_the_order_can_place() {
         for order in Order::ALL {
             assert_eq!(
-                policy(order).decide("anything", None, None, None),
+                policy(order).decide("v1.2.3", None, None, None),
                 Decision::Apply
             );
         }
+        assert_eq!(
+            policy(Order::Semver).decide("latest", None, None, None),
+            Decision::Filtered("tag is not semver".to_owned())
+        );
+        assert_eq!(
+            policy(Order::Numeric).decide("latest", None, None, None),
+            Decision::Filtered("tag has no number to order by".to_owned())
+        );
+        assert_eq!(
+            policy(Order::Lexical).decide("latest", None, None, None),
+            Decision::Apply
+        );
     }
 
     #[test]

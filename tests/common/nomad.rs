@@ -4,9 +4,10 @@
 //!
 //! The agent runs under the same watchdog as Consul, so it never outlives
 //! the test binary. In dev mode Nomad kills every allocation when it gets
-//! SIGTERM (about 1.5 s for nine tasks here); as a backstop, dropping a
-//! [`NomadAgent`] also kills any process still running from its data
-//! directory (the raw_exec tasks and their executors), by pid.
+//! SIGTERM (about 1.5 s for nine tasks here); as a backstop (an agent that
+//! was SIGKILLed leaves its tasks, executors and logmon plugins behind),
+//! dropping a [`NomadAgent`] also kills, by pid, any process still running
+//! from or holding files in its data directory.
 //!
 //! Known agent facts (see ../shared/design/tagbridge.md section 8): the
 //! cloud fingerprinters must be denied or the agent dies at start-up on
@@ -497,9 +498,11 @@ pub fn summarize_allocs(allocs: &[Value]) -> String {
         .collect()
 }
 
-/// Kill (by pid) every process whose working directory or command line is
-/// inside `dir`: raw_exec tasks run in `<data>/alloc/<id>/<task>` and their
-/// executors name a log file there. Only processes of this agent match.
+/// Kill (by pid) every process whose working directory, command line or an
+/// open file is inside `dir`: raw_exec tasks run in
+/// `<data>/alloc/<id>/<task>`, their executors name a log file there and
+/// the logmon plugins hold the log FIFOs there. Only processes of this
+/// agent match.
 fn kill_leftovers(dir: &Path) {
     let Ok(dir) = dir.canonicalize() else { return };
     let needle = dir.to_string_lossy().to_string();
@@ -521,7 +524,18 @@ fn kill_leftovers(dir: &Path) {
         let cmd_inside = std::fs::read(e.path().join("cmdline"))
             .map(|c| String::from_utf8_lossy(&c).contains(&needle))
             .unwrap_or(false);
-        if cwd_inside || cmd_inside {
+        let fd_inside = || {
+            std::fs::read_dir(e.path().join("fd"))
+                .map(|fds| {
+                    fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .map(|p| p.starts_with(&dir))
+                            .unwrap_or(false)
+                    })
+                })
+                .unwrap_or(false)
+        };
+        if cwd_inside || cmd_inside || fd_inside() {
             pids.push(pid.to_string());
         }
     }
