@@ -225,39 +225,17 @@ fn tmp_backstop() {
     let nomad = NomadAgent::start(&consul);
     consul.put(KEY, "1.0.0");
     let svc = testsvc_bin();
-    let job = nomad.parse_job(
-        &job_file("web-template"),
-        &[("testsvc", svc.to_str().unwrap()), ("warmup", "0")],
-    );
+    let job = nomad.parse_job(&job_file("web-template"), &[("testsvc", svc.to_str().unwrap()), ("warmup", "0")]);
     nomad.register(&job);
     nomad.wait_deployment_terminal("web", Duration::from_secs(60));
-    let out = std::process::Command::new("pgrep")
-        .arg("-f")
-        .arg(format!(
-            "nomad agent -dev -config={}",
-            nomad.dir.path().display()
-        ))
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("pgrep").arg("-f").arg(format!("nomad agent -dev -config={}", nomad.dir.path().display())).output().unwrap();
     let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
     eprintln!("agent pid {pid}");
-    std::process::Command::new("kill")
-        .arg("-9")
-        .arg(&pid)
-        .status()
-        .unwrap();
+    std::process::Command::new("kill").arg("-9").arg(&pid).status().unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg("ps -eo pid,cmd | grep -E '[t]agbridge-testsvc|[n]omad (executor|logmon)'")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("bash").arg("-c").arg("ps -eo pid,cmd | grep -E '[t]agbridge-testsvc|[n]omad (executor|logmon)'").output().unwrap();
     eprintln!("before drop:\n{}", String::from_utf8_lossy(&out.stdout));
     drop(nomad);
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg("ps -eo pid,cmd | grep -E '[t]agbridge-testsvc|[n]omad (executor|logmon)'")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("bash").arg("-c").arg("ps -eo pid,cmd | grep -E '[t]agbridge-testsvc|[n]omad (executor|logmon)'").output().unwrap();
     eprintln!("after drop:\n{}", String::from_utf8_lossy(&out.stdout));
 }
