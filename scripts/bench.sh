@@ -94,6 +94,16 @@ stop_sampler() {
   sampler=""
 }
 max_of() { sort -n "$1" | tail -n 1; }
+# cpu_ticks PID: user + system CPU time of PID, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+# per_op TICKS OPS: CPU microseconds per operation.
+per_op() { awk -v t="$1" -v n="$2" -v hz="$TICK" 'BEGIN {printf "%.0f", n ? t * 1e6 / hz / n : 0}'; }
+# hist ADMIN_PORT sum|count: tagbridge's server-side webhook timer.
+hist() {
+  curl -fsS "http://127.0.0.1:$1/metrics" |
+    awk -v m="tagbridge_ingest_duration_seconds_$2" '$1 == m {print $2}'
+}
 
 # A counter from tagbridge's metrics: metric ADMIN_PORT OUTCOME.
 metric() {
@@ -107,7 +117,21 @@ start_consul "$work"
 pids+=("$CONSUL_PID")
 export CONSUL_HTTP_ADDR="http://127.0.0.1:$CONSUL_PORT"
 
-self_signed_cert "$work"
+# A CA and a leaf it signs. lib.sh's self_signed_cert makes one certificate
+# that is its own CA (CA:TRUE), which curl accepts but rustls (the latency
+# bench's client) refuses as an end-entity certificate.
+bench_cert() {
+  local d=$1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=tagbridge bench CA" -keyout "$d/ca.key" -out "$d/ca.crt" >/dev/null 2>&1
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/CN=localhost" -keyout "$d/tls.key" -out "$d/tls.csr" >/dev/null 2>&1
+  printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$d/leaf.ext"
+  openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 2 -extfile "$d/leaf.ext" -out "$d/tls.crt" >/dev/null 2>&1
+}
+bench_cert "$work"
 secret_out=$("$TB" secret)
 secret=$(printf '%s\n' "$secret_out" | sed -n 's#^/hooks/##p')
 hash_line=$(printf '%s\n' "$secret_out" | grep '^secret_sha256')
@@ -181,17 +205,17 @@ echo "== 1. idle resident memory"
 # HTTP/1.1 like registries and wrk (curl over h2 reports a stream error when
 # a rejection is answered before its POST body is read).
 for i in 1 2 3 4 5; do
-  curl -sS --http1.1 -o /dev/null --cacert "$work/tls.crt" -X POST -d '{}' \
+  curl -sS --http1.1 -o /dev/null --cacert "$work/ca.crt" -X POST -d '{}' \
     "https://127.0.0.1:$port/hooks/wrong-$i"
 done
 body='{"repository":"acme/web","tag":"1"}'
 sig=$(printf '%s' "$body" | openssl dgst -sha256 -hmac "$signing_key" -r | cut -d' ' -f1)
-first=$(curl -sS --http1.1 -o /dev/null -w '%{http_code}' --cacert "$work/tls.crt" -X POST \
+first=$(curl -sS --http1.1 -o /dev/null -w '%{http_code}' --cacert "$work/ca.crt" -X POST \
   -H "Content-Type: application/json" -H "X-Hub-Signature-256: sha256=$sig" \
   --data-binary "$body" "https://127.0.0.1:$port/hooks/$secret")
 echo "5 rejected requests and one signed webhook (HTTP $first), then 1 s idle"
 # Does a rejected POST keep its connection? (curl reuses it only if so.)
-if curl -sS --http1.1 -v -o /dev/null -o /dev/null --cacert "$work/tls.crt" -X POST -d '{}' \
+if curl -sS --http1.1 -v -o /dev/null -o /dev/null --cacert "$work/ca.crt" -X POST -d '{}' \
   "https://127.0.0.1:$port/hooks/wrong-a" "https://127.0.0.1:$port/hooks/wrong-b" 2>&1 |
   grep -q 'Re-using existing connection'; then
   keepalive=yes
@@ -201,22 +225,30 @@ fi
 echo "connection kept alive after a rejected POST: $keepalive"
 sleep 1
 idle_kib=$(rss_kib "$main_pid")
-echo "VmRSS idle: $(mib "$idle_kib") MiB"
+echo "VmRSS idle: $(mib "$idle_kib") MiB ($(awk '/^Rss(Anon|File|Shmem):/ {printf "%s %.1f MiB  ", $1, $2 / 1024}' "/proc/$main_pid/status"))"
 
 # ------------------------------------------------------------- 2. latency
 echo
 echo "== 2. webhook latency vs a bare Consul txn (cargo bench --bench latency)"
 start_sampler "$main_pid" "$work/rss-latency" 600
+cpu_before=$(cpu_ticks "$main_pid")
+h_sum_before=$(hist "$admin" sum)
+h_count_before=$(hist "$admin" count)
 latency_ok=1
 if ! cargo bench --quiet --bench latency -- \
   --url "https://127.0.0.1:$port" --secret "$secret" \
-  --signing-key-file "$work/web.hmac" --ca "$work/tls.crt" \
+  --signing-key-file "$work/web.hmac" --ca "$work/ca.crt" \
   --consul "http://127.0.0.1:$CONSUL_PORT" --n "$N" --warmup "$WARMUP" |
   tee "$work/latency.out"; then
   latency_ok=0
   echo "latency bench failed: its figures are not valid" >&2
 fi
 stop_sampler
+cpu_latency=$(($(cpu_ticks "$main_pid") - cpu_before))
+server_mean=$(awk -v s0="$h_sum_before" -v c0="$h_count_before" -v s1="$(hist "$admin" sum)" -v c1="$(hist "$admin" count)" \
+  'BEGIN {printf "%.3f", (c1 > c0) ? (s1 - s0) * 1000 / (c1 - c0) : 0}')
+echo "tagbridge's own timer (request in -> answer out, mean over the run): $server_mean ms"
+echo "tagbridge CPU per webhook: $(per_op "$cpu_latency" $((N + WARMUP))) us (user+system over the run, clock tick $((1000 / TICK)) ms)"
 latency_peak_kib=$(max_of "$work/rss-latency")
 echo "VmRSS peak during the latency run: $(mib "${latency_peak_kib:-0}") MiB"
 result() { sed -n "s/.*[ ]$1=\([0-9.]*\).*/\1/p" "$work/latency.out" | head -n 1; }
@@ -232,7 +264,9 @@ echo "(wrk shares the $(nproc) cores with tagbridge and Consul)"
 nf_before=$(metric "$admin" not_found)
 rl_before=$(metric "$admin" rate_limited)
 start_sampler "$main_pid" "$work/rss-load" $((WRK_SECONDS + 10))
+cpu_before=$(cpu_ticks "$main_pid")
 run_wrk "$port" "$WRK_SECONDS" "$work/wrk.out"
+cpu_wrk=$(($(cpu_ticks "$main_pid") - cpu_before))
 stop_sampler
 cat "$work/wrk.out"
 rps=$(wrk_rps "$work/wrk.out")
@@ -242,6 +276,7 @@ load_peak_kib=$(max_of "$work/rss-load")
 hwm_kib=$(hwm_kib "$main_pid")
 after_kib=$(rss_kib "$main_pid")
 echo "tagbridge counted: $nf not_found (404), $rl rate_limited (429)"
+echo "tagbridge CPU: $(awk -v t="$cpu_wrk" -v hz="$TICK" -v d="$WRK_SECONDS" 'BEGIN {printf "%.2f", t / hz / d}') cores busy, $(per_op "$cpu_wrk" "$nf") us per rejection"
 echo "VmRSS peak under load (200 ms samples): $(mib "$load_peak_kib") MiB; VmHWM: $(mib "$hwm_kib") MiB; after: $(mib "$after_kib") MiB"
 
 echo

@@ -29,8 +29,12 @@ need_go() {
 }
 
 # has_version BIN VERSION: the binary reports exactly the pinned version.
+# (Output is captured first: with pipefail, `head` closing the pipe early
+# would make a healthy binary look broken and trigger a rebuild.)
 has_version() {
-  "$1" version 2>/dev/null | head -1 | grep -q "v$2\b"
+  local out
+  out=$("$1" version 2>/dev/null) || return 1
+  [[ $(printf '%s\n' "$out" | sed -n 1p) == *"v$2"* ]]
 }
 
 # go_module_dir MODULE VERSION: download the module, print its read-only dir.

@@ -55,6 +55,59 @@ fn alloc_ids(nomad: &NomadAgent, job: &str) -> Vec<String> {
     ids
 }
 
+/// Every example job parses with its defaults alone and has the settings
+/// the rollout strategies rely on (nomad/README.md).
+fn check_example_jobs(nomad: &NomadAgent) {
+    for (file, id, change_mode, canary, meta) in [
+        ("web-template", "web", Some("noop"), 0, Some("")),
+        ("web-canary", "web-canary", Some("noop"), 1, Some("")),
+        ("web-jobspec", "web-jobspec", None, 0, Some("1.0.0")),
+        ("web-classic", "web-classic", Some("restart"), 0, None),
+    ] {
+        let job = nomad.parse_job(&job_file(file), &[]);
+        assert_eq!(job["ID"], id, "{file}");
+        assert_eq!(job["Meta"]["image_tag"].as_str(), meta, "{file} meta");
+        let group = &job["TaskGroups"][0];
+        assert_eq!(group["Count"], 3, "{file}");
+        let update = &group["Update"];
+        assert_eq!(update["MaxParallel"], 1, "{file}");
+        assert_eq!(update["Canary"], canary, "{file}");
+        assert_eq!(update["AutoRevert"], false, "{file}");
+        assert_eq!(update["AutoPromote"], false, "{file}");
+        assert_eq!(update["HealthCheck"], "checks", "{file}");
+        assert_eq!(update["MinHealthyTime"], 2_000_000_000u64, "{file}");
+        assert_eq!(update["HealthyDeadline"], 20_000_000_000u64, "{file}");
+        assert_eq!(update["ProgressDeadline"], 40_000_000_000u64, "{file}");
+        assert_eq!(group["RestartPolicy"]["Attempts"], 0, "{file}");
+        assert_eq!(group["ReschedulePolicy"]["Attempts"], 0, "{file}");
+        assert_eq!(group["ReschedulePolicy"]["Unlimited"], false, "{file}");
+        let service = &group["Services"][0];
+        assert_eq!(service["Name"], id, "{file}");
+        assert_eq!(service["Provider"], "nomad", "{file}");
+        assert_eq!(service["Checks"][0]["Path"], "/healthz", "{file}");
+        let task = &group["Tasks"][0];
+        assert_eq!(task["Driver"], "raw_exec", "{file}");
+        assert_eq!(
+            task["Config"]["command"], "/usr/local/bin/tagbridge-testsvc",
+            "{file}"
+        );
+        let modes: Vec<&str> = task["Templates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["ChangeMode"].as_str())
+            .collect();
+        assert_eq!(modes, change_mode.into_iter().collect::<Vec<_>>(), "{file}");
+    }
+    // The jobspec job's auto_revert is a variable.
+    let job = nomad.parse_job(&job_file("web-jobspec"), &[("auto_revert", "true")]);
+    assert_eq!(job["TaskGroups"][0]["Update"]["AutoRevert"], true);
+    assert_eq!(
+        job["TaskGroups"][0]["Tasks"][0]["Env"]["TAG"],
+        "${NOMAD_META_image_tag}"
+    );
+}
+
 #[test]
 fn template_job_rolls_a_new_tag_one_allocation_at_a_time() {
     let t0 = Instant::now();
@@ -113,9 +166,10 @@ fn template_job_rolls_a_new_tag_one_allocation_at_a_time() {
     );
     assert_eq!(second["JobVersion"], 1);
     assert_eq!(nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    // max_parallel = 1: at most one of three instances is down at a time.
     assert!(
-        min_answering >= 1,
-        "the rolling update left no instance answering"
+        min_answering >= 2,
+        "the rolling update left fewer than 2 instances answering"
     );
     let versions: Vec<Value> = nomad
         .allocations("web")
@@ -142,6 +196,8 @@ fn jobspec_job_with_a_bad_tag_gets_an_unhealthy_allocation_and_old_ones_keep_ser
         ("healthy_deadline", "10s"),
         ("progress_deadline", "30s"),
     ];
+    check_example_jobs(&nomad);
+
     let mut job = nomad.parse_job(&job_file("web-jobspec"), &vars);
     assert_eq!(job["ID"], "web-jobspec");
     assert_eq!(job["Meta"]["image_tag"], "1.0.0");
@@ -217,25 +273,4 @@ fn jobspec_job_with_a_bad_tag_gets_an_unhealthy_allocation_and_old_ones_keep_ser
 
     nomad.stop_job("web-jobspec");
     eprintln!("test done after {:?}", t0.elapsed());
-}
-
-#[test]
-fn tmp_backstop() {
-    let consul = ConsulAgent::start();
-    let nomad = NomadAgent::start(&consul);
-    consul.put(KEY, "1.0.0");
-    let svc = testsvc_bin();
-    let job = nomad.parse_job(&job_file("web-template"), &[("testsvc", svc.to_str().unwrap()), ("warmup", "0")]);
-    nomad.register(&job);
-    nomad.wait_deployment_terminal("web", Duration::from_secs(60));
-    let out = std::process::Command::new("pgrep").arg("-f").arg(format!("nomad agent -dev -config={}", nomad.dir.path().display())).output().unwrap();
-    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    eprintln!("agent pid {pid}");
-    std::process::Command::new("kill").arg("-9").arg(&pid).status().unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    let out = std::process::Command::new("bash").arg("-c").arg("ps -eo pid,cmd | grep -E '[t]agbridge-testsvc|[n]omad (executor|logmon)'").output().unwrap();
-    eprintln!("before drop:\n{}", String::from_utf8_lossy(&out.stdout));
-    drop(nomad);
-    let out = std::process::Command::new("bash").arg("-c").arg("ps -eo pid,cmd | grep -E '[t]agbridge-testsvc|[n]omad (executor|logmon)'").output().unwrap();
-    eprintln!("after drop:\n{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -7,7 +7,8 @@
 //! SIGTERM (about 1.5 s for nine tasks here); as a backstop (an agent that
 //! was SIGKILLed leaves its tasks, executors and logmon plugins behind),
 //! dropping a [`NomadAgent`] also kills, by pid, any process still running
-//! from or holding files in its data directory.
+//! from or holding files in its data directory, and unmounts the task
+//! directories' tmpfs mounts left there.
 //!
 //! Known agent facts (see ../shared/design/tagbridge.md section 8): the
 //! cloud fingerprinters must be denied or the agent dies at start-up on
@@ -380,11 +381,13 @@ client {{
     }
 
     /// Stop the agent; then kill, by pid, anything still running from its
-    /// data directory (task processes and executors).
+    /// data directory (task processes, executors, logmon plugins) and
+    /// unmount what the client mounted there, so the directory can go.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.stop();
             kill_leftovers(&self.data_dir);
+            unmount_leftovers(&self.data_dir);
         }
     }
 }
@@ -543,6 +546,32 @@ fn kill_leftovers(dir: &Path) {
         let _ = Command::new("kill")
             .arg("-9")
             .args(&pids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Unmount every mount point inside `dir`, deepest first. Nomad (as root)
+/// mounts a tmpfs on each task's `secrets` and `private` directory and
+/// removes it when the allocation is destroyed; an agent that died without
+/// that leaves them behind and the directory could not be removed.
+fn unmount_leftovers(dir: &Path) {
+    let Ok(dir) = dir.canonicalize() else { return };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&p)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

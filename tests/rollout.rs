@@ -1,0 +1,532 @@
+//! Rollouts against a real Nomad dev agent and a real Consul agent: the
+//! example jobs in nomad/ run tagbridge-testsvc with raw_exec.
+
+mod common;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::nomad::*;
+use common::*;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+/// Nomad tests are heavy (an agent, three services each): at most two at
+/// once on a 2-core machine, or health checks start timing out.
+struct Slot;
+static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+impl Slot {
+    fn take() -> Slot {
+        let (lock, cv) = &SLOTS;
+        let mut n = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= 2 {
+            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (lock, cv) = &SLOTS;
+        let mut n = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        cv.notify_one();
+    }
+}
+
+const SIGNING: &str = "rollout-signing-key";
+
+struct Cluster {
+    // Field order is drop order: tagbridge users first, Nomad before Consul.
+    nomad: NomadAgent,
+    consul: ConsulAgent,
+    dir: TempDir,
+    tls: TestTls,
+    _slot: Slot,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let slot = tokio::task::block_in_place(Slot::take);
+        let consul = ConsulAgent::start();
+        let nomad = tokio::task::block_in_place(|| NomadAgent::start(&consul));
+        let dir = TempDir::new("rollout");
+        let tls = TestTls::new(&dir);
+        Cluster {
+            nomad,
+            consul,
+            dir,
+            tls,
+            _slot: slot,
+        }
+    }
+
+    /// Write the key, register the example job at `tag`, wait until it
+    /// runs healthy.
+    fn run_job(&self, file: &str, tag: &str, vars: &[(&str, &str)]) {
+        self.consul.put("configs/web/IMAGE_TAG", tag);
+        let testsvc = testsvc_bin();
+        let mut all = vec![("testsvc", testsvc.to_str().unwrap()), ("count", "3")];
+        all.extend_from_slice(vars);
+        let mut job = self.nomad.parse_job(&job_file(file), &all);
+        job["Meta"]["image_tag"] = json!(tag);
+        tokio::task::block_in_place(|| {
+            self.nomad.register(&job);
+            let d = self
+                .nomad
+                .wait_deployment_terminal("web", Duration::from_secs(90));
+            assert_eq!(d["Status"], "successful", "initial deployment: {d}");
+        });
+    }
+
+    fn config(&self, rollout: &str, extra: &str) -> String {
+        let signing = self.dir.write("web.hmac", SIGNING);
+        let (_, hash) = secret_pair("web");
+        format!(
+            r#"
+listen       = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+log_format   = "pretty"
+tls {{
+  cert_file = "{cert}"
+  key_file  = "{key}"
+}}
+consul {{
+  address = "{consul}"
+}}
+nomad {{
+  address = "{nomad}"
+}}
+{extra}
+service "web" {{
+  secret_sha256       = "{hash}"
+  source              = "generic"
+  repository          = "acme/web"
+  key                 = "configs/web/IMAGE_TAG"
+  signing_secret_file = "{signing}"
+  rollout {{
+    job     = "web"
+    timeout = "3m"
+    {rollout}
+  }}
+}}
+"#,
+            cert = self.tls.cert_file.display(),
+            key = self.tls.key_file.display(),
+            consul = self.consul.addr(),
+            nomad = self.nomad.addr(),
+            signing = signing.display(),
+        )
+    }
+
+    fn deployed(&self) -> Option<Value> {
+        self.consul
+            .kv("tagbridge/deployed/web")
+            .map(|v| serde_json::from_str(&v).expect("deployed record is JSON"))
+    }
+
+    /// Wait until the controller records a final outcome for `tag`.
+    async fn outcome_for(&self, tag: &str, limit: Duration) -> Value {
+        poll(&format!("an outcome for {tag}"), limit, || {
+            self.deployed().filter(|d| {
+                let busy = matches!(d["outcome"].as_str(), Some("in_progress" | "rolling_back"));
+                !busy && (d["tag"] == tag || d["previous"] == tag)
+            })
+        })
+        .await
+    }
+}
+
+/// Poll `f` (which may block) every 250 ms for at most `limit`.
+async fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = tokio::task::block_in_place(&mut f) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// tagbridge in this process: the webhook listener and the controller.
+struct Tagbridge {
+    server: Option<InProcess>,
+    cancel: CancellationToken,
+    controller: Option<tokio::task::JoinHandle<()>>,
+    client: reqwest::Client,
+}
+
+impl Tagbridge {
+    async fn start(c: &Cluster, config: &str, hook: Option<tagbridge::rollout::Hook>) -> Self {
+        let server = InProcess::start(config, &c.dir).await;
+        let mut ctx = tagbridge::cli::rollout_context(&server.state.config).expect("context");
+        ctx.before_register = hook;
+        let cancel = CancellationToken::new();
+        let controller = tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()));
+        Tagbridge {
+            server: Some(server),
+            cancel,
+            controller: Some(controller),
+            client: c.tls.client(),
+        }
+    }
+
+    async fn push(&self, tag: &str) -> (u16, Value) {
+        let body = serde_json::to_vec(&json!({"repository": "acme/web", "tag": tag})).unwrap();
+        let server = self.server.as_ref().expect("running");
+        let resp = self
+            .client
+            .post(server.url(&format!("/hooks/{}", secret_pair("web").0)))
+            .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
+            .body(body)
+            .send()
+            .await
+            .expect("webhook");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("JSON answer"))
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(c) = self.controller.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), c).await;
+        }
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+    }
+}
+
+fn events(h: &[Value]) -> Vec<(String, String)> {
+    h.iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or_default().to_string(),
+                e["tag"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Sample how many instances answer /healthz, every 200 ms, until
+/// stopped (bounded at 5 minutes).
+fn sampler(nomad: &NomadAgent) -> (Arc<std::sync::atomic::AtomicBool>, impl FnOnce() -> Vec<usize> + '_) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let addr = nomad.addr();
+    let handle = std::thread::spawn(move || {
+        let _ = addr;
+        Vec::<usize>::new()
+    });
+    let _ = handle;
+    let collect = move || {
+        let mut counts = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            counts.push(nomad.answering("web"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        counts
+    };
+    (stop, collect)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn good_tag_rolls_out_one_instance_at_a_time_and_notifies() {
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[]);
+    let hook = Receiver::start(200);
+    let url = c.dir.write("notify.url", hook.url("/notify"));
+    let notify = format!(
+        "notify \"ops\" {{\n url_file = \"{}\"\n format = \"json\"\n events = [\"deployed\", \"rolled_back\"]\n}}",
+        url.display()
+    );
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", &notify), None).await;
+
+    let (status, body) = tb.push("1.1.0").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["rollout"], "queued");
+
+    let (stop, collect) = sampler(&c.nomad);
+    let counts = std::thread::scope(|s| {
+        let h = s.spawn(collect);
+        let rt = tokio::runtime::Handle::current();
+        let d = tokio::task::block_in_place(|| rt.block_on(c.outcome_for("1.1.0", Duration::from_secs(150))));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(d["outcome"], "deployed", "{d}");
+        h.join().unwrap()
+    });
+    let min = counts.iter().copied().min().unwrap_or(0);
+    assert!(counts.len() > 10, "sampled {} times", counts.len());
+    assert!(min >= 2, "never fewer than 2 instances answering; samples: {counts:?}");
+
+    let d = c.deployed().unwrap();
+    assert_eq!((d["tag"].as_str(), d["seq"].as_u64()), (Some("1.1.0"), Some(1)));
+    let job = c.nomad.job("web");
+    assert_eq!(job["Meta"]["image_tag"], "1.1.0");
+    assert_eq!(job["Version"], 1, "exactly one new job version");
+    assert_eq!(d["job_version"], 1);
+    let latest = c.nomad.latest_deployment("web").unwrap();
+    assert_eq!(d["deployment"], latest["ID"]);
+    assert_eq!(latest["Status"], "successful");
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    assert_eq!(c.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.1.0"));
+    let h = c.consul.history("web");
+    assert_eq!(
+        events(&h),
+        [("deployed".into(), "1.1.0".into()), ("received".into(), "1.1.0".into())]
+    );
+    assert_eq!(h[0]["previous"], "1.0.0");
+
+    let notices = poll("the deployed notification", Duration::from_secs(20), || {
+        let b = hook.bodies();
+        (!b.is_empty()).then_some(b)
+    })
+    .await;
+    let n: Value = serde_json::from_str(&notices[0]).unwrap();
+    assert_eq!((n["event"].as_str(), n["service"].as_str(), n["tag"].as_str()), (Some("deployed"), Some("web"), Some("1.1.0")));
+    tb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_tag_is_rolled_back_key_job_and_instances() {
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let started = Instant::now();
+    let (status, _) = tb.push("bad-2.0").await;
+    assert_eq!(status, 202);
+    let d = c.outcome_for("bad-2.0", Duration::from_secs(180)).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    assert_eq!(d["tag"], "1.0.0");
+    let reason = d["detail"].as_str().unwrap().to_string();
+    assert!(reason.contains("unhealthy"), "{reason}");
+    assert!(reason.contains("check") && reason.contains("unhealthy tag bad-2.0"), "the reason names the failed check: {reason}");
+
+    // Failed fast: Nomad alone fails only at progress_deadline.
+    let versions = c.nomad.api_ok("GET", "/v1/job/web/deployments", None);
+    let failed: Vec<&Value> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["JobVersion"] == 1)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["Status"], "failed");
+    assert!(
+        !failed[0]["StatusDescription"].as_str().unwrap().contains("progress deadline"),
+        "tagbridge fails the deployment itself: {}",
+        failed[0]["StatusDescription"]
+    );
+    assert!(started.elapsed() < Duration::from_secs(170));
+
+    assert_eq!(c.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.0.0"));
+    let job = c.nomad.job("web");
+    assert_eq!(job["Version"], 2, "v1 = bad, v2 = revert to v0");
+    assert_eq!(job["Meta"]["image_tag"], "1.0.0");
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.0.0"; 3]);
+    let h = c.consul.history("web");
+    assert_eq!(
+        events(&h),
+        [("rolled_back".into(), "1.0.0".into()), ("received".into(), "bad-2.0".into())]
+    );
+    assert_eq!(h[0]["previous"], "bad-2.0");
+    assert_eq!(h[0]["detail"].as_str(), Some(reason.as_str()));
+    tb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_is_promoted_only_when_verify_url_passes() {
+    let c = Cluster::start();
+    c.run_job("web-canary", "1.0.0", &[]);
+    let verify = Receiver::start(500);
+    let rollout = format!("strategy = \"template\"\n    verify_url = \"{}\"", verify.url("/verify"));
+    let tb = Tagbridge::start(&c, &c.config(&rollout, ""), None).await;
+
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    let d = c.outcome_for("1.1.0", Duration::from_secs(150)).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    assert!(d["detail"].as_str().unwrap().contains("verify_url"), "{d}");
+    assert!(d["detail"].as_str().unwrap().contains("HTTP 500"), "{d}");
+    assert!(!verify.bodies().is_empty(), "verify_url was called");
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.0.0"; 3]);
+    assert_eq!(c.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.0.0"));
+
+    verify.set_status(200);
+    assert_eq!(tb.push("1.2.0").await.0, 202);
+    let d = c.outcome_for("1.2.0", Duration::from_secs(150)).await;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    let dep = c.nomad.latest_deployment("web").unwrap();
+    assert_eq!(dep["TaskGroups"]["web"]["Promoted"], true, "{dep}");
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.2.0"; 3]);
+    tb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_during_a_rollout_coalesce_to_the_newest() {
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    poll("the rollout of 1.1.0 to be in flight", Duration::from_secs(60), || {
+        c.deployed().filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
+    })
+    .await;
+    let (s2, b2) = tb.push("1.2.0").await;
+    let (s3, b3) = tb.push("1.3.0").await;
+    assert_eq!((s2, s3), (202, 202), "{b2} {b3}");
+    assert_eq!(
+        c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("1.1.0"),
+        "the key stays with the rollout in flight"
+    );
+    let d = c.outcome_for("1.3.0", Duration::from_secs(240)).await;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.3.0"; 3]);
+    let versions = c.nomad.api_ok("GET", "/v1/job/web/versions", None);
+    let metas: Vec<String> = versions["Versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["Meta"]["image_tag"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(!metas.contains(&"1.2.0".to_string()), "1.2.0 was never deployed: {metas:?}");
+    assert!(metas.contains(&"1.1.0".to_string()) && metas.contains(&"1.3.0".to_string()), "{metas:?}");
+    let deployed: Vec<String> = c
+        .consul
+        .history("web")
+        .iter()
+        .filter(|e| e["event"] == "deployed")
+        .map(|e| e["tag"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deployed, ["1.3.0", "1.1.0"]);
+    tb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_changed_between_read_and_register_is_reread_not_overwritten() {
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[]);
+    let nomad_addr = c.nomad.addr();
+    let hook: tagbridge::rollout::Hook = Arc::new(move |attempt| {
+        let addr = nomad_addr.clone();
+        Box::pin(async move {
+            if attempt != 0 {
+                return;
+            }
+            // Someone else edits the job after tagbridge read it.
+            tokio::task::spawn_blocking(move || {
+                let (_, mut job) = get_json(&addr, "/v1/job/web");
+                job["Meta"]["owner"] = json!("someone-else");
+                let (status, body) = post_json(&addr, "/v1/jobs", &json!({ "Job": job }));
+                assert_eq!(status, 200, "{body}");
+            })
+            .await
+            .unwrap();
+        })
+    });
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), Some(hook)).await;
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    let d = c.outcome_for("1.1.0", Duration::from_secs(180)).await;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    let job = c.nomad.job("web");
+    assert_eq!(job["Meta"]["owner"], "someone-else", "their change survives");
+    assert_eq!(job["Meta"]["image_tag"], "1.1.0", "ours is applied on top");
+    assert_eq!(job["Version"], 2, "v1 = their edit, v2 = ours on top of it");
+    tb.stop().await;
+}
+
+fn get_json(addr: &str, path: &str) -> (u16, Value) {
+    let (status, body) = http1_request("GET", &format!("{addr}{path}"), b"").expect("GET");
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+fn post_json(addr: &str, path: &str, v: &Value) -> (u16, Value) {
+    let (status, body) = http1_request("POST", &format!("{addr}{path}"), &serde_json::to_vec(v).unwrap()).expect("POST");
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tagbridge"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run tagbridge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollback_pins_until_unpin() {
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[]);
+    let config = c.config("strategy = \"template\"", "");
+    let tb = Tagbridge::start(&c, &config, None).await;
+    let cfg_path = c.dir.path().join("tagbridge.hcl");
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    assert_eq!(c.outcome_for("1.1.0", Duration::from_secs(150)).await["outcome"], "deployed");
+
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&cfg_path, &["rollback", "web"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1.1.0 -> 1.0.0"), "{out}");
+    let d = poll("the rollback to 1.0.0", Duration::from_secs(150), || {
+        c.deployed().filter(|d| d["tag"] == "1.0.0" && d["outcome"] == "deployed")
+    })
+    .await;
+    assert_eq!(d["seq"], 2);
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.0.0"; 3]);
+    let version = c.nomad.job("web")["Version"].clone();
+
+    let (status, body) = tb.push("1.2.0").await;
+    assert_eq!((status, &body["reason"]), (200, &json!("pinned")), "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.nomad.job("web")["Version"], version, "pinned: no deploy");
+    assert_eq!(c.consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.0.0"));
+
+    let (code, out, _) = tokio::task::block_in_place(|| cli(&cfg_path, &["unpin", "web"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("unpinned"), "{out}");
+    assert_eq!(tb.push("1.3.0").await.0, 202);
+    assert_eq!(c.outcome_for("1.3.0", Duration::from_secs(150)).await["outcome"], "deployed");
+    let ev: Vec<String> = c.consul.history("web").iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    for want in ["pinned", "unpinned", "deployed"] {
+        assert!(ev.contains(&want.to_string()), "{ev:?}");
+    }
+    let (code, out, _) = tokio::task::block_in_place(|| cli(&cfg_path, &["status", "web"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("group web: desired 3"), "{out}");
+    tb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_connect_reports_what_the_live_job_lacks() {
+    let c = Cluster::start();
+    c.run_job("web-classic", "1.0.0", &[]);
+    let cfg = c.dir.write("tagbridge.hcl", c.config("strategy = \"template\"", ""));
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&cfg, &["check", "--connect"]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("change_mode = \"restart\""), "{err}");
+    let js = c.dir.write("js.hcl", c.config("strategy = \"jobspec\"", ""));
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&js, &["check", "--connect"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("NOMAD_META_image_tag"), "{err}");
+    let missing = c.dir.write("missing.hcl", c.config("strategy = \"template\"", "").replace("job     = \"web\"", "job = \"nope\""));
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&missing, &["check", "--connect"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("job does not exist"), "{err}");
+
+    // The template example meets every requirement.
+    c.nomad.stop_job("web");
+    c.run_job("web-template", "1.0.0", &[]);
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&cfg, &["check", "--connect"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("meets"), "{out}");
+}
