@@ -1,0 +1,2 @@
+//! Placeholder; written by the rollout measurement work.
+fn main() {}
