@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# The demo: a registry webhook becomes a Consul KV change with history.
+# The demo: a registry webhook becomes a Consul KV change with history,
+# then a rolling, health-gated Nomad deploy.
 #
-# Installs what it needs (pinned Consul, curl, openssl), starts a Consul
-# dev agent on free loopback ports, starts tagbridge with a fresh
-# self-signed certificate, sends one signed webhook the way a CI job would,
-# and shows the KV value and `tagbridge history`. Cleans up after itself.
+# Installs what it needs (pinned Consul and Nomad, curl, openssl), starts a
+# Consul and a Nomad dev agent on free loopback ports, runs the example job
+# (3 instances of tagbridge-testsvc under raw_exec), starts tagbridge with a
+# fresh self-signed certificate, sends signed webhooks the way a CI job
+# would, shows the KV value and `tagbridge history`, then follows the
+# rolling deploy with `tagbridge status web --watch`. Cleans up after
+# itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 need curl curl
 need openssl openssl
+need jq jq
 
-eval "$(bash scripts/install-agents.sh consul)"
-export CONSUL_BIN
+eval "$(bash scripts/install-agents.sh all)"
+export CONSUL_BIN NOMAD_BIN
 echo "== building tagbridge (release)"
 cargo build --release --quiet
 TB=$PWD/target/release/tagbridge
+TESTSVC=$PWD/target/release/tagbridge-testsvc
 
 work=$(mktemp -d /tmp/tagbridge-demo.XXXXXX)
 pids=()
@@ -31,6 +37,19 @@ echo "== starting consul $("$CONSUL_BIN" version | head -1 | awk '{print $2}') (
 start_consul "$work"
 pids+=("$CONSUL_PID")
 export CONSUL_HTTP_ADDR="http://127.0.0.1:$CONSUL_PORT"
+
+echo "== starting nomad $("$NOMAD_BIN" version | head -1 | awk '{print $2}') (dev mode, raw_exec, loopback)"
+start_nomad "$work" "$CONSUL_PORT"
+pids+=("$NOMAD_PID")
+export NOMAD_ADDR="http://127.0.0.1:$NOMAD_PORT"
+echo "== running nomad/web-template.nomad.hcl: 3 instances on release-20261124000000"
+"$CONSUL_BIN" kv put configs/web/IMAGE_TAG release-20261124000000 >/dev/null
+"$NOMAD_BIN" job run -detach -var "testsvc=$TESTSVC" -var warmup=1 nomad/web-template.nomad.hcl >/dev/null
+for ((i = 0; i < 600; i++)); do
+  [ "$(curl -fsS "$NOMAD_ADDR/v1/job/web/deployment" | jq -r .Status 2>/dev/null)" = successful ] && break
+  sleep 0.2
+done
+"$NOMAD_BIN" job status -short web | sed -n '1,12p'
 
 self_signed_cert "$work"
 secret_out=$("$TB" secret)
@@ -49,6 +68,10 @@ tls {
   key_file  = "$work/tls.key"
 }
 
+nomad {
+  address = "$NOMAD_ADDR"
+}
+
 service "web" {
   $hash_line
   source              = "generic"
@@ -59,10 +82,16 @@ service "web" {
     include = "^release-[0-9]{14}\$"
     order   = "numeric"
   }
+
+  rollout {
+    job      = "web"
+    strategy = "template"
+    timeout  = "5m"
+  }
 }
 HCL
 export TAGBRIDGE_CONFIG="$work/tagbridge.hcl"
-"$TB" check
+"$TB" check --connect
 "$TB" serve 2>"$work/tagbridge.log" &
 pids+=($!)
 wait_http "http://127.0.0.1:$admin/readyz" 30
@@ -83,6 +112,17 @@ echo "== a CI job reports two builds, then a late delivery of the first"
 send release-20261124120000
 send release-20261125090000
 send release-20261124120000
+
+echo
+echo "== tagbridge status web --watch   (the rolling deploy, one instance at a time)"
+"$TB" status web --watch
+
+echo
+echo "== the instances now answer"
+for a in $(curl -fsS "$NOMAD_ADDR/v1/job/web/allocations" | jq -r '.[] | select(.ClientStatus=="running") | .ID'); do
+  port=$(curl -fsS "$NOMAD_ADDR/v1/allocation/$a" | jq -r '.AllocatedResources.Shared.Ports[] | select(.Label=="http") | .Value')
+  echo "  instance ${a:0:8}: $(curl -fsS "http://127.0.0.1:$port/tag")"
+done
 
 echo
 echo "== consul kv get configs/web/IMAGE_TAG"

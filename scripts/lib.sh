@@ -60,3 +60,53 @@ self_signed_cert() {
     -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
     -keyout "$1/tls.key" -out "$1/tls.crt" >/dev/null 2>&1
 }
+
+# start_nomad DIR CONSUL_PORT: a dev agent (server + client, raw_exec) on
+# free loopback ports; sets NOMAD_PORT and NOMAD_PID. Without the
+# fingerprint denylist the agent dies at start-up on this machine kind
+# (AWS_CA_BUNDLE makes env_aws fail fatally; the others probe cloud
+# metadata addresses).
+start_nomad() {
+  local dir=$1 consul_port=$2
+  NOMAD_PORT=$(free_port)
+  mkdir -p "$dir/nomad-data"
+  cat >"$dir/nomad.hcl" <<HCL
+data_dir  = "$dir/nomad-data"
+bind_addr = "127.0.0.1"
+disable_update_check = true
+ports {
+  http = $NOMAD_PORT
+  rpc  = $(free_port)
+  serf = $(free_port)
+}
+plugin "raw_exec" {
+  config {
+    enabled = true
+  }
+}
+consul {
+  address          = "127.0.0.1:$consul_port"
+  auto_advertise   = false
+  server_auto_join = false
+  client_auto_join = false
+}
+client {
+  options = {
+    "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
+    "driver.allowlist"     = "raw_exec"
+  }
+}
+HCL
+  "$NOMAD_BIN" agent -dev -config="$dir/nomad.hcl" >"$dir/nomad.log" 2>&1 &
+  NOMAD_PID=$!
+  local i
+  for ((i = 0; i < 600; i++)); do
+    if curl -fsS "http://127.0.0.1:$NOMAD_PORT/v1/nodes" 2>/dev/null | grep -q '"Status":"ready"'; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "nomad did not become ready; log:" >&2
+  tail -40 "$dir/nomad.log" >&2
+  return 1
+}

@@ -228,6 +228,10 @@ pub async fn check(
             "consul {}: reachable, leader {leader}",
             cfg.consul.address
         )?;
+        let problems = check_jobs(&cfg, out).await?;
+        if !problems.is_empty() {
+            return Err(CliError::Other(problems.join("\n")));
+        }
     }
     writeln!(
         out,
@@ -236,6 +240,72 @@ pub async fn check(
         cfg.services.len()
     )?;
     Ok(())
+}
+
+/// Inspect every rollout job in Nomad: one line per unmet requirement.
+async fn check_jobs(cfg: &Config, out: &mut dyn Write) -> Result<Vec<String>, CliError> {
+    let mut problems = Vec::new();
+    if !cfg.services.iter().any(|s| s.rollout.is_some()) {
+        return Ok(problems);
+    }
+    let nomad = nomad_client(cfg)?;
+    for svc in &cfg.services {
+        let Some(rc) = &svc.rollout else { continue };
+        let here = format!(
+            "service {:?}: job {:?} (namespace {:?})",
+            svc.name, rc.job, rc.namespace
+        );
+        match nomad.namespace_exists(&rc.namespace).await {
+            Ok(true) => {}
+            Ok(false) => {
+                problems.push(format!("{here}: namespace does not exist"));
+                continue;
+            }
+            Err(e) if e.is_forbidden() => {
+                problems.push(format!(
+                    "{here}: the Nomad token may not read the namespace"
+                ));
+                continue;
+            }
+            Err(e) => {
+                problems.push(format!("{here}: {e}"));
+                continue;
+            }
+        }
+        let job = match nomad.job(&rc.namespace, &rc.job).await {
+            Ok(Some(j)) => j,
+            Ok(None) => {
+                problems.push(format!("{here}: job does not exist"));
+                continue;
+            }
+            Err(e) if e.is_forbidden() => {
+                problems.push(format!("{here}: the Nomad token may not read the job"));
+                continue;
+            }
+            Err(e) => {
+                problems.push(format!("{here}: {e}"));
+                continue;
+            }
+        };
+        for p in crate::rollout::unmet_requirements(&job, svc, rc) {
+            problems.push(format!("{here}: {p}"));
+        }
+        match nomad.plan(&job).await {
+            Ok(()) => {}
+            Err(e) if e.is_forbidden() => {
+                problems.push(format!("{here}: the Nomad token may not submit the job"))
+            }
+            Err(e) => problems.push(format!("{here}: plan failed: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        writeln!(
+            out,
+            "nomad {}: every rollout job meets its strategy's requirements",
+            cfg.nomad.address
+        )?;
+    }
+    Ok(problems)
 }
 
 /// `tagbridge history <svc>`.
@@ -397,7 +467,15 @@ pub async fn status(
             "ROLLOUT",
         ],
         &rows,
-    )
+    )?;
+    for (svc, lines) in live {
+        writeln!(out)?;
+        writeln!(out, "{svc}:")?;
+        for l in lines {
+            writeln!(out, "  {l}")?;
+        }
+    }
+    Ok(())
 }
 
 /// `tagbridge deploy <svc> <tag>`: the same transaction as a webhook,

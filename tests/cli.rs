@@ -4,8 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::*;
 use serde_json::{json, Value};
@@ -57,76 +56,16 @@ service "web" {{
     )
 }
 
-struct Serving {
-    child: Child,
-    log: std::path::PathBuf,
-    port: u16,
-}
-
-impl Serving {
-    fn start(config: &Path, consul: &ConsulAgent, log: std::path::PathBuf) -> Self {
-        let child = Command::new(bin())
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env("CONSUL_HTTP_ADDR", consul.addr())
-            .env("CONSUL_HTTP_TOKEN", TOKEN)
-            .env("TAGBRIDGE_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn tagbridge serve");
-        // Owned by the guard at once, so a failed start still reaps it.
-        let mut serving = Serving {
-            child,
-            log,
-            port: 0,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = std::fs::read_to_string(&serving.log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains("tagbridge serving")) {
-                let v: Value = serde_json::from_str(line).expect("JSON log line");
-                let listen = v["listen"].as_str().unwrap();
-                serving.port = listen.rsplit(':').next().unwrap().parse().unwrap();
-                return serving;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tagbridge did not start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.port)
-    }
-
-    /// SIGTERM, and the exit status.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "tagbridge ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        (
-            status,
-            std::fs::read_to_string(&self.log).unwrap_or_default(),
-        )
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn serve(config: &Path, consul: &ConsulAgent, log: std::path::PathBuf) -> Serving {
+    Serving::start(
+        config,
+        &[
+            ("CONSUL_HTTP_ADDR", consul.addr()),
+            ("CONSUL_HTTP_TOKEN", TOKEN.to_string()),
+            ("TAGBRIDGE_LOG", "debug".to_string()),
+        ],
+        log,
+    )
 }
 
 fn generic_body(tag: &str) -> Vec<u8> {
@@ -157,7 +96,7 @@ async fn serve_logs_one_line_per_webhook_and_never_a_secret() {
     let dir = TempDir::new("cli-log");
     let tls = TestTls::new(&dir);
     let cfg = write_config(&dir, &tls, "");
-    let tb = Serving::start(&cfg, &consul, dir.path().join("serve.log"));
+    let tb = serve(&cfg, &consul, dir.path().join("serve.log"));
     let client = tls.client();
     let base = tb.url("");
     let (secret, _) = secret_pair("gen");
@@ -229,8 +168,8 @@ async fn two_processes_ingesting_for_one_service_lose_no_update() {
     let dir = TempDir::new("cli-two");
     let tls = TestTls::new(&dir);
     let cfg = write_config(&dir, &tls, "");
-    let a = Serving::start(&cfg, &consul, dir.path().join("a.log"));
-    let b = Serving::start(&cfg, &consul, dir.path().join("b.log"));
+    let a = serve(&cfg, &consul, dir.path().join("a.log"));
+    let b = serve(&cfg, &consul, dir.path().join("b.log"));
     let (secret, _) = secret_pair("gen");
     let mut tasks = Vec::new();
     for i in 1..=16u32 {

@@ -598,3 +598,97 @@ pub fn wait_for<T>(
         std::thread::sleep(every);
     }
 }
+
+/// `tagbridge serve` as a real process (stderr to `log`); killed on drop.
+pub struct Serving {
+    child: std::process::Child,
+    pub log: PathBuf,
+    pub port: u16,
+}
+
+impl Serving {
+    /// Start the built binary and wait (≤ 20 s) for its "serving" line,
+    /// which names the bound port.
+    pub fn start(config: &Path, envs: &[(&str, String)], log: PathBuf) -> Self {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("tagbridge"));
+        cmd.arg("--config").arg(config).arg("serve");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn tagbridge serve");
+        // Owned by the guard at once, so a failed start still reaps it.
+        let mut serving = Serving {
+            child,
+            log,
+            port: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = serving.log_text();
+            if let Some(line) = text.lines().find(|l| l.contains("tagbridge serving")) {
+                // JSON logs carry a "listen" field; pretty ones `listen=ip:port`.
+                let listen = match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(v) => v["listen"].as_str().expect("listen field").to_string(),
+                    Err(_) => line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("listen="))
+                        .expect("listen= in the pretty log line")
+                        .to_string(),
+                };
+                serving.port = listen.rsplit(':').next().unwrap().parse().expect("port");
+                return serving;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tagbridge did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no clean-up code runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit status with the whole log.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "tagbridge ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status, self.log_text())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
