@@ -752,7 +752,7 @@ pub async fn rollback(
             seq: snap.desired.as_ref().map_or(0, |d| d.seq) + 1,
             at: at.clone(),
         };
-        let mut history = snap.history.clone();
+        let mut history: Vec<HistoryEntry> = snap.history.as_ref().clone();
         crate::history::push_bounded(
             &mut history,
             HistoryEntry {
@@ -828,7 +828,7 @@ pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
             writeln!(out, "{name}: not pinned")?;
             return Ok(());
         };
-        let mut history = snap.history.clone();
+        let mut history: Vec<HistoryEntry> = snap.history.as_ref().clone();
         crate::history::push_bounded(
             &mut history,
             HistoryEntry {

@@ -19,7 +19,7 @@ use backon::{ExponentialBuilder, Retryable};
 
 use crate::config::{Config, ServiceConfig};
 use crate::consul::{Consul, ConsulError, TxnOp, TxnOutcome};
-use crate::history::{decode_history, push_bounded, Desired, Event, HistoryEntry};
+use crate::history::{decode_history, Desired, Event, HistoryEntry};
 use crate::metrics::Metrics;
 use crate::policy::Decision;
 use crate::webhook::{ImagePush, Source};
@@ -97,7 +97,12 @@ pub enum IngestError {
 pub struct Snapshot {
     pub tag: Option<String>,
     pub key_index: u64,
-    pub history: Vec<HistoryEntry>,
+    /// The history entries as read. (In ingest's cache, after a write,
+    /// only `history_parts` is kept current: ingest never reads entries.)
+    pub history: Arc<Vec<HistoryEntry>>,
+    /// Each history entry serialised, newest first: a new entry is
+    /// prepended without re-serialising (or re-parsing) the others.
+    pub history_parts: Arc<Vec<Arc<str>>>,
     pub history_index: u64,
     pub desired: Option<Desired>,
     pub desired_index: u64,
@@ -195,6 +200,11 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
     };
     let history_entries = decode_history(history.value.as_ref().map(|kv| kv.value.as_slice()))
         .map_err(|e| corrupt(&keys.history, e))?;
+    let history_parts = history_entries
+        .iter()
+        .map(|e| serde_json::to_string(e).map(Arc::from))
+        .collect::<Result<Vec<Arc<str>>, _>>()
+        .map_err(|e| corrupt(&keys.history, e))?;
     let desired_rec = match &desired.value {
         Some(kv) if !kv.value.is_empty() => Some(
             serde_json::from_slice::<Desired>(&kv.value).map_err(|e| corrupt(&keys.desired, e))?,
@@ -208,7 +218,8 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
             .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string())
             .filter(|t| !t.is_empty()),
         key_index: tag.value.as_ref().map_or(0, |kv| kv.modify_index),
-        history: history_entries,
+        history: Arc::new(history_entries),
+        history_parts: Arc::new(history_parts),
         history_index: history.value.as_ref().map_or(0, |kv| kv.modify_index),
         desired: desired_rec,
         desired_index: desired.value.as_ref().map_or(0, |kv| kv.modify_index),
@@ -242,6 +253,8 @@ async fn conflict_pause(attempt: usize) {
 /// The plan for one attempt: the ops and the outcome if they commit.
 struct Plan {
     ops: Vec<TxnOp>,
+    /// The history it writes, as parts (kept for the next webhook).
+    history_parts: Option<Arc<Vec<Arc<str>>>>,
     outcome: Outcome,
 }
 
@@ -439,6 +452,7 @@ impl Ingest {
             Decision::Filtered(reason) => {
                 return Ok(Some(Plan {
                     ops: Vec::new(),
+                    history_parts: None,
                     outcome: Outcome {
                         tag: tag.to_string(),
                         previous: current.clone(),
@@ -481,26 +495,30 @@ impl Ingest {
             ),
         };
         let at = now_rfc3339();
-        let mut history = snap.history.clone();
-        push_bounded(
-            &mut history,
-            HistoryEntry {
-                at: at.clone(),
-                event,
-                tag: tag.to_string(),
-                previous: current.clone(),
-                digest: digest.clone(),
-                source,
-                delivery,
-                actor,
-                detail,
-            },
-            svc.history_keep,
-        );
-        let history_json = serde_json::to_vec(&history).map_err(|e| IngestError::Corrupt {
+        let entry = HistoryEntry {
+            at: at.clone(),
+            event,
+            tag: tag.to_string(),
+            previous: current.clone(),
+            digest: digest.clone(),
+            source,
+            delivery,
+            actor,
+            detail,
+        };
+        let corrupt = |e: serde_json::Error| IngestError::Corrupt {
             key: keys.history.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let mut parts: Vec<Arc<str>> = Vec::with_capacity(svc.history_keep.max(1));
+        parts.push(Arc::from(serde_json::to_string(&entry).map_err(corrupt)?));
+        parts.extend(
+            snap.history_parts
+                .iter()
+                .take(svc.history_keep.max(1) - 1)
+                .cloned(),
+        );
+        let history_json = join_json_array(&parts);
 
         let mut ops = Vec::with_capacity(5);
         // While the controller is mid-rollout, the key stays with the
@@ -546,6 +564,7 @@ impl Ingest {
 
         Ok(Some(Plan {
             ops,
+            history_parts: Some(Arc::new(parts)),
             outcome: Outcome {
                 tag: tag.to_string(),
                 previous: current,
@@ -575,7 +594,7 @@ fn committed_snapshot(
                 snap.tag = Some(String::from_utf8_lossy(value).into_owned());
                 snap.key_index = idx;
             } else if key == &keys.history {
-                snap.history = decode_history(Some(value)).unwrap_or_default();
+                snap.history_parts = plan.history_parts.clone()?;
                 snap.history_index = idx;
             } else if key == &keys.desired {
                 snap.desired = serde_json::from_slice(value).ok();
@@ -584,4 +603,19 @@ fn committed_snapshot(
         }
     }
     Some(snap)
+}
+
+/// `[a,b,c]` from already-serialised JSON values.
+fn join_json_array(parts: &[Arc<str>]) -> Vec<u8> {
+    let len = parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2;
+    let mut out = Vec::with_capacity(len);
+    out.push(b'[');
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(p.as_bytes());
+    }
+    out.push(b']');
+    out
 }
