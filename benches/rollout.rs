@@ -387,7 +387,8 @@ fn observe(
     scenario: Scenario,
 ) -> Figures {
     let mut fig = Figures::default();
-    let targets: Mutex<Vec<(String, u16)>> = Mutex::new(Vec::new());
+    // None until the first allocation list is in: no sample before that.
+    let targets: Mutex<Option<Vec<(String, u16)>>> = Mutex::new(None);
     let samples: Mutex<Vec<Sample>> = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     let deployment_seen: OnceLock<(Instant, Value)> = OnceLock::new();
@@ -398,7 +399,7 @@ fn observe(
     let consul_addr = cluster.consul.addr();
     let nomad_addr = nomad.addr();
 
-    let (wall, sent) = std::thread::scope(|s| {
+    let (wall, sent, window_start) = std::thread::scope(|s| {
         s.spawn(|| discover(nomad, &targets, &stop, hard_stop));
         s.spawn(|| sampler(&targets, &samples, &stop, hard_stop));
         if scenario == Scenario::Template {
@@ -416,6 +417,7 @@ fn observe(
             stop.store(true, Ordering::Relaxed);
             panic!("the {INSTANCES} instances of {JOB} did not all answer before the webhook");
         }
+        let window_start = Instant::now();
         std::thread::sleep(Duration::from_millis(500));
 
         let (wall, sent, status, answer, took) = rt.block_on(bridge.push(NEW_TAG));
@@ -453,10 +455,16 @@ fn observe(
         }
         std::thread::sleep(TAIL);
         stop.store(true, Ordering::Relaxed);
-        (wall, sent)
+        (wall, sent, window_start)
     });
 
-    let samples = samples.into_inner().expect("samples");
+    // From the last baseline sample (all answering) before the window on.
+    let mut samples = samples.into_inner().expect("samples");
+    let first = samples
+        .iter()
+        .rposition(|s| s.at < window_start)
+        .unwrap_or(0);
+    samples.drain(..first);
     summarize_samples(&samples, sent, &mut fig);
     print_timeline(&samples, sent);
 
@@ -516,7 +524,7 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// `GET /v1/allocation/<id>` once per allocation (the agent caches them).
 fn discover(
     nomad: &NomadAgent,
-    targets: &Mutex<Vec<(String, u16)>>,
+    targets: &Mutex<Option<Vec<(String, u16)>>>,
     stop: &AtomicBool,
     hard_stop: Instant,
 ) {
@@ -539,17 +547,23 @@ fn discover(
             .filter(|a| matches!(a["ClientStatus"].as_str(), Some("running" | "pending")))
             .filter_map(|a| nomad.alloc_http_port(a["ID"].as_str()?))
             .collect();
-        *targets.lock().expect("targets") = live;
+        *targets.lock().expect("targets") = Some(live);
     }
 }
 
 /// Probe every target every 100 ms until `stop`.
 fn sampler(
-    targets: &Mutex<Vec<(String, u16)>>,
+    targets: &Mutex<Option<Vec<(String, u16)>>>,
     samples: &Mutex<Vec<Sample>>,
     stop: &AtomicBool,
     hard_stop: Instant,
 ) {
+    while targets.lock().expect("targets").is_none() {
+        if stop.load(Ordering::Relaxed) || Instant::now() >= hard_stop {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let start = Instant::now();
     let mut tick: u32 = 0;
     while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
@@ -558,7 +572,7 @@ fn sampler(
         if due > now {
             std::thread::sleep(due - now);
         }
-        let list = targets.lock().expect("targets").clone();
+        let list = targets.lock().expect("targets").clone().unwrap_or_default();
         let at = Instant::now();
         let tags = probe_all(&list);
         let took = at.elapsed();

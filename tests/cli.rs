@@ -301,9 +301,18 @@ fn check_reports_every_problem_and_secret_makes_a_matching_pair() {
     let dir = TempDir::new("cli-check");
     let tls = TestTls::new(&dir);
     let good = write_config(&dir, &tls, "");
-    let (code, out, err) = run(&good, &consul, &["check", "--connect"]);
+    let (code, out, err) = run(&good, &consul, &["check"]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok (2 services)"), "{out}");
+    // --connect reaches Consul, then finds no Nomad for the rollout job.
+    let (code, out, err) = run(&good, &consul, &["check", "--connect"]);
+    assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("reachable"), "{out}");
+    assert!(
+        err.contains("service \"web\": job \"web\" (namespace \"default\"): nomad")
+            && err.contains("unreachable"),
+        "{err}"
+    );
 
     let bad = dir.write(
         "bad.hcl",
