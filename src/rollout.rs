@@ -366,7 +366,17 @@ impl<'a> Driver<'a> {
             .meta(&self.rc.meta_key)
             .filter(|m| !m.is_empty())
             .map(str::to_string);
-        let previous = prev.map(|p| p.tag.clone()).or(meta_now.clone());
+        let mut previous = prev.map(|p| p.tag.clone()).or(meta_now.clone());
+        if previous.is_none() {
+            // First rollout of a job tagbridge never set: what the key
+            // held before this tag arrived, as its history entry says.
+            let h = self.ctx.consul.kv_get(&self.keys.history).await?;
+            previous = decode_history(h.value.as_ref().map(|kv| kv.value.as_slice()))
+                .unwrap_or_default()
+                .into_iter()
+                .find(|e| e.tag == desired.tag && matches!(e.event, Event::Received | Event::Manual))
+                .and_then(|e| e.previous);
+        }
         tracing::info!(service = %self.svc.name, tag = %desired.tag, previous = ?previous, job_version = job.version, "rollout starting");
         let rec = Deployed {
             tag: desired.tag.clone(),
