@@ -374,7 +374,9 @@ impl<'a> Driver<'a> {
             previous = decode_history(h.value.as_ref().map(|kv| kv.value.as_slice()))
                 .unwrap_or_default()
                 .into_iter()
-                .find(|e| e.tag == desired.tag && matches!(e.event, Event::Received | Event::Manual))
+                .find(|e| {
+                    e.tag == desired.tag && matches!(e.event, Event::Received | Event::Manual)
+                })
                 .and_then(|e| e.previous);
         }
         tracing::info!(service = %self.svc.name, tag = %desired.tag, previous = ?previous, job_version = job.version, "rollout starting");

@@ -370,3 +370,59 @@ service "Web" {
     let (_, out2, _) = run(&good, &consul, &["secret"]);
     assert_ne!(out, out2, "every secret is new");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_and_a_bad_pair_keeps_the_old_one() {
+    let consul = ConsulAgent::start();
+    let dir = TempDir::new("cli-hup");
+    let tls = TestTls::new(&dir);
+    let cfg = write_config(&dir, &tls, "");
+    let tb = serve(&cfg, &consul, dir.path().join("serve.log"));
+    let probe = |client: reqwest::Client, url: String| async move {
+        client.post(url).send().await.map(|r| r.status().as_u16())
+    };
+    assert_eq!(
+        probe(tls.client(), tb.url("/hooks/x")).await.ok(),
+        Some(404)
+    );
+
+    // A broken key: SIGHUP keeps the old pair serving.
+    std::fs::write(&tls.key_file, "not a key").unwrap();
+    let hup = |pid: u32| {
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+    };
+    hup(tb.pid());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !tb.log_text().contains("new TLS pair refused") {
+        assert!(std::time::Instant::now() < deadline, "{}", tb.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        probe(tls.client(), tb.url("/hooks/x")).await.ok(),
+        Some(404)
+    );
+
+    // A new pair from another CA: after SIGHUP only its CA is trusted.
+    let other_dir = TempDir::new("cli-hup2");
+    let other = TestTls::new(&other_dir);
+    std::fs::copy(&other.cert_file, &tls.cert_file).unwrap();
+    std::fs::copy(&other.key_file, &tls.key_file).unwrap();
+    hup(tb.pid());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !tb.log_text().contains("SIGHUP: TLS certificate reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", tb.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        probe(other.client(), tb.url("/hooks/x")).await.ok(),
+        Some(404)
+    );
+    assert!(
+        probe(tls.client(), tb.url("/hooks/x")).await.is_err(),
+        "the old CA no longer matches"
+    );
+    let (status, _) = tb.terminate();
+    assert!(status.success());
+}

@@ -353,7 +353,10 @@ async fn bad_tag_is_rolled_back_key_job_and_instances() {
             });
         },
     );
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let slack = Receiver::start(200);
+    let url = c.dir.write("slack.url", slack.url("/services/T0/B0/x"));
+    let notify = format!("notify \"chat\" {{\n url_file = \"{}\"\n}}", url.display());
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", &notify), None).await;
     let started = Instant::now();
     let (status, _) = tb.push("bad-2.0").await;
     assert_eq!(status, 202);
@@ -405,6 +408,23 @@ async fn bad_tag_is_rolled_back_key_job_and_instances() {
     );
     assert_eq!(h[0]["previous"], "bad-2.0");
     assert_eq!(h[0]["detail"].as_str(), Some(reason.as_str()));
+    // Slack-compatible notice, sent once the outcome is known.
+    let notices = poll(
+        "the rolled_back notification",
+        Duration::from_secs(20),
+        || {
+            let b = slack.bodies();
+            (!b.is_empty()).then_some(b)
+        },
+    )
+    .await;
+    let n: Value = serde_json::from_str(&notices[0]).unwrap();
+    let text = n["text"].as_str().unwrap();
+    assert!(
+        text.contains("web rolled back to 1.0.0") && text.contains("previous: bad-2.0"),
+        "{text}"
+    );
+    assert!(text.contains("unhealthy tag bad-2.0"), "{text}");
     tb.stop().await;
 }
 
