@@ -328,9 +328,11 @@ async fn route(
         tag: None,
         outcome: "not_found",
     };
+    let (parts, body) = req.into_parts();
     let ip = guard::client_ip(
         peer,
-        req.headers()
+        parts
+            .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok()),
         &state.config.trusted_proxies,
@@ -340,31 +342,33 @@ async fn route(
         r.response()
     };
     if let Some(wait) = state.guard.blocked(ip) {
+        drain(body).await;
         return (reject(&mut report, Rejection::RateLimited(wait)), report);
     }
 
     // Hash something for every request, so an unknown path costs the same
     // as a wrong secret.
-    let path = req.uri().path();
+    let path = parts.uri.path();
     let presented = path.strip_prefix("/hooks/").unwrap_or(path);
     let matched = guard::match_secret(&state.config.services, presented.as_bytes());
     let idx = match matched {
-        Some(i) if req.method() == Method::POST && path.starts_with("/hooks/") => i,
+        Some(i) if parts.method == Method::POST && path.starts_with("/hooks/") => i,
         _ => {
             let r = match state.guard.fail(ip) {
                 Some(wait) => Rejection::RateLimited(wait),
                 None => Rejection::NotFound,
             };
+            drain(body).await;
             return (reject(&mut report, r), report);
         }
     };
     report.service = Some(idx);
     let svc = &state.config.services[idx];
     if !svc.allow_cidrs.iter().any(|n| n.contains(&ip)) {
+        drain(body).await;
         return (reject(&mut report, Rejection::Forbidden), report);
     }
 
-    let (parts, body) = req.into_parts();
     let body = match read_body(body, &parts.headers, state.limits.body_read).await {
         Ok(b) => b,
         Err(r) => return (reject(&mut report, r), report),
@@ -491,6 +495,18 @@ fn accepted(svc: &ServiceConfig, o: &Outcome) -> Response<Full<Bytes>> {
         StatusCode::OK
     };
     json_response(status, &body)
+}
+
+/// Read and drop a small body before answering a rejected request.
+/// HTTP/2 clients (curl) report a stream error when the answer comes
+/// before their body was taken; a large or slow body is not waited for.
+async fn drain(body: Incoming) {
+    const DRAIN_LIMIT: usize = 64 * 1024;
+    let _ = tokio::time::timeout(
+        Duration::from_millis(500),
+        Limited::new(body, DRAIN_LIMIT).collect(),
+    )
+    .await;
 }
 
 /// Read the body, refusing more than [`MAX_BODY`] while it streams.
