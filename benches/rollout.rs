@@ -400,6 +400,8 @@ fn observe(
     let nomad_addr = nomad.addr();
 
     let (wall, sent, window_start) = std::thread::scope(|s| {
+        // Stops every thread below however this closure ends (a panic too).
+        let _stop_all = StopOnDrop(&stop);
         s.spawn(|| discover(nomad, &targets, &stop, hard_stop));
         s.spawn(|| sampler(&targets, &samples, &stop, hard_stop));
         if scenario == Scenario::Template {
@@ -414,7 +416,6 @@ fn observe(
                 .is_some_and(|l| l.answering == INSTANCES && l.on_other == INSTANCES)
         });
         if !ready {
-            stop.store(true, Ordering::Relaxed);
             panic!("the {INSTANCES} instances of {JOB} did not all answer before the webhook");
         }
         let window_start = Instant::now();
@@ -454,7 +455,6 @@ fn observe(
             ));
         }
         std::thread::sleep(TAIL);
-        stop.store(true, Ordering::Relaxed);
         (wall, sent, window_start)
     });
 
@@ -502,6 +502,15 @@ fn observe(
         }
     }
     fig
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Poll `done` every 50 ms for at most `limit`.
@@ -770,7 +779,8 @@ fn summarize_samples(samples: &[Sample], sent: Instant, fig: &mut Figures) {
         .windows(2)
         .filter(|w| w[0].answering == 0)
         .map(|w| secs(w[1].at.duration_since(w[0].at)))
-        .sum();
+        // fold from +0.0: an empty f64 sum() is -0.0, printed "-0.0 s".
+        .fold(0.0, |a, b| a + b);
     fig.all_new_s = first_all_new(samples, sent).map(|s| secs(s.at.duration_since(sent)));
 }
 

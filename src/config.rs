@@ -267,6 +267,28 @@ impl Config {
     }
 }
 
+/// A digest of everything a configuration was built from: the file's text
+/// and every secret it read. `serve` compares it on SIGHUP to tell a real
+/// change from a certificate-only reload, without keeping secrets around
+/// in another form.
+pub fn fingerprint(text: &str, cfg: &Config) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut put = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    put(text.as_bytes());
+    let secrets = [cfg.consul.token.as_ref(), cfg.nomad.token.as_ref()]
+        .into_iter()
+        .chain(cfg.services.iter().map(|s| s.signing_secret.as_ref()))
+        .chain(cfg.notify.iter().map(|n| n.url.as_ref()));
+    for s in secrets {
+        put(s.map_or(&[][..], Secret::expose));
+    }
+    h.finalize().into()
+}
+
 /// One configuration problem: where, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

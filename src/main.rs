@@ -39,7 +39,13 @@ fn main() -> ExitCode {
             )?))
         };
         match cli.command {
-            Command::Serve => serve(cfg(Purpose::Serve)?).await,
+            Command::Serve => {
+                if serve(cfg(Purpose::Serve)?, &cli.config).await? {
+                    reexec()
+                } else {
+                    Ok(())
+                }
+            }
             Command::Check { connect } => Ok(cli::check(&cli.config, connect, &mut out).await?),
             Command::Secret => Ok(cli::secret(&mut out)?),
             Command::History {
@@ -113,8 +119,27 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
+/// Replace this process with a fresh `tagbridge` with the same arguments
+/// (same PID, so Nomad and systemd see one long-lived task). Sockets are
+/// close-on-exec; the old listeners are already closed.
+fn reexec() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe().context("locating the running binary")?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Err(anyhow::anyhow!(
+        "re-executing after a configuration change: {err}"
+    ))
+}
+
+/// Serve until SIGTERM/SIGINT (`Ok(false)`) or until SIGHUP brought a
+/// changed, valid configuration (`Ok(true)`: the caller re-executes).
+async fn serve(cfg: Arc<Config>, path: &std::path::Path) -> anyhow::Result<bool> {
     init_tracing(cfg.log_format);
+    let loaded_text = std::fs::read_to_string(path).unwrap_or_default();
+    let loaded = config::fingerprint(&loaded_text, &cfg);
+    let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tls_files = cfg
         .tls
         .clone()
@@ -153,15 +178,25 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
     {
         let cancel = cancel.clone();
         let certs = certs.clone();
+        let restart = restart.clone();
+        let path = path.to_path_buf();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); cancel.cancel(); return; }
                     _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); cancel.cancel(); return; }
-                    _ = sighup.recv() => match certs.reload() {
-                        Ok(()) => tracing::info!(not_after = certs.not_after(), "SIGHUP: TLS certificate reloaded"),
-                        Err(e) => tracing::warn!(error = %e, "SIGHUP: new TLS pair refused; still serving the previous certificate"),
-                    },
+                    _ = sighup.recv() => {
+                        match certs.reload() {
+                            Ok(()) => tracing::info!(not_after = certs.not_after(), "SIGHUP: TLS certificate reloaded"),
+                            Err(e) => tracing::warn!(error = %e, "SIGHUP: new TLS pair refused; still serving the previous certificate"),
+                        }
+                        if config_changed(&path, loaded) {
+                            tracing::info!("SIGHUP: configuration changed; draining, then restarting with it");
+                            restart.store(true, std::sync::atomic::Ordering::SeqCst);
+                            cancel.cancel();
+                            return;
+                        }
+                    }
                 }
             }
         });
@@ -189,6 +224,25 @@ async fn serve(cfg: Arc<Config>) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         notifier.drain(Duration::from_secs(5)).await;
     }
-    tracing::info!("stopped");
-    Ok(())
+    let restart = restart.load(std::sync::atomic::Ordering::SeqCst);
+    tracing::info!(restart, "stopped");
+    Ok(restart)
+}
+
+/// Whether the file at `path` now holds a valid configuration that differs
+/// from the running one. An invalid one is refused with one log line per
+/// problem, and the running configuration stays.
+fn config_changed(path: &std::path::Path, running: [u8; 32]) -> bool {
+    match Config::load(path, Purpose::Serve, &config::process_env) {
+        Ok(new) => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            config::fingerprint(&text, &new) != running
+        }
+        Err(e) => {
+            for problem in &e.0 {
+                tracing::warn!(%problem, "SIGHUP: new configuration refused; still running the previous one");
+            }
+            false
+        }
+    }
 }

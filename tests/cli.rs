@@ -426,3 +426,100 @@ async fn sighup_reloads_the_certificate_and_a_bad_pair_keeps_the_old_one() {
     let (status, _) = tb.terminate();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_changed_config_restarts_in_place_and_a_bad_one_is_refused() {
+    let consul = ConsulAgent::start();
+    let dir = TempDir::new("cli-reload");
+    let tls = TestTls::new(&dir);
+    let cfg = write_config(&dir, &tls, "");
+    let tb = serve(&cfg, &consul, dir.path().join("serve.log"));
+    let pid = tb.pid();
+    let hup = || {
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+    };
+    // Blocking waits run beside the runtime, so the client's connections
+    // can still answer the server's graceful-shutdown GOAWAY.
+    let wait_log = |needle: &str, count: usize| {
+        tokio::task::block_in_place(|| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let log = tb.log_text();
+                if log.matches(needle).count() >= count {
+                    return log;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {needle:?} x{count}:\n{log}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+    };
+
+    // An invalid edit is refused; the old configuration keeps serving.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace("source        = \"dockerhub\"", "source = \"nope\""),
+    )
+    .unwrap();
+    hup();
+    let log = wait_log("new configuration refused", 1);
+    assert!(log.contains("unknown source"), "{log}");
+    let client = tls.client();
+    let (secret, _) = secret_pair("gen");
+    let base = tb.url("");
+    assert_eq!(
+        post_generic(
+            &client,
+            &base,
+            &secret,
+            generic_body("1"),
+            SIGNING.as_bytes()
+        )
+        .await,
+        200
+    );
+
+    // A valid change: drain, re-exec with the same PID, serve the new one.
+    let (_, new_hash) = secret_pair("api");
+    let added = format!(
+        "{good}\nservice \"api\" {{\n  secret_sha256 = \"{new_hash}\"\n  source = \"quay\"\n  repository = \"acme/api\"\n  key = \"configs/api/IMAGE_TAG\"\n}}\n"
+    );
+    std::fs::write(&cfg, added).unwrap();
+    hup();
+    let log = wait_log("tagbridge serving", 2);
+    assert!(log.contains("configuration changed"), "{log}");
+    let line = log
+        .lines()
+        .filter(|l| l.contains("tagbridge serving"))
+        .last()
+        .unwrap();
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["services"], 3);
+    let port: u16 = v["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (api_secret, _) = secret_pair("api");
+    let body =
+        serde_json::to_vec(&json!({"repository": "acme/api", "updated_tags": ["2.0"]})).unwrap();
+    let resp = client
+        .post(format!("https://localhost:{port}/hooks/{api_secret}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(consul.kv("configs/api/IMAGE_TAG").as_deref(), Some("2.0"));
+    assert_eq!(tb.pid(), pid, "same process");
+    let (status, _) = tb.terminate();
+    assert!(status.success());
+}
