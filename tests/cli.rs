@@ -496,7 +496,7 @@ async fn sighup_with_a_changed_config_restarts_in_place_and_a_bad_one_is_refused
     let line = log
         .lines()
         .filter(|l| l.contains("tagbridge serving"))
-        .last()
+        .next_back()
         .unwrap();
     let v: Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["services"], 3);
