@@ -233,7 +233,13 @@ job "tagbridge" {
         content {
           source      = var.artifact_url
           destination = "local/"
-          options = var.artifact_checksum != "" ? { checksum = var.artifact_checksum } : {}
+
+          dynamic "options" {
+            for_each = var.artifact_checksum != "" ? [1] : []
+            content {
+              checksum = var.artifact_checksum
+            }
+          }
         }
       }
 
@@ -270,7 +276,7 @@ job "tagbridge" {
           gid           = local.file_gid
           change_mode   = "signal"
           change_signal = "SIGHUP"
-          data          = "{{ with nomadVar \"${local.var_path}\" }}{{ index . \"${template.value.item}\" }}{{ end }}"
+          data          = "{{ with nomadVar \"${local.var_path}\" }}{{ with index .ItemsMap \"${template.value.item}\" }}{{ . }}{{ end }}{{ end }}"
         }
       }
 

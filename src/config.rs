@@ -334,11 +334,20 @@ struct Collector {
 
 impl Collector {
     fn add(&mut self, service: Option<&str>, field: &str, message: impl Into<String>) {
+        // One line per problem, even when a parser (regex, HCL) explains
+        // itself over several.
+        let message: String = message.into();
+        let message = message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
         self.problems.push(Problem {
             file: self.file.clone(),
             service: service.map(str::to_string),
             field: field.to_string(),
-            message: message.into(),
+            message,
         });
     }
 }

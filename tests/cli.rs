@@ -495,8 +495,7 @@ async fn sighup_with_a_changed_config_restarts_in_place_and_a_bad_one_is_refused
     assert!(log.contains("configuration changed"), "{log}");
     let line = log
         .lines()
-        .filter(|l| l.contains("tagbridge serving"))
-        .next_back()
+        .rfind(|l| l.contains("tagbridge serving"))
         .unwrap();
     let v: Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["services"], 3);
