@@ -149,12 +149,18 @@ impl Drop for Watched {
 pub struct ConsulAgent {
     pub http_port: u16,
     ports: Vec<u16>,
+    extra: Vec<String>,
     proc: Option<Watched>,
     pub dir: TempDir,
 }
 
 impl ConsulAgent {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra agent arguments (e.g. `-hcl=acl { … }`).
+    pub fn start_with(extra: &[String]) -> Self {
         let dir = TempDir::new("consul");
         let ports = free_ports(4);
         let mut agent = ConsulAgent {
@@ -162,6 +168,7 @@ impl ConsulAgent {
             ports,
             proc: None,
             dir,
+            extra: extra.to_vec(),
         };
         agent.launch();
         agent
@@ -188,6 +195,7 @@ impl ConsulAgent {
             format!("-serf-wan-port={}", p[3]),
             format!("-node=test-{}", p[0]),
         ])
+        .chain(self.extra.iter().cloned())
         .collect();
         let log = self.dir.path().join("consul.log");
         self.proc = Some(Watched::spawn(&consul_bin(), &args, &log, &[]));
@@ -284,14 +292,28 @@ impl ConsulAgent {
 /// Minimal blocking HTTP/1.1 client over std (test assertions only, so
 /// they do not depend on the code under test).
 pub fn http1_request(method: &str, url: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    http1_request_h(method, url, &[], body)
+}
+
+/// [`http1_request`] with extra headers (ACL tokens).
+pub fn http1_request_h(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     use std::io::Read as _;
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut s = std::net::TcpStream::connect(host)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
     s.write_all(body)?;

@@ -57,6 +57,8 @@ pub struct NomadAgent {
     data_dir: PathBuf,
     /// Allocation id → (host ip, "http" port); ports never change.
     port_cache: Mutex<HashMap<String, (String, u16)>>,
+    /// Management token when the agent runs with ACLs (sent by `api`).
+    pub token: Option<String>,
     pub dir: TempDir,
 }
 
@@ -65,6 +67,13 @@ impl NomadAgent {
     /// is ready with a healthy raw_exec driver; panics with the log
     /// otherwise.
     pub fn start(consul: &ConsulAgent) -> Self {
+        Self::start_with(consul, false)
+    }
+
+    /// With `acl`, the agent runs with ACLs enabled (default deny) and is
+    /// bootstrapped through the API with a management token the harness
+    /// keeps in `token`.
+    pub fn start_with(consul: &ConsulAgent, acl: bool) -> Self {
         let dir = TempDir::new("nomad");
         let ports = free_ports(3);
         let data_dir = dir.path().join("data");
@@ -122,6 +131,11 @@ client {{
             consul = consul.http_port,
             max_port = min_port + 499,
         );
+        let config = if acl {
+            format!("{config}\nacl {{\n  enabled = true\n}}\n")
+        } else {
+            config
+        };
         let config_path = dir.write("agent.hcl", config);
         let log = dir.path().join("nomad.log");
         let args = vec![
@@ -137,8 +151,13 @@ client {{
             log,
             data_dir,
             port_cache: Mutex::new(HashMap::new()),
+            token: None,
             dir,
         };
+        let mut agent = agent;
+        if acl {
+            agent.token = Some(agent.bootstrap_acl());
+        }
         agent.wait_ready();
         agent
     }
@@ -158,6 +177,21 @@ client {{
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// `POST /v1/acl/bootstrap` (retried until the server has a leader).
+    fn bootstrap_acl(&self) -> String {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < READY_WITHIN {
+            match self.api("POST", "/v1/acl/bootstrap", None) {
+                Ok((200, v)) => return v["SecretID"].as_str().expect("SecretID").to_string(),
+                Ok((status, body)) => last = format!("{status} {body}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("nomad ACL bootstrap failed: {last}\nlog:\n{}", self.log());
     }
 
     fn wait_ready(&self) {
@@ -200,7 +234,12 @@ client {{
     ) -> std::io::Result<(u16, Value)> {
         let url = format!("{}{path}", self.addr());
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let (status, text) = http1_request(method, &url, payload.as_bytes())?;
+        let headers: Vec<(&str, &str)> = self
+            .token
+            .as_deref()
+            .map(|t| vec![("X-Nomad-Token", t)])
+            .unwrap_or_default();
+        let (status, text) = http1_request_h(method, &url, &headers, payload.as_bytes())?;
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((status, value))
     }
