@@ -90,7 +90,7 @@ async fn post_generic(
         .as_u16()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_logs_one_line_per_webhook_and_never_a_secret() {
     let consul = ConsulAgent::start();
     let dir = TempDir::new("cli-log");
@@ -129,7 +129,9 @@ async fn serve_logs_one_line_per_webhook_and_never_a_secret() {
     );
     assert_eq!(consul.kv("configs/gen/IMAGE_TAG").as_deref(), Some("7"));
 
-    let (status, log) = tb.terminate();
+    // Close our keep-alive connection first, or the drain waits for it.
+    drop(client);
+    let (status, log) = tokio::task::block_in_place(|| tb.terminate());
     assert!(
         status.success(),
         "SIGTERM must end serve cleanly: {status:?}\n{log}"
@@ -162,7 +164,7 @@ async fn serve_logs_one_line_per_webhook_and_never_a_secret() {
     assert!(log.contains("SIGTERM"), "{log}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_ingesting_for_one_service_lose_no_update() {
     let consul = ConsulAgent::start();
     let dir = TempDir::new("cli-two");
@@ -198,8 +200,8 @@ async fn two_processes_ingesting_for_one_service_lose_no_update() {
         .collect();
     tags.sort();
     assert_eq!(tags, (1..=16).collect::<Vec<_>>());
-    let (sa, _) = a.terminate();
-    let (sb, _) = b.terminate();
+    let (sa, _) = tokio::task::block_in_place(|| a.terminate());
+    let (sb, _) = tokio::task::block_in_place(|| b.terminate());
     assert!(sa.success() && sb.success());
 }
 
