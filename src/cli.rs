@@ -634,6 +634,7 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
             Some(id) => {
                 let r = nomad
                     .deployment(
+                        &rc.namespace,
                         id,
                         Some((index.current(), std::time::Duration::from_secs(2))),
                     )

@@ -635,12 +635,17 @@ impl Nomad {
     /// Transport failures and unexpected answers.
     pub async fn deployment(
         &self,
+        namespace: &str,
         id: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<Read<Deployment>, NomadError> {
         const OP: &str = "deployment_read";
         let (q, timeout) = self.blocking(block);
-        let url = self.url(&format!("/v1/deployment/{}", Self::id(id)), None, &q);
+        let url = self.url(
+            &format!("/v1/deployment/{}", Self::id(id)),
+            Some(namespace),
+            &q,
+        );
         let resp = self.call(OP, Method::GET, url, None, timeout).await?;
         Ok(Read {
             index: Self::index_of(&resp),
@@ -653,11 +658,15 @@ impl Nomad {
     /// # Errors
     ///
     /// Transport failures and unexpected answers.
-    pub async fn deployment_allocations(&self, id: &str) -> Result<Vec<Allocation>, NomadError> {
+    pub async fn deployment_allocations(
+        &self,
+        namespace: &str,
+        id: &str,
+    ) -> Result<Vec<Allocation>, NomadError> {
         const OP: &str = "deployment_allocations";
         let url = self.url(
             &format!("/v1/deployment/allocations/{}", Self::id(id)),
-            None,
+            Some(namespace),
             &[],
         );
         let resp = self
@@ -693,11 +702,15 @@ impl Nomad {
     /// # Errors
     ///
     /// Transport failures and unexpected answers.
-    pub async fn allocation_checks(&self, alloc_id: &str) -> Result<Vec<CheckResult>, NomadError> {
+    pub async fn allocation_checks(
+        &self,
+        namespace: &str,
+        alloc_id: &str,
+    ) -> Result<Vec<CheckResult>, NomadError> {
         const OP: &str = "allocation_checks";
         let url = self.url(
             &format!("/v1/client/allocation/{}/checks", Self::id(alloc_id)),
-            None,
+            Some(namespace),
             &[],
         );
         let resp = self
@@ -712,11 +725,11 @@ impl Nomad {
     /// # Errors
     ///
     /// Transport failures and refusals.
-    pub async fn promote(&self, deployment_id: &str) -> Result<(), NomadError> {
+    pub async fn promote(&self, namespace: &str, deployment_id: &str) -> Result<(), NomadError> {
         const OP: &str = "deployment_promote";
         let url = self.url(
             &format!("/v1/deployment/promote/{}", Self::id(deployment_id)),
-            None,
+            Some(namespace),
             &[],
         );
         let body = json!({"DeploymentID": deployment_id, "All": true});
@@ -731,11 +744,15 @@ impl Nomad {
     /// # Errors
     ///
     /// Transport failures and refusals (e.g. already terminal).
-    pub async fn fail_deployment(&self, deployment_id: &str) -> Result<(), NomadError> {
+    pub async fn fail_deployment(
+        &self,
+        namespace: &str,
+        deployment_id: &str,
+    ) -> Result<(), NomadError> {
         const OP: &str = "deployment_fail";
         let url = self.url(
             &format!("/v1/deployment/fail/{}", Self::id(deployment_id)),
-            None,
+            Some(namespace),
             &[],
         );
         let body = json!({"DeploymentID": deployment_id});
@@ -751,12 +768,17 @@ impl Nomad {
     /// Transport failures and unexpected answers.
     pub async fn evaluation(
         &self,
+        namespace: &str,
         id: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<Read<Evaluation>, NomadError> {
         const OP: &str = "evaluation_read";
         let (q, timeout) = self.blocking(block);
-        let url = self.url(&format!("/v1/evaluation/{}", Self::id(id)), None, &q);
+        let url = self.url(
+            &format!("/v1/evaluation/{}", Self::id(id)),
+            Some(namespace),
+            &q,
+        );
         let resp = self.call(OP, Method::GET, url, None, timeout).await?;
         Ok(Read {
             index: Self::index_of(&resp),

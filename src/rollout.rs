@@ -524,7 +524,7 @@ impl<'a> Driver<'a> {
             let wait = deadline.saturating_duration_since(Instant::now());
             let read = tokio::select! {
                 () = self.ctx.cancel.cancelled() => return Err(RolloutError::Cancelled),
-                r = self.ctx.nomad.evaluation(id, Some((index.current(), wait))) => r?,
+                r = self.ctx.nomad.evaluation(&self.rc.namespace, id, Some((index.current(), wait))) => r?,
             };
             index.observe(read.index);
             let ev = read.value;
@@ -592,7 +592,11 @@ impl<'a> Driver<'a> {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 let allocs = self.inspect(deployment).await;
-                let _ = self.ctx.nomad.fail_deployment(deployment).await;
+                let _ = self
+                    .ctx
+                    .nomad
+                    .fail_deployment(&self.rc.namespace, deployment)
+                    .await;
                 return Ok(Err(Failure::Timeout {
                     after: self.rc.timeout,
                     allocs,
@@ -600,7 +604,7 @@ impl<'a> Driver<'a> {
             }
             let read = tokio::select! {
                 () = self.ctx.cancel.cancelled() => return Err(RolloutError::Cancelled),
-                r = self.ctx.nomad.deployment(deployment, Some((index.current(), remaining.min(Duration::from_secs(60))))) => r?,
+                r = self.ctx.nomad.deployment(&self.rc.namespace, deployment, Some((index.current(), remaining.min(Duration::from_secs(60))))) => r?,
             };
             index.observe(read.index);
             let d = read.value;
@@ -617,7 +621,12 @@ impl<'a> Driver<'a> {
             }
             if d.task_groups.values().any(|g| g.unhealthy_allocs > 0) {
                 let allocs = self.inspect(deployment).await;
-                if let Err(e) = self.ctx.nomad.fail_deployment(deployment).await {
+                if let Err(e) = self
+                    .ctx
+                    .nomad
+                    .fail_deployment(&self.rc.namespace, deployment)
+                    .await
+                {
                     tracing::warn!(service = %self.svc.name, error = %e, "could not fail the deployment");
                 }
                 tracing::info!(service = %self.svc.name, deployment, "allocation unhealthy: deployment failed without waiting for progress_deadline");
@@ -637,7 +646,11 @@ impl<'a> Driver<'a> {
                 if gate {
                     if let Some(url) = &self.rc.verify_url {
                         if let Err(detail) = self.verify(url).await {
-                            let _ = self.ctx.nomad.fail_deployment(deployment).await;
+                            let _ = self
+                                .ctx
+                                .nomad
+                                .fail_deployment(&self.rc.namespace, deployment)
+                                .await;
                             return Ok(Err(Failure::Verify {
                                 url: url.clone(),
                                 detail,
@@ -645,7 +658,10 @@ impl<'a> Driver<'a> {
                         }
                     }
                 }
-                self.ctx.nomad.promote(deployment).await?;
+                self.ctx
+                    .nomad
+                    .promote(&self.rc.namespace, deployment)
+                    .await?;
                 promoted = true;
                 tracing::info!(service = %self.svc.name, deployment, "canaries healthy: promoted");
             }
@@ -688,7 +704,12 @@ impl<'a> Driver<'a> {
 
     /// What Nomad says about the deployment's failed allocations.
     async fn inspect(&self, deployment: &str) -> Vec<AllocFailure> {
-        let allocs = match self.ctx.nomad.deployment_allocations(deployment).await {
+        let allocs = match self
+            .ctx
+            .nomad
+            .deployment_allocations(&self.rc.namespace, deployment)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(service = %self.svc.name, error = %e, "could not list the deployment's allocations");
@@ -697,7 +718,12 @@ impl<'a> Driver<'a> {
         };
         let mut out = Vec::new();
         for a in allocs.iter().filter(|a| is_failed(a)) {
-            let checks = match self.ctx.nomad.allocation_checks(&a.id).await {
+            let checks = match self
+                .ctx
+                .nomad
+                .allocation_checks(&self.rc.namespace, &a.id)
+                .await
+            {
                 Ok(c) => c
                     .into_iter()
                     .filter(|c| c.status != "success")
@@ -758,7 +784,11 @@ impl<'a> Driver<'a> {
     async fn rollback_steps(&self, rec: Deployed, reason: String) -> Result<(), RolloutError> {
         if let Some(dep) = &rec.deployment {
             // Already terminal is fine: stop placing new allocations.
-            let _ = self.ctx.nomad.fail_deployment(dep).await;
+            let _ = self
+                .ctx
+                .nomad
+                .fail_deployment(&self.rc.namespace, dep)
+                .await;
         }
         let Some(job) = self.job().await? else {
             return self

@@ -610,10 +610,7 @@ async fn rollback_pins_until_unpin() {
         tokio::task::block_in_place(|| cli(&cfg_path, &["status", "web", "--watch"]));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("group web: desired 3"), "{out}");
-    assert!(
-        out.lines().last().unwrap().contains("deployed 1.0.0"),
-        "{out}"
-    );
+    assert!(out.contains("web: deployed 1.0.0"), "{out}");
     let d = poll("the rollback to 1.0.0", Duration::from_secs(150), || {
         c.deployed()
             .filter(|d| d["tag"] == "1.0.0" && d["outcome"] == "deployed")
