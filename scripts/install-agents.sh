@@ -111,12 +111,22 @@ provide() {
 }
 
 which=${1:-all}
+# Assign before printing: `echo "X=$(…)"` would hide a failed build from
+# set -e.
 case "$which" in
-  consul) echo "CONSUL_BIN=$(provide consul "$CONSUL_VERSION" build_consul)" ;;
-  nomad) echo "NOMAD_BIN=$(provide nomad "$NOMAD_VERSION" build_nomad)" ;;
+  consul)
+    consul_bin=$(provide consul "$CONSUL_VERSION" build_consul)
+    echo "CONSUL_BIN=$consul_bin"
+    ;;
+  nomad)
+    nomad_bin=$(provide nomad "$NOMAD_VERSION" build_nomad)
+    echo "NOMAD_BIN=$nomad_bin"
+    ;;
   all)
-    echo "CONSUL_BIN=$(provide consul "$CONSUL_VERSION" build_consul)"
-    echo "NOMAD_BIN=$(provide nomad "$NOMAD_VERSION" build_nomad)"
+    consul_bin=$(provide consul "$CONSUL_VERSION" build_consul)
+    nomad_bin=$(provide nomad "$NOMAD_VERSION" build_nomad)
+    echo "CONSUL_BIN=$consul_bin"
+    echo "NOMAD_BIN=$nomad_bin"
     ;;
   *) log "usage: $0 [consul|nomad|all]"; exit 2 ;;
 esac

@@ -2,8 +2,9 @@
 #
 # Both are heredoc templates that use only `var.state_prefix`,
 # `var.services` and template directives (no functions), so that a test can
-# evaluate them with nothing but the variables (tests/terraform.rs does, with
-# hcl-rs) and check that they allow exactly what tagbridge calls.
+# evaluate them with nothing but the variables (e.g. with the hcl-rs crate)
+# and check that they allow exactly what tagbridge calls. Only `s.key`,
+# `s.name`, `s.job` (null = KV only) and `s.namespace` of a service are read.
 #
 # Consul: tagbridge reads and writes
 #   * each service's `key` (ingest writes the tag; rollback restores it),
@@ -32,31 +33,34 @@
 # (KV only) get no Nomad rights; with no job at all no Nomad policy or token
 # is created (Nomad refuses an empty policy).
 locals {
-  consul_policy = <<-EOT
-    # tagbridge: the tag key of each service
-    %{ for s in var.services ~}
-    key "${s.key}" {
-      policy = "write"
-    }
-    %{ endfor ~}
-    # tagbridge: history, desired, deployed, pin records and the leader lock
-    key_prefix "${var.state_prefix}/" {
-      policy = "write"
-    }
-    # tagbridge: the leader lock's session (bound to the serving agent's node)
-    session_prefix "" {
-      policy = "write"
-    }
-  EOT
+  # Plain `<<EOT` heredocs with the text at column 0: indented (`<<-`)
+  # heredocs and template directives strip indentation differently in
+  # OpenTofu and in hcl-rs; this form renders the same in both.
+  consul_policy = <<EOT
+# tagbridge: the tag key of each service
+%{for s in var.services~}
+key "${s.key}" {
+  policy = "write"
+}
+%{endfor~}
+# tagbridge: history, desired, deployed, pin records and the leader lock
+key_prefix "${var.state_prefix}/" {
+  policy = "write"
+}
+# tagbridge: the leader lock's session (bound to the serving agent's node)
+session_prefix "" {
+  policy = "write"
+}
+EOT
 
-  nomad_policy = <<-EOT
-    %{ for s in var.services ~}
-    %{ if s.job != null ~}
-    # tagbridge: service "${s.name}", job "${s.job}"
-    namespace "${s.namespace}" {
-      capabilities = ["list-jobs", "read-job", "submit-job"]
-    }
-    %{ endif ~}
-    %{ endfor ~}
-  EOT
+  nomad_policy = <<EOT
+%{for s in var.services~}
+%{if s.job != null~}
+# tagbridge: service "${s.name}", job "${s.job}"
+namespace "${s.namespace}" {
+  capabilities = ["list-jobs", "read-job", "submit-job"]
+}
+%{endif~}
+%{endfor~}
+EOT
 }

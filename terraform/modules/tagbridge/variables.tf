@@ -76,8 +76,8 @@ variable "services" {
     error_message = "strategy must be template or jobspec (set job = null for KV only)."
   }
   validation {
-    condition     = alltrue([for s in var.services : can(regex("^[a-z0-9][a-z0-9_-]{0,127}$", s.namespace))])
-    error_message = "namespace must be a Nomad namespace name (the ACL policy is written for it)."
+    condition     = alltrue([for s in var.services : can(regex("^[a-zA-Z0-9-]{1,128}$", s.namespace))])
+    error_message = "namespace must be a Nomad namespace name: letters, digits and '-' (no wildcards: the ACL policy grants exactly these namespaces)."
   }
   validation {
     # The tagbridge.hcl text is rendered from these values: a "$${" or
@@ -147,13 +147,13 @@ variable "nomad_region" {
 }
 
 variable "listen" {
-  description = "tagbridge.hcl listen: the webhook (HTTPS) listener inside the task."
+  description = "tagbridge.hcl listen: the webhook (HTTPS) listener. nomad/tagbridge.nomad.hcl replaces it with its allocated port."
   type        = string
   default     = "0.0.0.0:8443"
 }
 
 variable "admin_listen" {
-  description = "tagbridge.hcl admin_listen: /healthz, /readyz, /metrics (plain HTTP)."
+  description = "tagbridge.hcl admin_listen: /healthz, /readyz, /metrics (plain HTTP). nomad/tagbridge.nomad.hcl replaces it with its allocated port."
   type        = string
   default     = "127.0.0.1:9102"
 }
@@ -176,13 +176,18 @@ variable "jobspec_path" {
 }
 
 variable "job_name" {
-  description = "Job ID of tagbridge's own job, as the job file names it: its tasks may read Nomad Variables under nomad/jobs/<job_name>."
+  description = "Job ID of tagbridge's own job (job variable job_id): its tasks read the Nomad Variable nomad/jobs/<job_name>. Also the name of both ACL policies and tokens."
   type        = string
   default     = "tagbridge"
+
+  validation {
+    condition     = can(regex("^[a-zA-Z0-9-]{1,128}$", var.job_name))
+    error_message = "job_name uses letters, digits and '-' (it also names the ACL policies)."
+  }
 }
 
 variable "job_namespace" {
-  description = "Nomad namespace tagbridge's own job runs in (where its Nomad Variables are written)."
+  description = "Nomad namespace tagbridge's own job is registered in (where its Nomad Variable is written). The job file sets no namespace, so it runs in \"default\"."
   type        = string
   default     = "default"
 }
@@ -206,7 +211,7 @@ variable "instances" {
 }
 
 variable "driver" {
-  description = "Task driver of tagbridge's job: docker (with image) or raw_exec (with artifact_url)."
+  description = "Task driver of tagbridge's job: docker (image) or raw_exec (artifact_url, or the job's binary variable)."
   type        = string
   default     = "docker"
 
@@ -217,13 +222,13 @@ variable "driver" {
 }
 
 variable "image" {
-  description = "Container image of tagbridge (driver docker)."
+  description = "Container image of tagbridge (driver docker); null = the job file's default."
   type        = string
   default     = null
 }
 
 variable "artifact_url" {
-  description = "URL Nomad downloads the tagbridge binary from (driver raw_exec)."
+  description = "driver raw_exec: URL of an archive (tar.gz, zip) with `tagbridge` at its root; null = the job's `binary` on the client (set it in job_vars)."
   type        = string
   default     = null
 }
