@@ -5,16 +5,20 @@
 # path nomad/jobs/tagbridge (tasks of this job read it through their
 # workload identity; no extra ACL policy is needed). Items:
 #
-#   config         the tagbridge.hcl text WITHOUT listen/admin_listen (this
-#                  job renders those from its ports); it names its files as
-#                  ${NOMAD_SECRETS_DIR}/<file>, replaced here by the real
-#                  secrets directory of the task
+#   config         the tagbridge.hcl text. listen/admin_listen come from
+#                  this job's ports: lines setting them in the item are
+#                  replaced by a comment. Files are named
+#                  ${NOMAD_SECRETS_DIR}/<file> (replaced by the task's real
+#                  secrets directory) or secrets/<file> (raw_exec: relative
+#                  to the task directory) or /secrets/<file> (docker)
 #   tls_crt        PEM certificate chain     -> secrets/tls.crt
 #   tls_key        PEM private key           -> secrets/tls.key
 #   consul_token   Consul ACL token          -> secrets/consul.token
 #   nomad_token    Nomad ACL token           -> secrets/nomad.token
 #   signing_<svc>  signing secret of service <svc> -> secrets/signing_<svc>,
 #                  for each name listed in the job variable signing_secrets
+#
+# (With job_id set, the path is nomad/jobs/<job_id>.)
 #
 # Every file is rendered by a template with change_mode = "signal" and
 # change_signal = "SIGHUP": tagbridge reloads its certificate on SIGHUP and
@@ -30,6 +34,12 @@ variable "driver" {
     condition     = contains(["docker", "raw_exec"], var.driver)
     error_message = "The driver variable must be \"docker\" or \"raw_exec\"."
   }
+}
+
+variable "job_id" {
+  type        = string
+  default     = "tagbridge"
+  description = "Job ID (and name); its tasks read the Nomad Variable nomad/jobs/<job_id>."
 }
 
 variable "image" {
@@ -110,7 +120,7 @@ variable "memory" {
 }
 
 locals {
-  var_path = "nomad/jobs/tagbridge"
+  var_path = "nomad/jobs/${var.job_id}"
   docker   = var.driver == "docker"
 
   # In a container, listen on every interface of its own network namespace
@@ -139,6 +149,8 @@ locals {
 }
 
 job "tagbridge" {
+  id          = var.job_id
+  name        = var.job_id
   type        = "service"
   datacenters = var.datacenters
 
@@ -167,28 +179,30 @@ job "tagbridge" {
       auto_revert = true
     }
 
-    # Webhook listener. TCP check: the webhook listener answers 404 to
-    # anything but POST /hooks/<secret> (and counts it as a failed attempt
-    # against the client's rate limit), so an HTTP check there would fail.
-    # The listener only accepts once the TLS certificate is loaded.
+    # Webhook listener: an HTTPS check of GET /healthz, which the listener
+    # answers itself (not a webhook: not counted, not rate limited). It
+    # passes only once the TLS certificate is loaded and served.
     service {
-      name     = "tagbridge"
+      name     = var.job_id
       provider = "nomad"
       port     = "https"
       tags     = ["webhooks", "https"]
 
       check {
-        name     = "webhook-listener"
-        type     = "tcp"
-        interval = "5s"
-        timeout  = "2s"
+        name            = "webhook-listener"
+        type            = "http"
+        protocol        = "https"
+        path            = "/healthz"
+        tls_skip_verify = true
+        interval        = "5s"
+        timeout         = "2s"
       }
     }
 
     # Admin listener (plain HTTP): /readyz = Consul reachable with a leader
     # and TLS certificate loaded. Also where /metrics is scraped.
     service {
-      name     = "tagbridge-admin"
+      name     = "${var.job_id}-admin"
       provider = "nomad"
       port     = "admin"
       tags     = ["metrics"]
@@ -250,7 +264,12 @@ job "tagbridge" {
       kill_timeout   = "30s"
 
       # The configuration. listen/admin_listen come from the allocated
-      # ports; the item "config" supplies everything else.
+      # ports (the item's own lines for them become comments); the item
+      # "config" supplies everything else. A change re-renders the file and
+      # sends SIGHUP: tagbridge drains and re-executes itself with it, or
+      # logs why it refused it and keeps the running one. The splay (a
+      # random 0-5 s delay per allocation) keeps the replicas from
+      # re-executing at the same instant.
       template {
         destination   = "secrets/tagbridge.hcl"
         perms         = "0640"
@@ -258,11 +277,12 @@ job "tagbridge" {
         gid           = local.file_gid
         change_mode   = "signal"
         change_signal = "SIGHUP"
+        splay         = "5s"
         data          = <<-EOT
           # Rendered by Nomad from the Nomad Variable ${local.var_path} (item "config").
           listen       = "${local.https_ip}:{{ env "NOMAD_PORT_https" }}"
           admin_listen = "${local.admin_ip}:{{ env "NOMAD_PORT_admin" }}"
-          {{ with nomadVar "${local.var_path}" }}{{ .config.Value | replaceAll "$${NOMAD_SECRETS_DIR}" (env "NOMAD_SECRETS_DIR") }}{{ end }}
+          {{ with nomadVar "${local.var_path}" }}{{ .config.Value | regexReplaceAll `(?m)^[ \t]*(listen|admin_listen)[ \t]*=.*$` "# $1: set by the Nomad job (its ports)" | replaceAll "$${NOMAD_SECRETS_DIR}" (env "NOMAD_SECRETS_DIR") }}{{ end }}
         EOT
       }
 

@@ -878,6 +878,9 @@ async fn http2_metrics_and_readiness() {
     assert_eq!(resp.status().as_u16(), 200);
     let _ = env.client.post(tb.url("/hooks/nope")).send().await.unwrap();
 
+    // The HTTPS listener's own health check: 200, not a webhook.
+    let health = env.client.get(tb.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
     let admin = |p: &str| format!("http://{}{p}", tb.admin);
     assert_eq!(
         reqwest::get(admin("/healthz"))

@@ -220,6 +220,10 @@ pub async fn run(
         .max_concurrent_streams(64)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
+    // Cancelled when shutdown starts: connections still in their TLS
+    // handshake (or silent, like a TCP health check) give up at once
+    // instead of holding the drain until the handshake timeout.
+    let stopping = tokio_util::sync::CancellationToken::new();
     tokio::pin!(shutdown);
 
     loop {
@@ -244,10 +248,15 @@ pub async fn run(
         let state = state.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let stopping = stopping.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(state.limits.handshake, acceptor.accept(tcp)).await
-            {
+            let handshake = tokio::time::timeout(state.limits.handshake, acceptor.accept(tcp));
+            let handshake = tokio::select! {
+                r = handshake => r,
+                () = stopping.cancelled() => return,
+            };
+            let tls = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -270,6 +279,7 @@ pub async fn run(
     }
 
     drop(listener);
+    stopping.cancel();
     tracker.close();
     let grace = state.limits.shutdown_grace;
     tokio::select! {
@@ -287,6 +297,17 @@ pub async fn handle(
     peer: SocketAddr,
     state: &AppState,
 ) -> Response<Full<Bytes>> {
+    // A health check of the HTTPS listener itself (Nomad, load balancers):
+    // proves TLS and the listener are up. Not a webhook: neither counted,
+    // logged nor charged to the failed-attempt limit.
+    if req.uri().path() == "/healthz" && matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        return resp;
+    }
     let started = Instant::now();
     let (resp, report) = route(req, peer, state).await;
     let elapsed = started.elapsed();
