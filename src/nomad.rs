@@ -461,6 +461,24 @@ impl Nomad {
             .unwrap_or(0)
     }
 
+    /// GET a JSON document, optionally as a blocking query: the shape of
+    /// every read the controller makes.
+    async fn get_read<T: for<'de> Deserialize<'de>>(
+        &self,
+        op: &'static str,
+        path: &str,
+        namespace: Option<&str>,
+        block: Option<(u64, Duration)>,
+    ) -> Result<Read<T>, NomadError> {
+        let (q, timeout) = self.blocking(block);
+        let url = self.url(path, namespace, &q);
+        let resp = self.call(op, Method::GET, url, None, timeout).await?;
+        Ok(Read {
+            index: Self::index_of(&resp),
+            value: Self::decode(op, &resp)?,
+        })
+    }
+
     fn blocking(&self, block: Option<(u64, Duration)>) -> (Vec<(&'static str, String)>, Duration) {
         match block {
             None => (Vec::new(), self.settings.timeout),
@@ -614,18 +632,9 @@ impl Nomad {
         id: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<Read<Option<Deployment>>, NomadError> {
-        const OP: &str = "job_deployment";
-        let (q, timeout) = self.blocking(block);
-        let url = self.url(
-            &format!("/v1/job/{}/deployment", Self::id(id)),
-            Some(namespace),
-            &q,
-        );
-        let resp = self.call(OP, Method::GET, url, None, timeout).await?;
-        Ok(Read {
-            index: Self::index_of(&resp),
-            value: Self::decode(OP, &resp)?,
-        })
+        let path = format!("/v1/job/{}/deployment", Self::id(id));
+        self.get_read("job_deployment", &path, Some(namespace), block)
+            .await
     }
 
     /// A deployment by id, optionally as a blocking query.
@@ -639,18 +648,9 @@ impl Nomad {
         id: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<Read<Deployment>, NomadError> {
-        const OP: &str = "deployment_read";
-        let (q, timeout) = self.blocking(block);
-        let url = self.url(
-            &format!("/v1/deployment/{}", Self::id(id)),
-            Some(namespace),
-            &q,
-        );
-        let resp = self.call(OP, Method::GET, url, None, timeout).await?;
-        Ok(Read {
-            index: Self::index_of(&resp),
-            value: Self::decode(OP, &resp)?,
-        })
+        let path = format!("/v1/deployment/{}", Self::id(id));
+        self.get_read("deployment_read", &path, Some(namespace), block)
+            .await
     }
 
     /// The allocations a deployment placed.
@@ -663,16 +663,12 @@ impl Nomad {
         namespace: &str,
         id: &str,
     ) -> Result<Vec<Allocation>, NomadError> {
-        const OP: &str = "deployment_allocations";
-        let url = self.url(
-            &format!("/v1/deployment/allocations/{}", Self::id(id)),
-            Some(namespace),
-            &[],
-        );
-        let resp = self
-            .call(OP, Method::GET, url, None, self.settings.timeout)
-            .await?;
-        Ok(Self::decode::<Option<Vec<Allocation>>>(OP, &resp)?.unwrap_or_default())
+        let path = format!("/v1/deployment/allocations/{}", Self::id(id));
+        let list: Option<Vec<Allocation>> = self
+            .get_read("deployment_allocations", &path, Some(namespace), None)
+            .await?
+            .value;
+        Ok(list.unwrap_or_default())
     }
 
     /// The allocations of a job.
@@ -685,16 +681,12 @@ impl Nomad {
         namespace: &str,
         id: &str,
     ) -> Result<Vec<Allocation>, NomadError> {
-        const OP: &str = "job_allocations";
-        let url = self.url(
-            &format!("/v1/job/{}/allocations", Self::id(id)),
-            Some(namespace),
-            &[],
-        );
-        let resp = self
-            .call(OP, Method::GET, url, None, self.settings.timeout)
-            .await?;
-        Ok(Self::decode::<Option<Vec<Allocation>>>(OP, &resp)?.unwrap_or_default())
+        let path = format!("/v1/job/{}/allocations", Self::id(id));
+        let list: Option<Vec<Allocation>> = self
+            .get_read("job_allocations", &path, Some(namespace), None)
+            .await?
+            .value;
+        Ok(list.unwrap_or_default())
     }
 
     /// Service check results of an allocation (Nomad-native services).
@@ -707,16 +699,11 @@ impl Nomad {
         namespace: &str,
         alloc_id: &str,
     ) -> Result<Vec<CheckResult>, NomadError> {
-        const OP: &str = "allocation_checks";
-        let url = self.url(
-            &format!("/v1/client/allocation/{}/checks", Self::id(alloc_id)),
-            Some(namespace),
-            &[],
-        );
-        let resp = self
-            .call(OP, Method::GET, url, None, self.settings.timeout)
-            .await?;
-        let map: Option<BTreeMap<String, CheckResult>> = Self::decode(OP, &resp)?;
+        let path = format!("/v1/client/allocation/{}/checks", Self::id(alloc_id));
+        let map: Option<BTreeMap<String, CheckResult>> = self
+            .get_read("allocation_checks", &path, Some(namespace), None)
+            .await?
+            .value;
         Ok(map.unwrap_or_default().into_values().collect())
     }
 
@@ -772,18 +759,9 @@ impl Nomad {
         id: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<Read<Evaluation>, NomadError> {
-        const OP: &str = "evaluation_read";
-        let (q, timeout) = self.blocking(block);
-        let url = self.url(
-            &format!("/v1/evaluation/{}", Self::id(id)),
-            Some(namespace),
-            &q,
-        );
-        let resp = self.call(OP, Method::GET, url, None, timeout).await?;
-        Ok(Read {
-            index: Self::index_of(&resp),
-            value: Self::decode(OP, &resp)?,
-        })
+        let path = format!("/v1/evaluation/{}", Self::id(id));
+        self.get_read("evaluation_read", &path, Some(namespace), block)
+            .await
     }
 
     /// Whether a namespace exists (`/v1/namespace/<name>`).
