@@ -366,7 +366,15 @@ impl<'a> Driver<'a> {
             .meta(&self.rc.meta_key)
             .filter(|m| !m.is_empty())
             .map(str::to_string);
-        let mut previous = prev.map(|p| p.tag.clone()).or(meta_now.clone());
+        // The tag a revert goes back to: what the last rollout left running.
+        // After a failed one the key may name a tag that never ran, so the
+        // job's own meta (the version a revert restores) comes first.
+        let mut previous = match prev {
+            Some(p) if p.outcome == Deployed::FAILED => meta_now.clone().or(p.previous.clone()),
+            Some(p) => Some(p.tag.clone()).or(meta_now.clone()),
+            None => meta_now.clone(),
+        }
+        .filter(|t| !t.is_empty());
         if previous.is_none() {
             // First rollout of a job tagbridge never set: what the key
             // held before this tag arrived, as its history entry says.
@@ -434,7 +442,7 @@ impl<'a> Driver<'a> {
             {
                 job.version
             }
-            None => match self.register(&rec.tag).await? {
+            None => match self.register(&rec.tag, rec.seq).await? {
                 Ok((v, e)) => {
                     eval = Some(e);
                     v
@@ -482,7 +490,11 @@ impl<'a> Driver<'a> {
     /// Set the meta key and register under EnforceIndex; a lost race is
     /// answered by re-reading (keeping the other writer's change), never
     /// by overwriting it.
-    async fn register(&self, tag: &str) -> Result<Result<(u64, String), Failure>, RolloutError> {
+    async fn register(
+        &self,
+        tag: &str,
+        seq: u64,
+    ) -> Result<Result<(u64, String), Failure>, RolloutError> {
         let mut last = String::new();
         for attempt in 0..5u32 {
             self.check_cancel()?;
@@ -494,6 +506,11 @@ impl<'a> Driver<'a> {
             };
             let index = job.job_modify_index;
             job.set_meta(&self.rc.meta_key, tag);
+            // Every rollout is a real change to Nomad, even when the tag is
+            // the one the job already names (a re-pushed tag with a new
+            // digest, a rollback to the running tag): Nomad ignores a
+            // register that changes nothing and would start no deployment.
+            job.set_meta(&format!("{}_seq", self.rc.meta_key), &seq.to_string());
             if let Some(hook) = &self.ctx.before_register {
                 hook(attempt).await;
             }
@@ -604,7 +621,19 @@ impl<'a> Driver<'a> {
             }
             let read = tokio::select! {
                 () = self.ctx.cancel.cancelled() => return Err(RolloutError::Cancelled),
-                r = self.ctx.nomad.deployment(&self.rc.namespace, deployment, Some((index.current(), remaining.min(Duration::from_secs(60))))) => r?,
+                r = self.ctx.nomad.deployment(&self.rc.namespace, deployment, Some((index.current(), remaining.min(Duration::from_secs(60))))) => match r {
+                    Ok(r) => r,
+                    // Garbage-collected (a long controller outage): the
+                    // outcome is unknowable; treat it as failed, never wait.
+                    Err(NomadError::Status { status, .. }) if status == http::StatusCode::NOT_FOUND => {
+                        return Ok(Err(Failure::Deployment {
+                            status: "gone".into(),
+                            description: format!("deployment {deployment} no longer exists in Nomad"),
+                            allocs: Vec::new(),
+                        }))
+                    }
+                    Err(e) => return Err(e.into()),
+                },
             };
             index.observe(read.index);
             let d = read.value;
@@ -836,7 +865,7 @@ impl<'a> Driver<'a> {
             }
         } else {
             match (rec.prior_version, failed_version) {
-                (Some(prior), Some(failed)) if job.version == failed => {
+                (Some(prior), Some(failed)) if job.version == failed && failed > prior => {
                     match self.ctx.nomad.revert(&self.rc.namespace, &self.rc.job, prior, failed).await {
                         Ok(_) => {}
                         Err(e) if e.is_enforce_version_conflict() => {
