@@ -20,6 +20,9 @@ TOFU_VERSION=1.11.0
 CACHE=${TAGBRIDGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tagbridge}
 mkdir -p "$CACHE"
 
+# provide and go_module_dir, shared with the other install script.
+. "$(dirname "${BASH_SOURCE[0]}")/build-cache.sh"
+
 log() { printf 'install-tofu: %s\n' "$*" >&2; }
 
 need_go() {
@@ -39,17 +42,6 @@ has_version() {
   [[ $(printf '%s\n' "$out" | sed -n 1p) == "OpenTofu v$2" ]]
 }
 
-# go_module_dir MODULE VERSION: download the module, print its read-only dir.
-go_module_dir() {
-  local out
-  if ! out=$(GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "$1@$2" 2>&1); then
-    log "the Go module proxy did not serve $1@$2:"
-    printf '%s\n' "$out" >&2
-    log "pin a version the proxy serves (TOFU_VERSION in $0)"
-    exit 1
-  fi
-  printf '%s\n' "$out" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
-}
 
 build_tofu() {
   local dest=$1 src work
@@ -80,30 +72,6 @@ build_tofu() {
   rm -rf "$work"
 }
 
-# provide NAME VERSION BUILDER: print the path of a binary at VERSION.
-provide() {
-  local name=$1 version=$2 builder=$3 sys cached
-  if sys=$(command -v "$name" 2>/dev/null) && has_version "$sys" "$version"; then
-    printf '%s\n' "$sys"
-    return
-  fi
-  cached="$CACHE/$name-$version/$name"
-  if [ -x "$cached" ] && has_version "$cached" "$version"; then
-    printf '%s\n' "$cached"
-    return
-  fi
-  mkdir -p "$(dirname "$cached")"
-  # One build at a time per version, even when several callers ask.
-  exec 9>"$CACHE/$name-$version.lock"
-  flock 9
-  if ! { [ -x "$cached" ] && has_version "$cached" "$version"; }; then
-    "$builder" "$cached"
-  fi
-  flock -u 9
-  exec 9>&-
-  has_version "$cached" "$version" || { log "$cached does not report v$version"; exit 1; }
-  printf '%s\n' "$cached"
-}
 
 if [ $# -gt 0 ]; then
   log "usage: $0   (prints TOFU_BIN=<path>)"

@@ -769,21 +769,22 @@ pub async fn rollback(
             },
             svc.history_keep,
         );
-        let json = |v: &dyn erased::Ser| v.to_json();
+        // Plain data records: serialising them cannot fail.
+        let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap_or_default();
         let mut ops = vec![
             TxnOp::Cas {
                 key: keys.pin.clone(),
-                value: json(&pin),
+                value: json(serde_json::json!(pin)),
                 index: snap.pin_index.unwrap_or(0),
             },
             TxnOp::Cas {
                 key: keys.desired.clone(),
-                value: json(&desired),
+                value: json(serde_json::json!(desired)),
                 index: snap.desired_index,
             },
             TxnOp::Cas {
                 key: keys.history.clone(),
-                value: json(&history),
+                value: json(serde_json::json!(history)),
                 index: snap.history_index,
             },
         ];
@@ -864,17 +865,4 @@ pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     Err(CliError::Other(format!(
         "{name}: records kept changing; try again"
     )))
-}
-
-/// Serialise any record to JSON bytes (records are plain data: this
-/// cannot fail).
-mod erased {
-    pub trait Ser {
-        fn to_json(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec(self).unwrap_or_default()
-        }
-    }
 }

@@ -71,8 +71,6 @@ pub struct Outcome {
     pub reason: Option<String>,
     /// Whether a rollout controller will act on the change.
     pub rollout_queued: bool,
-    /// Whether a history entry was written.
-    pub recorded: bool,
 }
 
 /// Why an ingest could not complete. Nothing was written in every case.
@@ -341,7 +339,6 @@ impl Ingest {
                 changed: false,
                 reason: Some(reason),
                 rollout_queued: false,
-                recorded: false,
             });
         }
         let _lane = match self.lanes.get(&svc.name) {
@@ -362,7 +359,7 @@ impl Ingest {
                 Some(plan) => plan,
                 None if fresh => {
                     self.remember(&svc.name, Some(snap.clone()));
-                    return Ok(self.unchanged(change, &snap));
+                    return Ok(self.unchanged(svc, change, &snap));
                 }
                 None => {
                     // Never answer "unchanged" from a guess.
@@ -404,14 +401,13 @@ impl Ingest {
         Err(IngestError::Contention(MAX_CAS_ATTEMPTS))
     }
 
-    fn unchanged(&self, change: &Change, snap: &Snapshot) -> Outcome {
+    fn unchanged(&self, svc: &ServiceConfig, change: &Change, snap: &Snapshot) -> Outcome {
         Outcome {
             tag: change.tag().to_string(),
-            previous: snap.tag.clone(),
+            previous: snap.current_tag(svc).map(str::to_string),
             changed: false,
             reason: Some("unchanged".into()),
             rollout_queued: false,
-            recorded: false,
         }
     }
 
@@ -459,7 +455,6 @@ impl Ingest {
                         changed: false,
                         reason: Some(reason),
                         rollout_queued: false,
-                        recorded: false,
                     },
                 }))
             }
@@ -571,7 +566,6 @@ impl Ingest {
                 changed: write_tag,
                 reason,
                 rollout_queued: write_tag && svc.rollout.is_some(),
-                recorded: true,
             },
         }))
     }

@@ -240,12 +240,6 @@ fn sampler(
 ) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
-    let addr = nomad.addr();
-    let handle = std::thread::spawn(move || {
-        let _ = addr;
-        Vec::<usize>::new()
-    });
-    let _ = handle;
     let collect = move || {
         let mut counts = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(300);
