@@ -15,7 +15,7 @@ use crate::config::{Config, ConfigError, Purpose, ServiceConfig};
 use crate::consul::{Consul, ConsulSettings};
 use crate::history::{Deployed, HistoryEntry};
 use crate::http_client::{ClientBuildError, HttpClient};
-use crate::ingest::{read_snapshot, Change, Ingest, IngestError, Keys};
+use crate::ingest::{read_for_write, read_snapshot, Change, Ingest, IngestError, Keys};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Parser)]
@@ -99,6 +99,8 @@ pub enum CliError {
     Client(#[from] ClientBuildError),
     #[error("{0}")]
     Ingest(#[from] IngestError),
+    #[error("{0}")]
+    History(#[from] crate::history_store::HistoryError),
     #[error("{0}")]
     Consul(#[from] crate::consul::ConsulError),
     #[error("{0}")]
@@ -322,8 +324,8 @@ pub async fn history(
 ) -> Result<(), CliError> {
     let svc = service(cfg, name)?;
     let consul = consul_client(cfg)?;
-    let snap = read_snapshot(&consul, &Keys::new(cfg, svc)).await?;
-    let entries: Vec<&HistoryEntry> = snap.history.iter().take(limit).collect();
+    let entries =
+        crate::history_store::recent(&consul, &Keys::new(cfg, svc).history, limit).await?;
     if json {
         serde_json::to_writer_pretty(&mut *out, &entries)
             .map_err(|e| CliError::Other(e.to_string()))?;
@@ -382,7 +384,10 @@ pub async fn status(
             Some(kv) if !kv.value.is_empty() => serde_json::from_slice(&kv.value).ok(),
             _ => None,
         };
-        let last_change = snap.history.first().map(|e| e.at.clone());
+        let last_change = crate::history_store::recent(&consul, &keys.history, 1)
+            .await?
+            .first()
+            .map(|e| e.at.clone());
         docs.push(serde_json::json!({
             "service": svc.name,
             "key": svc.key,
@@ -684,6 +689,9 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     )))
 }
 
+/// History entries a rollback looks through for its target.
+const ROLLBACK_SCAN: usize = 200;
+
 /// Pick the tag a rollback goes to: the newest deployed tag from history
 /// that is not the one running now.
 fn rollback_target(history: &[HistoryEntry], running: Option<&str>) -> Option<String> {
@@ -720,7 +728,8 @@ pub async fn rollback(
     let keys = Keys::new(cfg, svc);
     let actor = crate::config::process_env("USER").unwrap_or_else(|| "cli".into());
     for _ in 0..8 {
-        let snap = read_snapshot(&consul, &keys).await?;
+        let snap = read_for_write(&consul, &keys, svc.history_keep).await?;
+        let history = crate::history_store::recent(&consul, &keys.history, ROLLBACK_SCAN).await?;
         let deployed = read_deployed(&consul, &keys).await?;
         let running = match (&svc.rollout, &deployed) {
             (Some(_), Some(d)) => Some(d.tag.clone()),
@@ -728,10 +737,10 @@ pub async fn rollback(
         };
         let target = match &to {
             Some(t) => t.clone(),
-            None => rollback_target(&snap.history, running.as_deref())
+            None => rollback_target(&history, running.as_deref())
                 .or_else(|| deployed.as_ref().and_then(|d| d.previous.clone()))
                 .or_else(|| {
-                    snap.history
+                    history
                         .iter()
                         .map(|e| e.tag.clone())
                         .find(|t| Some(t) != running.as_ref())
@@ -753,10 +762,10 @@ pub async fn rollback(
             seq: snap.desired.as_ref().map_or(0, |d| d.seq) + 1,
             at: at.clone(),
         };
-        let mut history: Vec<HistoryEntry> = snap.history.as_ref().clone();
-        crate::history::push_bounded(
-            &mut history,
-            HistoryEntry {
+        let (history_ops, _) = crate::history_store::append_ops(
+            &keys.history,
+            &snap.history,
+            &HistoryEntry {
                 at,
                 event: crate::history::Event::Pinned,
                 tag: target.clone(),
@@ -782,12 +791,8 @@ pub async fn rollback(
                 value: json(serde_json::json!(desired)),
                 index: snap.desired_index,
             },
-            TxnOp::Cas {
-                key: keys.history.clone(),
-                value: json(serde_json::json!(history)),
-                index: snap.history_index,
-            },
         ];
+        ops.extend(history_ops);
         if svc.rollout.is_none() {
             ops.push(TxnOp::Cas {
                 key: keys.tag.clone(),
@@ -825,15 +830,15 @@ pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     let keys = Keys::new(cfg, svc);
     let actor = crate::config::process_env("USER").unwrap_or_else(|| "cli".into());
     for _ in 0..8 {
-        let snap = read_snapshot(&consul, &keys).await?;
+        let snap = read_for_write(&consul, &keys, svc.history_keep).await?;
         let Some(pin_index) = snap.pin_index else {
             writeln!(out, "{name}: not pinned")?;
             return Ok(());
         };
-        let mut history: Vec<HistoryEntry> = snap.history.as_ref().clone();
-        crate::history::push_bounded(
-            &mut history,
-            HistoryEntry {
+        let (history_ops, _) = crate::history_store::append_ops(
+            &keys.history,
+            &snap.history,
+            &HistoryEntry {
                 at: crate::x509::now_rfc3339(),
                 event: crate::history::Event::Unpinned,
                 tag: snap.current_tag(svc).unwrap_or_default().to_string(),
@@ -846,17 +851,11 @@ pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
             },
             svc.history_keep,
         );
-        let ops = [
-            TxnOp::DeleteCas {
-                key: keys.pin.clone(),
-                index: pin_index,
-            },
-            TxnOp::Cas {
-                key: keys.history.clone(),
-                value: serde_json::to_vec(&history).unwrap_or_default(),
-                index: snap.history_index,
-            },
-        ];
+        let mut ops = vec![TxnOp::DeleteCas {
+            key: keys.pin.clone(),
+            index: pin_index,
+        }];
+        ops.extend(history_ops);
         if let TxnOutcome::Committed(_) = consul.txn(&ops).await? {
             writeln!(out, "{name}: unpinned; the next webhook deploys")?;
             return Ok(());

@@ -153,8 +153,14 @@ pub enum TxnOp {
         value: Vec<u8>,
         index: u64,
     },
+    /// Write `value` whatever the key holds (only under a check elsewhere
+    /// in the same transaction).
+    Set { key: String, value: Vec<u8> },
     /// Delete only if the key's ModifyIndex is `index`.
     DeleteCas { key: String, index: u64 },
+    /// Delete the key if it exists (only under a check elsewhere in the
+    /// same transaction).
+    Delete { key: String },
     /// Fail the transaction unless the key's ModifyIndex is `index`.
     CheckIndex { key: String, index: u64 },
     /// Fail the transaction unless the key does not exist.
@@ -192,6 +198,20 @@ impl TxnOp {
                 key,
                 value: Some(b64(value)),
                 index: Some(*index),
+                session: None,
+            },
+            TxnOp::Set { key, value } => RawTxnKv {
+                verb: "set",
+                key,
+                value: Some(b64(value)),
+                index: None,
+                session: None,
+            },
+            TxnOp::Delete { key } => RawTxnKv {
+                verb: "delete",
+                key,
+                value: None,
+                index: None,
                 session: None,
             },
             TxnOp::DeleteCas { key, index } => RawTxnKv {

@@ -1,9 +1,8 @@
 //! The records tagbridge keeps in Consul KV, and the bounded history.
 //!
 //! Operators asked for "a record of what ran when": every change to a
-//! service's tag, and every rollout outcome, lands in one JSON array per
-//! service, newest first, bounded so a busy registry cannot grow a KV value
-//! past Consul's 512 KiB limit. The shapes here are the contract's
+//! service's tag, and every rollout outcome, is a history entry (one KV key
+//! each, laid out by `history_store`). The shapes here are the contract's
 //! (section 5); readers tolerate unknown fields so older and newer
 //! tagbridge versions can share a cluster.
 
@@ -36,7 +35,7 @@ impl Event {
     }
 }
 
-/// One line of `<state_prefix>/history/<service>`.
+/// One entry of `<state_prefix>/history/<service>/<seq>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub at: String,
@@ -110,7 +109,8 @@ impl Deployed {
     }
 }
 
-/// Decode a history value; an absent key is an empty history.
+/// Decode the old single-value history (a JSON array, newest first); an
+/// absent key is an empty history.
 ///
 /// # Errors
 ///
@@ -121,12 +121,6 @@ pub fn decode_history(value: Option<&[u8]>) -> Result<Vec<HistoryEntry>, serde_j
         Some([]) => Ok(Vec::new()),
         Some(v) => serde_json::from_slice(v),
     }
-}
-
-/// Put `entry` first and keep at most `keep` entries.
-pub fn push_bounded(history: &mut Vec<HistoryEntry>, entry: HistoryEntry, keep: usize) {
-    history.insert(0, entry);
-    history.truncate(keep.max(1));
 }
 
 #[cfg(test)]
@@ -145,16 +139,6 @@ mod tests {
             actor: None,
             detail: None,
         }
-    }
-
-    #[test]
-    fn bounded_newest_first() {
-        let mut h = Vec::new();
-        for i in 0..5 {
-            push_bounded(&mut h, entry(&i.to_string()), 3);
-        }
-        let tags: Vec<_> = h.iter().map(|e| e.tag.as_str()).collect();
-        assert_eq!(tags, ["4", "3", "2"]);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use backon::{ExponentialBuilder, Retryable};
 
 use crate::config::{Config, ServiceConfig};
 use crate::consul::{Consul, ConsulError, TxnOp, TxnOutcome};
-use crate::history::{decode_history, Desired, Event, HistoryEntry};
+use crate::history::{Desired, Event, HistoryEntry};
+use crate::history_store::{self, decode_head, HeadRead, HistoryError, HistoryKeys};
 use crate::metrics::Metrics;
 use crate::policy::Decision;
 use crate::webhook::{ImagePush, Source};
@@ -90,18 +91,24 @@ pub enum IngestError {
     Pinned(String),
 }
 
+impl From<HistoryError> for IngestError {
+    fn from(e: HistoryError) -> Self {
+        match e {
+            HistoryError::Consul(c) => IngestError::Consul(c),
+            HistoryError::Corrupt { key, reason } => IngestError::Corrupt { key, reason },
+            HistoryError::Contention(_) => IngestError::Contention(MAX_CAS_ATTEMPTS),
+        }
+    }
+}
+
 /// What was read for one service, with the indexes to CAS against.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub tag: Option<String>,
     pub key_index: u64,
-    /// The history entries as read. (In ingest's cache, after a write,
-    /// only `history_parts` is kept current: ingest never reads entries.)
-    pub history: Arc<Vec<HistoryEntry>>,
-    /// Each history entry serialised, newest first: a new entry is
-    /// prepended without re-serialising (or re-parsing) the others.
-    pub history_parts: Arc<Vec<Arc<str>>>,
-    pub history_index: u64,
+    /// The history's head (one key per entry; entries are never read
+    /// here, so a write costs the same whatever the history's length).
+    pub history: HeadRead,
     pub desired: Option<Desired>,
     pub desired_index: u64,
     /// `Some(index)` when the pin key exists.
@@ -130,7 +137,7 @@ impl Snapshot {
 /// Keys of one service's records.
 pub struct Keys {
     pub tag: String,
-    pub history: String,
+    pub history: HistoryKeys,
     pub desired: String,
     pub deployed: String,
     pub pin: String,
@@ -140,7 +147,7 @@ impl Keys {
     pub fn new(cfg: &Config, svc: &ServiceConfig) -> Self {
         Keys {
             tag: svc.key.clone(),
-            history: cfg.state_key("history", &svc.name),
+            history: HistoryKeys::new(&cfg.state_key("history", &svc.name)),
             desired: cfg.state_key("desired", &svc.name),
             deployed: cfg.state_key("deployed", &svc.name),
             pin: cfg.state_key("pin", &svc.name),
@@ -156,7 +163,7 @@ fn retry_policy() -> ExponentialBuilder {
         .with_jitter()
 }
 
-/// Read every record of a service (five reads in parallel).
+/// Read every record of a service (six reads in parallel).
 ///
 /// # Errors
 ///
@@ -170,22 +177,18 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
             async move { consul.kv_get(&key).await }
         }
     };
-    let (tag, history, desired, pin, deployed) = tokio::try_join!(
-        get(keys.tag.clone())
+    let retried = |key: &str| {
+        get(key.to_string())
             .retry(retry_policy())
-            .when(ConsulError::is_transient),
-        get(keys.history.clone())
-            .retry(retry_policy())
-            .when(ConsulError::is_transient),
-        get(keys.desired.clone())
-            .retry(retry_policy())
-            .when(ConsulError::is_transient),
-        get(keys.pin.clone())
-            .retry(retry_policy())
-            .when(ConsulError::is_transient),
-        get(keys.deployed.clone())
-            .retry(retry_policy())
-            .when(ConsulError::is_transient),
+            .when(ConsulError::is_transient)
+    };
+    let (tag, head, legacy, desired, pin, deployed) = tokio::try_join!(
+        retried(&keys.tag),
+        retried(&keys.history.head),
+        retried(&keys.history.legacy),
+        retried(&keys.desired),
+        retried(&keys.pin),
+        retried(&keys.deployed),
     )?;
     let rollout_busy = deployed
         .value
@@ -196,13 +199,12 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
         key: key.to_string(),
         reason: e.to_string(),
     };
-    let history_entries = decode_history(history.value.as_ref().map(|kv| kv.value.as_slice()))
-        .map_err(|e| corrupt(&keys.history, e))?;
-    let history_parts = history_entries
-        .iter()
-        .map(|e| serde_json::to_string(e).map(Arc::from))
-        .collect::<Result<Vec<Arc<str>>, _>>()
-        .map_err(|e| corrupt(&keys.history, e))?;
+    let history = HeadRead {
+        head: decode_head(head.value.as_ref().map(|kv| kv.value.as_slice()))
+            .map_err(|e| corrupt(&keys.history.head, e))?,
+        index: head.value.as_ref().map_or(0, |kv| kv.modify_index),
+        legacy: legacy.value.as_ref().map(|kv| kv.modify_index),
+    };
     let desired_rec = match &desired.value {
         Some(kv) if !kv.value.is_empty() => Some(
             serde_json::from_slice::<Desired>(&kv.value).map_err(|e| corrupt(&keys.desired, e))?,
@@ -216,15 +218,32 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
             .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string())
             .filter(|t| !t.is_empty()),
         key_index: tag.value.as_ref().map_or(0, |kv| kv.modify_index),
-        history: Arc::new(history_entries),
-        history_parts: Arc::new(history_parts),
-        history_index: history.value.as_ref().map_or(0, |kv| kv.modify_index),
+        history,
         desired: desired_rec,
         desired_index: desired.value.as_ref().map_or(0, |kv| kv.modify_index),
         pin_index: pin.value.as_ref().map(|kv| kv.modify_index),
         deployed_index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
         rollout_busy,
     })
+}
+
+/// Read a service's records for a write: an old single-value history is
+/// migrated first (in transactions of its own), then read again.
+///
+/// # Errors
+///
+/// As [`read_snapshot`], and a migration that could not complete.
+pub async fn read_for_write(
+    consul: &Consul,
+    keys: &Keys,
+    keep: usize,
+) -> Result<Snapshot, IngestError> {
+    let snap = read_snapshot(consul, keys).await?;
+    if snap.history.index != 0 || snap.history.legacy.is_none() {
+        return Ok(snap);
+    }
+    history_store::migrate(consul, &keys.history, keep).await?;
+    read_snapshot(consul, keys).await
 }
 
 /// Applies changes to services; shared by every connection.
@@ -251,8 +270,8 @@ async fn conflict_pause(attempt: usize) {
 /// The plan for one attempt: the ops and the outcome if they commit.
 struct Plan {
     ops: Vec<TxnOp>,
-    /// The history it writes, as parts (kept for the next webhook).
-    history_parts: Option<Arc<Vec<Arc<str>>>>,
+    /// The history head it leaves (kept for the next webhook).
+    head: Option<history_store::Head>,
     outcome: Outcome,
 }
 
@@ -351,7 +370,7 @@ impl Ingest {
             Some(s) => s,
             None => {
                 fresh = true;
-                read_snapshot(&self.consul, &keys).await?
+                read_for_write(&self.consul, &keys, svc.history_keep).await?
             }
         };
         for attempt in 0..MAX_CAS_ATTEMPTS {
@@ -363,7 +382,7 @@ impl Ingest {
                 }
                 None => {
                     // Never answer "unchanged" from a guess.
-                    snap = read_snapshot(&self.consul, &keys).await?;
+                    snap = read_for_write(&self.consul, &keys, svc.history_keep).await?;
                     fresh = true;
                     continue;
                 }
@@ -388,7 +407,7 @@ impl Ingest {
                 }
                 Ok(TxnOutcome::Conflict(_)) => {
                     conflict_pause(attempt).await;
-                    snap = read_snapshot(&self.consul, &keys).await?;
+                    snap = read_for_write(&self.consul, &keys, svc.history_keep).await?;
                     fresh = true;
                 }
                 Err(e) => {
@@ -448,7 +467,7 @@ impl Ingest {
             Decision::Filtered(reason) => {
                 return Ok(Some(Plan {
                     ops: Vec::new(),
-                    history_parts: None,
+                    head: None,
                     outcome: Outcome {
                         tag: tag.to_string(),
                         previous: current.clone(),
@@ -501,21 +520,7 @@ impl Ingest {
             actor,
             detail,
         };
-        let corrupt = |e: serde_json::Error| IngestError::Corrupt {
-            key: keys.history.clone(),
-            reason: e.to_string(),
-        };
-        let mut parts: Vec<Arc<str>> = Vec::with_capacity(svc.history_keep.max(1));
-        parts.push(Arc::from(serde_json::to_string(&entry).map_err(corrupt)?));
-        parts.extend(
-            snap.history_parts
-                .iter()
-                .take(svc.history_keep.max(1) - 1)
-                .cloned(),
-        );
-        let history_json = join_json_array(&parts);
-
-        let mut ops = Vec::with_capacity(5);
+        let mut ops = Vec::with_capacity(6 + history_store::TRIM_PER_WRITE as usize);
         // While the controller is mid-rollout, the key stays with the
         // rollout in flight: allocations it still places must not render a
         // newer tag. The controller writes the key when it starts the next
@@ -550,16 +555,14 @@ impl Ingest {
             // The decision above depends on whether a rollout is running.
             ops.push(check_op(&keys.deployed, Some(snap.deployed_index)));
         }
-        ops.push(TxnOp::Cas {
-            key: keys.history.clone(),
-            value: history_json,
-            index: snap.history_index,
-        });
+        let (history_ops, head) =
+            history_store::append_ops(&keys.history, &snap.history, &entry, svc.history_keep);
+        ops.extend(history_ops);
         ops.push(check_op(&keys.pin, snap.pin_index));
 
         Ok(Some(Plan {
             ops,
-            history_parts: Some(Arc::new(parts)),
+            head: Some(head),
             outcome: Outcome {
                 tag: tag.to_string(),
                 previous: current,
@@ -587,9 +590,9 @@ fn committed_snapshot(
             if key == &keys.tag {
                 snap.tag = Some(String::from_utf8_lossy(value).into_owned());
                 snap.key_index = idx;
-            } else if key == &keys.history {
-                snap.history_parts = plan.history_parts.clone()?;
-                snap.history_index = idx;
+            } else if key == &keys.history.head {
+                snap.history.head = plan.head?;
+                snap.history.index = idx;
             } else if key == &keys.desired {
                 snap.desired = serde_json::from_slice(value).ok();
                 snap.desired_index = idx;
@@ -597,19 +600,4 @@ fn committed_snapshot(
         }
     }
     Some(snap)
-}
-
-/// `[a,b,c]` from already-serialised JSON values.
-fn join_json_array(parts: &[Arc<str>]) -> Vec<u8> {
-    let len = parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2;
-    let mut out = Vec::with_capacity(len);
-    out.push(b'[');
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(p.as_bytes());
-    }
-    out.push(b']');
-    out
 }

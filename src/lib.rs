@@ -9,6 +9,7 @@ pub mod config;
 pub mod consul;
 pub mod controller;
 pub mod history;
+pub mod history_store;
 pub mod http_client;
 pub mod ingest;
 pub mod metrics;

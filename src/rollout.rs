@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RolloutConfig, ServiceConfig, Strategy};
 use crate::consul::{BlockingIndex, Consul, ConsulError, TxnOp, TxnOutcome};
-use crate::history::{decode_history, push_bounded, Deployed, Desired, Event, HistoryEntry};
+use crate::history::{Deployed, Desired, Event, HistoryEntry};
+use crate::history_store;
 use crate::http_client::HttpClient;
 use crate::ingest::Keys;
 use crate::nomad::{Allocation, Deployment, Job, Nomad, NomadError};
@@ -266,6 +267,9 @@ pub async fn read_state(consul: &Consul, keys: &Keys) -> Result<State, RolloutEr
     })
 }
 
+/// History entries looked through for the tag a first rollout replaces.
+const PREVIOUS_SCAN: usize = 100;
+
 /// One rollout driver for one service.
 pub struct Driver<'a> {
     ctx: &'a Context,
@@ -378,8 +382,8 @@ impl<'a> Driver<'a> {
         if previous.is_none() {
             // First rollout of a job tagbridge never set: what the key
             // held before this tag arrived, as its history entry says.
-            let h = self.ctx.consul.kv_get(&self.keys.history).await?;
-            previous = decode_history(h.value.as_ref().map(|kv| kv.value.as_slice()))
+            previous = history_store::recent(&self.ctx.consul, &self.keys.history, PREVIOUS_SCAN)
+                .await
                 .unwrap_or_default()
                 .into_iter()
                 .find(|e| {
@@ -1069,9 +1073,23 @@ impl<'a> Driver<'a> {
     async fn commit(&self, w: Writes) -> Result<(), RolloutError> {
         for _ in 0..16 {
             self.check_cancel()?;
-            let (key, history, deployed) = tokio::try_join!(
+            let history = match &w.history {
+                Some(_) => Some(
+                    history_store::migrate(
+                        &self.ctx.consul,
+                        &self.keys.history,
+                        self.svc.history_keep,
+                    )
+                    .await
+                    .map_err(|e| RolloutError::Corrupt {
+                        key: self.keys.history.head.clone(),
+                        reason: e.to_string(),
+                    })?,
+                ),
+                None => None,
+            };
+            let (key, deployed) = tokio::try_join!(
                 self.ctx.consul.kv_get(&self.keys.tag),
-                self.ctx.consul.kv_get(&self.keys.history),
                 self.ctx.consul.kv_get(&self.keys.deployed),
             )?;
             let mut ops = Vec::with_capacity(4);
@@ -1097,18 +1115,14 @@ impl<'a> Driver<'a> {
                     });
                 }
             }
-            if let Some(entry) = &w.history {
-                let mut list = decode_history(history.value.as_ref().map(|kv| kv.value.as_slice()))
-                    .map_err(|e| RolloutError::Corrupt {
-                        key: self.keys.history.clone(),
-                        reason: e.to_string(),
-                    })?;
-                push_bounded(&mut list, entry.clone(), self.svc.history_keep);
-                ops.push(TxnOp::Cas {
-                    key: self.keys.history.clone(),
-                    value: serde_json::to_vec(&list).unwrap_or_default(),
-                    index: history.value.as_ref().map_or(0, |kv| kv.modify_index),
-                });
+            if let (Some(entry), Some(head)) = (&w.history, &history) {
+                let (history_ops, _) = history_store::append_ops(
+                    &self.keys.history,
+                    head,
+                    entry,
+                    self.svc.history_keep,
+                );
+                ops.extend(history_ops);
             }
             if let Some((lock, session)) = &self.ctx.fence {
                 ops.push(TxnOp::CheckSession {

@@ -259,12 +259,28 @@ impl ConsulAgent {
         assert_eq!(status, 200);
     }
 
-    /// The history records of a service, parsed.
+    /// The history entries of a service (one key each under
+    /// `tagbridge/history/<svc>/`), newest first, parsed.
     pub fn history(&self, service: &str) -> Vec<serde_json::Value> {
-        match self.kv(&format!("tagbridge/history/{service}")) {
-            Some(v) => serde_json::from_str(&v).expect("history is JSON"),
-            None => Vec::new(),
-        }
+        let mut keys = self.history_keys(service);
+        keys.reverse();
+        keys.iter()
+            .filter_map(|k| self.kv(k))
+            .map(|v| serde_json::from_str(&v).expect("history entry is JSON"))
+            .collect()
+    }
+
+    /// The entry keys (not the head) of a service's history, oldest first.
+    pub fn history_keys(&self, service: &str) -> Vec<String> {
+        let url = format!("{}/v1/kv/tagbridge/history/{service}/?keys", self.addr());
+        let mut keys: Vec<String> = match blocking_get_status(&url) {
+            Ok((404, _)) => Vec::new(),
+            Ok((200, body)) => serde_json::from_str(&body).expect("key list"),
+            other => panic!("consul keys: {other:?}"),
+        };
+        keys.retain(|k| !k.ends_with("/head"));
+        keys.sort();
+        keys
     }
 
     /// Every key and its ModifyIndex: a fingerprint to prove "nothing
