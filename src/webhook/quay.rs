@@ -69,7 +69,8 @@ impl<'de> Deserialize<'de> for UpdatedTags {
             }
 
             // The legacy form. A hand-written visitor (rather than a map
-            // type) keeps Quay's order, which is the order tags are applied.
+            // type) keeps Quay's order, which breaks ties between equal
+            // tags and is the whole order under `order = "pushed"`.
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut tags = Vec::new();
                 while let Some((tag, _image_id)) = map.next_entry::<String, IgnoredAny>()? {
