@@ -21,6 +21,14 @@
 //!    unchanged, and older is reported as [`Decision::Older`] so a late
 //!    webhook cannot roll a service back.
 //!
+//! A push that lists several tags (Quay, Harbor) is not applied tag by
+//! tag: [`TagPolicy::best_candidate`] picks the one tag the policy ranks
+//! highest, and only that one goes through `decide`. A hostile list of
+//! thousands of tags therefore costs one pass over the list and one
+//! Consul transaction, and the outcome is the same as applying the list
+//! in order would have been for every order but `pushed` (where "the last
+//! listed" is the answer in both cases).
+//!
 //! When the two tags cannot be compared under `semver` or `numeric`, the
 //! rule is deliberately simple: if the *new* tag does not parse it is
 //! filtered (we would be unable to order anything against it later); if
@@ -232,6 +240,71 @@ impl TagPolicy {
             Some(Ordering::Less) => Decision::Older,
             None => self.incomparable(tag),
         }
+    }
+
+    /// The index of the tag this policy ranks highest among `tags`, or
+    /// `None` when every one is filtered.
+    ///
+    /// Candidates are the tags `decide` would not filter on their own
+    /// (non-empty, matching `include`, matching no `exclude`, and placeable
+    /// by the order: semver for `semver`, a digit for `numeric`). Among
+    /// them the greatest under the order wins; on a tie (equal precedence,
+    /// or the same tag twice) the one listed last wins, so for `pushed`
+    /// the answer is the last candidate listed.
+    ///
+    /// One pass, each tag parsed at most once and compared with the best so
+    /// far; nothing is allocated per tag except a semver pre-release list.
+    #[must_use]
+    pub fn best_candidate<'a, I>(&self, tags: I) -> Option<usize>
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        // The best so far: its index, the tag, and (under semver) its
+        // parsed form, so it is not parsed again for every comparison.
+        let mut best: Option<(usize, &'a str, Option<Semver<'a>>)> = None;
+        for (i, tag) in tags.into_iter().enumerate() {
+            if !self.admits(tag) {
+                continue;
+            }
+            let parsed = match self.order {
+                Order::Semver => match Semver::parse(tag) {
+                    Some(v) => Some(v),
+                    None => continue,
+                },
+                _ => None,
+            };
+            let at_least_as_good = match &best {
+                None => true,
+                Some((_, best_tag, best_parsed)) => match self.order {
+                    Order::Pushed => true,
+                    Order::Lexical => tag.as_bytes() >= best_tag.as_bytes(),
+                    Order::Numeric => {
+                        compare_numeric(tag, best_tag).is_some_and(|o| o != Ordering::Less)
+                    }
+                    Order::Semver => match (&parsed, best_parsed) {
+                        (Some(a), Some(b)) => a >= b,
+                        _ => false,
+                    },
+                },
+            };
+            if at_least_as_good {
+                best = Some((i, tag, parsed));
+            }
+        }
+        best.map(|(i, _, _)| i)
+    }
+
+    /// Whether `decide` would accept `tag` on its own: the filters pass and
+    /// the order can place it.
+    fn admits(&self, tag: &str) -> bool {
+        !tag.is_empty()
+            && self.include.as_ref().is_none_or(|re| re.is_match(tag))
+            && !self.exclude.iter().any(|re| re.is_match(tag))
+            && match self.order {
+                Order::Numeric => digit_runs(tag).next().is_some(),
+                // Semver is parsed (once) by the caller.
+                Order::Semver | Order::Lexical | Order::Pushed => true,
+            }
     }
 
     /// The simple rule for tags the order cannot rank (see module docs):
@@ -819,6 +892,153 @@ mod tests {
         );
         // A stray non-semver current tag must not block real releases.
         assert_eq!(decide(Order::Semver, "1.2.3", "latest"), Decision::Apply);
+    }
+
+    // --- best_candidate ------------------------------------------------
+
+    fn best<'a>(p: &TagPolicy, tags: &[&'a str]) -> Option<&'a str> {
+        p.best_candidate(tags.iter().copied()).map(|i| tags[i])
+    }
+
+    #[test]
+    fn best_candidate_per_order() {
+        let tags = [
+            "1.2.0",
+            "1.10.0",
+            "latest",
+            "1.9.9",
+            "v1.10.0",
+            "1.3.0-rc.1",
+        ];
+        // semver: `1.10.0` and `v1.10.0` tie; the later one wins.
+        assert_eq!(best(&policy(Order::Semver), &tags), Some("v1.10.0"));
+        // numeric: runs (1,10,0) tie between both spellings, again the last.
+        assert_eq!(best(&policy(Order::Numeric), &tags), Some("v1.10.0"));
+        // lexical: byte-wise, lowercase letters sort after digits.
+        assert_eq!(best(&policy(Order::Lexical), &tags), Some("v1.10.0"));
+        // pushed: simply the last one listed.
+        assert_eq!(best(&policy(Order::Pushed), &tags), Some("1.3.0-rc.1"));
+    }
+
+    #[test]
+    fn best_candidate_skips_what_decide_would_filter() {
+        let p = TagPolicy::new(Some(r"^\d"), &["-rc".to_owned()], Order::Semver).unwrap();
+        // `9.0.0-rc.1` is excluded, `v9.0.0` fails include, `latest` is
+        // not semver, `` is empty: the best left is 2.0.0.
+        let tags = ["1.0.0", "9.0.0-rc.1", "v9.0.0", "2.0.0", "latest", ""];
+        assert_eq!(best(&p, &tags), Some("2.0.0"));
+        assert_eq!(p.decide("2.0.0", None, None, None), Decision::Apply);
+        let p = TagPolicy::new(None, &["^latest$".to_owned()], Order::Pushed).unwrap();
+        assert_eq!(best(&p, &["1", "2", "latest", ""]), Some("2"));
+        let p = policy(Order::Numeric);
+        assert_eq!(best(&p, &["build-3", "latest", "stable"]), Some("build-3"));
+    }
+
+    #[test]
+    fn best_candidate_none_when_all_filtered_or_empty() {
+        assert_eq!(policy(Order::Semver).best_candidate([]), None);
+        assert_eq!(
+            policy(Order::Semver).best_candidate(["latest", "stable", ""]),
+            None
+        );
+        assert_eq!(policy(Order::Numeric).best_candidate(["latest"]), None);
+        assert_eq!(policy(Order::Pushed).best_candidate([""]), None);
+    }
+
+    #[test]
+    fn best_candidate_ties_go_to_the_last_listed() {
+        for order in Order::ALL {
+            assert_eq!(
+                policy(order).best_candidate(["1.0.0", "0.1.0", "1.0.0"]),
+                Some(2),
+                "{order}"
+            );
+        }
+        assert_eq!(
+            policy(Order::Semver).best_candidate(["1.0.0+a", "1.0.0+b", "0.9.0"]),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn best_candidate_over_20_000_tags() {
+        // Numbers in a scrambled order, so the best is neither first nor
+        // last, plus noise every order refuses or ranks low.
+        let tags: Vec<String> = (0..20_000u64)
+            .map(|i| match i % 4 {
+                0 => format!("{}.{}.{}", (i * 7919) % 20_000 / 1000, i % 10, i % 7),
+                1 => format!("build-{}", (i * 7919) % 20_000),
+                2 => "latest".to_owned(),
+                _ => format!("{}.0.0-rc.{i}", (i * 7919) % 20_000 / 1000),
+            })
+            .collect();
+        let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+
+        // Reference answers by brute force over the same candidates.
+        let numeric_max = refs
+            .iter()
+            .filter(|t| t.starts_with("build-"))
+            .max_by(|a, b| compare_numeric(a, b).unwrap())
+            .unwrap();
+        let p = TagPolicy::new(Some("^build-"), &[], Order::Numeric).unwrap();
+        assert_eq!(best(&p, &refs), Some(*numeric_max));
+        assert_eq!(*numeric_max, "build-19999");
+
+        let p = TagPolicy::new(None, &["-rc".to_owned()], Order::Semver).unwrap();
+        let semver_max = refs
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.contains("-rc"))
+            .filter_map(|(i, t)| Semver::parse(t).map(|v| (v, i)))
+            .max()
+            .unwrap()
+            .1;
+        assert_eq!(p.best_candidate(refs.iter().copied()), Some(semver_max));
+
+        assert_eq!(
+            policy(Order::Pushed).best_candidate(refs.iter().copied()),
+            Some(19_999)
+        );
+        let lexical_max = refs.iter().max().unwrap();
+        assert_eq!(best(&policy(Order::Lexical), &refs), Some(*lexical_max));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The pick is never beaten by another candidate, and nothing after
+        /// it ties with it.
+        #[test]
+        fn best_candidate_is_a_maximum(
+            order in any_order(),
+            tags in prop::collection::vec("[v0-9.a-c-]{0,8}", 0..12),
+        ) {
+            let p = policy(order);
+            let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+            match p.best_candidate(refs.iter().copied()) {
+                None => {
+                    for t in &refs {
+                        prop_assert!(matches!(p.decide(t, None, None, None), Decision::Filtered(_)), "{}", t);
+                    }
+                }
+                Some(i) => {
+                    prop_assert_eq!(p.decide(refs[i], None, None, None), Decision::Apply);
+                    for (j, t) in refs.iter().enumerate() {
+                        if j == i || matches!(p.decide(t, None, None, None), Decision::Filtered(_)) {
+                            continue;
+                        }
+                        let d = p.decide(t, None, Some(refs[i]), None);
+                        if order == Order::Pushed {
+                            prop_assert!(j < i, "{} listed after the pick {}", t, refs[i]);
+                        } else if j > i {
+                            prop_assert!(d == Decision::Older, "{} after {} is {:?}", t, refs[i], d);
+                        } else {
+                            prop_assert!(d != Decision::Apply, "{} beats {}", t, refs[i]);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     // --- properties ----------------------------------------------------

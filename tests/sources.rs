@@ -327,14 +327,16 @@ fn github_package_published() {
 }
 
 #[test]
-fn github_registry_package_published_keeps_mixed_case_namespace() {
+fn github_registry_package_published_lowercases_the_owner() {
+    // GHCR serves `AcmeCorp/web` as `acmecorp/web`; the repository is
+    // recorded the way the registry names it.
     assert_eq!(
         github(
             "registry_package",
             &fixture("github/registry_package_published.json")
         ),
         Ok(Parsed::Push(vec![push(
-            "AcmeCorp/web",
+            "acmecorp/web",
             "release-20261124120000"
         )
         .digest(GHCR_DIGEST)
@@ -514,14 +516,150 @@ fn github_non_container_packages_are_ignored() {
 }
 
 #[test]
-fn github_repository_falls_back_to_owner_login() {
-    for ns in [None, Some(json!(null)), Some(json!(""))] {
+fn github_namespace_is_never_read() {
+    for ns in [
+        None,
+        Some(json!(null)),
+        Some(json!("")),
+        Some(json!("user")),
+        Some(json!("acme/web")),
+        Some(json!("evil/other\n{{")),
+        Some(json!(5)),
+    ] {
         let body = edited("github/package_published.json", "/package/namespace", ns);
         let Ok(Parsed::Push(p)) = github("package", &body) else {
             panic!()
         };
         assert_eq!(p[0].repository, "acme/web");
     }
+}
+
+#[test]
+fn github_owner_login_is_required() {
+    for (at, value) in [
+        ("/package/owner/login", None),
+        ("/package/owner/login", Some(json!(""))),
+        ("/package/owner", None),
+    ] {
+        let body = edited("github/package_published.json", at, value);
+        assert_eq!(
+            malformed(github("package", &body)),
+            "github: missing field package.owner.login",
+            "{at}"
+        );
+    }
+}
+
+/// The same object sent as the other GitHub event kind.
+fn as_other_event(path: &str) -> (&'static str, Vec<u8>) {
+    let mut v = fixture_json(path);
+    let m = v.as_object_mut().unwrap();
+    if let Some(pkg) = m.remove("package") {
+        m.insert("registry_package".into(), pkg);
+        ("registry_package", serde_json::to_vec(&v).unwrap())
+    } else {
+        let pkg = m.remove("registry_package").unwrap();
+        m.insert("package".into(), pkg);
+        ("package", serde_json::to_vec(&v).unwrap())
+    }
+}
+
+#[test]
+fn github_package_shapes_as_both_events() {
+    for (path, event, repository, tag) in [
+        (
+            "github/package_published.json",
+            "package",
+            "acme/web",
+            "1.4.2",
+        ),
+        (
+            "github/registry_package_published.json",
+            "registry_package",
+            "acmecorp/web",
+            "release-20261124120000",
+        ),
+        (
+            "github/package_user_namespace.json",
+            "package",
+            "octo-dev/web",
+            "1.4.2",
+        ),
+        (
+            "github/registry_package_owner_repo_namespace.json",
+            "registry_package",
+            "acme/web",
+            "2.0.1",
+        ),
+        (
+            "github/package_multi_segment_name.json",
+            "package",
+            "acme/web-platform/frontend",
+            "3.1.0",
+        ),
+    ] {
+        let (other, other_body) = as_other_event(path);
+        for (ev, body) in [(event, fixture(path)), (other, other_body)] {
+            let Ok(Parsed::Push(p)) = github(ev, &body) else {
+                panic!("{path} as {ev}: {:?}", github(ev, &body))
+            };
+            assert_eq!(p.len(), 1);
+            assert_eq!(p[0].repository, repository, "{path} as {ev}");
+            assert_eq!(p[0].tag, tag, "{path} as {ev}");
+            assert_eq!(p[0].digest.as_deref(), Some(GHCR_DIGEST));
+            assert_eq!(p[0].delivery.as_deref(), Some(DELIVERY));
+        }
+    }
+}
+
+#[test]
+fn github_package_url_must_name_the_same_repository() {
+    let at = "/package/package_version/package_url";
+    let ok = |url: Option<Value>| {
+        let body = edited("github/package_published.json", at, url.clone());
+        let Ok(Parsed::Push(p)) = github("package", &body) else {
+            panic!("{url:?}: {:?}", github("package", &body))
+        };
+        assert_eq!(p[0].repository, "acme/web");
+    };
+    ok(None);
+    ok(Some(json!(null)));
+    ok(Some(json!("")));
+    ok(Some(json!("ghcr.io/acme/web:1.4.2")));
+    ok(Some(json!("ghcr.io/ACME/Web:1.4.2")));
+    ok(Some(json!("ghcr.io/acme/web:")));
+    ok(Some(json!(format!("ghcr.io/acme/web@{GHCR_DIGEST}"))));
+    ok(Some(json!("containers.ghe.example.com/acme/web:1.4.2")));
+    ok(Some(json!("localhost:5000/acme/web:1.4.2")));
+    ok(Some(json!("acme/web:1.4.2")));
+    for bad in [
+        "ghcr.io/other/web:1.4.2",
+        "ghcr.io/acme/web/extra:1.4.2",
+        "ghcr.io/acme/webx:1.4.2",
+        "ghcr.io/web:1.4.2",
+        "ghcr.io/acme/web\n:1.4.2",
+        "docker.io/acme:web",
+    ] {
+        let body = edited("github/package_published.json", at, Some(json!(bad)));
+        let m = malformed(github("package", &body));
+        assert!(
+            m.starts_with(
+                "github: repository \"acme/web\": does not match package.package_version.package_url \""
+            ),
+            "{bad}: {m}"
+        );
+    }
+    // The multi-segment fixture with its url pointing at the first
+    // segment only: a mismatch.
+    let body = edited(
+        "github/package_multi_segment_name.json",
+        at,
+        Some(json!("ghcr.io/acme/web-platform:3.1.0")),
+    );
+    assert!(malformed(github("package", &body)).contains("does not match"));
+    // A wrong type is a shape error like any other.
+    let body = edited("github/package_published.json", at, Some(json!(7)));
+    assert!(malformed(github("package", &body)).contains("unexpected body shape"));
 }
 
 #[test]
@@ -744,9 +882,9 @@ fn harbor_several_resources_and_untagged_ones() {
         "harbor/push_artifact.json",
         "/event_data/resources",
         Some(json!([
-            {"digest": "sha256:aa", "tag": "1.4.2"},
-            {"digest": "sha256:bb", "tag": ""},
-            {"digest": "sha256:cc"},
+            {"digest": format!("sha256:{}", "a".repeat(64)), "tag": "1.4.2"},
+            {"digest": format!("sha256:{}", "b".repeat(64)), "tag": ""},
+            {"digest": format!("sha256:{}", "c".repeat(64))},
             {"tag": "latest"}
         ])),
     );
@@ -754,7 +892,7 @@ fn harbor_several_resources_and_untagged_ones() {
         unsigned(Source::Harbor, &body),
         Ok(Parsed::Push(vec![
             push("acme/web", "1.4.2")
-                .digest("sha256:aa")
+                .digest(&format!("sha256:{}", "a".repeat(64)))
                 .actor("robot$acme+ci"),
             push("acme/web", "latest").actor("robot$acme+ci"),
         ]))
@@ -1116,6 +1254,390 @@ fn generic_malformed_messages() {
         malformed(generic(br#"{"repository":"acme/web","tag":1.42}"#)),
         "generic: unexpected body shape: invalid type: floating point `1.42`, expected a string at line 1 column 35"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Input grammar: every malformed field class, for every source that has
+// the field
+// ---------------------------------------------------------------------------
+
+fn hex64() -> String {
+    "0123456789abcdef".repeat(4)
+}
+
+/// Tags a registry could never have stored, each a way into an env file
+/// or a path.
+fn bad_tags() -> Vec<String> {
+    vec![
+        "1.0\nLD_PRELOAD=/local/x.so".into(),
+        "{{ key \"x\" }}".into(),
+        "tag with space".into(),
+        "../../x".into(),
+        "a".repeat(129),
+        ".hidden".into(),
+        "-rf".into(),
+        "1.0\r".into(),
+        "ta\u{202E}g".into(),
+    ]
+}
+
+fn bad_digests() -> Vec<String> {
+    let h = hex64();
+    vec![
+        format!("md5:{}", &h[..32]),
+        format!("sha384:{h}"),
+        format!("sha512:{h}"),
+        format!("sha256:{}", &h[1..]),
+        format!("sha256:{}", h.to_ascii_uppercase()),
+        format!("sha256:{}g", &h[1..]),
+        format!("sha256:{h}\n"),
+    ]
+}
+
+fn bad_repositories() -> Vec<String> {
+    vec![
+        "acme/../web".into(),
+        "acme//web".into(),
+        "/acme/web".into(),
+        "acme/web/".into(),
+        format!("acme/{}", "w".repeat(251)),
+        "acme/web\n".into(),
+        "acme/{{web}}".into(),
+        "acme/web:1.0".into(),
+        "acme/we b".into(),
+    ]
+}
+
+fn bad_actors() -> Vec<String> {
+    vec![
+        "a".repeat(257),
+        "ci\nroot logged in".into(),
+        "ci\u{1b}[31m".into(),
+        "ci\u{202E}toor".into(),
+    ]
+}
+
+fn bad_deliveries() -> Vec<String> {
+    vec!["d".repeat(129), "id\twith-tab".into(), "id\u{7f}".into()]
+}
+
+/// Assert `r` is Malformed, naming `field` right after the source.
+fn refused(source: Source, field: &str, value: &str, r: Result<Parsed, WebhookError>) {
+    let m = match r {
+        Err(WebhookError::Malformed(m)) => m,
+        other => panic!("{source} {field} {value:?}: expected Malformed, got {other:?}"),
+    };
+    assert_one_line(&m);
+    let want = format!("{source}: {field} ");
+    assert!(m.starts_with(&want), "{source} {field} {value:?}: {m}");
+    // Never the whole hostile value back.
+    if value.len() > 60 {
+        assert!(!m.contains(value), "{m}");
+    }
+}
+
+/// Send `value` as `field` through `source`'s fixture.
+fn with_field(source: Source, field: &str, value: &str) -> Result<Parsed, WebhookError> {
+    let v = json!(value);
+    let edit = |path: &str, at: &str| edited(path, at, Some(v.clone()));
+    match (source, field) {
+        (Source::DockerHub, "tag") => {
+            unsigned(source, &edit("dockerhub/push.json", "/push_data/tag"))
+        }
+        (Source::DockerHub, "repository") => unsigned(
+            source,
+            &edit("dockerhub/push.json", "/repository/repo_name"),
+        ),
+        (Source::DockerHub, "actor") => {
+            unsigned(source, &edit("dockerhub/push.json", "/push_data/pusher"))
+        }
+        (Source::Github, "delivery") => {
+            let body = fixture("github/package_published.json");
+            let mut h = github_headers("package", &body, SECRET);
+            h.insert(
+                "X-GitHub-Delivery",
+                HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+            );
+            run(source, &h, &body, Some(SECRET))
+        }
+        (Source::Github, "repository") => {
+            // The package name carries the value; without a package_url
+            // there is nothing to cross-check, so the grammar decides.
+            let mut j = fixture_json("github/package_published.json");
+            j["package"]["name"] = v.clone();
+            j["package"]["package_version"]
+                .as_object_mut()
+                .unwrap()
+                .remove("package_url");
+            github("package", &serde_json::to_vec(&j).unwrap())
+        }
+        (Source::Github, f) => {
+            let at = match f {
+                "tag" => "/package/package_version/container_metadata/tag/name",
+                "digest" => "/package/package_version/container_metadata/tag/digest",
+                "actor" => "/sender/login",
+                _ => unreachable!("{f}"),
+            };
+            github("package", &edit("github/package_published.json", at))
+        }
+        (Source::Quay, "tag") => unsigned(
+            source,
+            &edited(
+                "quay/push.json",
+                "/updated_tags",
+                Some(json!(["1.4.2", value])),
+            ),
+        ),
+        (Source::Quay, "repository") => unsigned(source, &edit("quay/push.json", "/repository")),
+        (Source::Harbor, f) => {
+            let at = match f {
+                "tag" => "/event_data/resources/0/tag",
+                "digest" => "/event_data/resources/0/digest",
+                "repository" => "/event_data/repository/repo_full_name",
+                "actor" => "/operator",
+                _ => unreachable!("{f}"),
+            };
+            unsigned(source, &edit("harbor/push_artifact.json", at))
+        }
+        (Source::Acr, f) => {
+            let at = match f {
+                "tag" => "/target/tag",
+                "digest" => "/target/digest",
+                "repository" => "/target/repository",
+                "delivery" => "/id",
+                _ => unreachable!("{f}"),
+            };
+            unsigned(source, &edit("acr/push.json", at))
+        }
+        (Source::Artifactory, f) => {
+            let at = match f {
+                "tag" => "/data/tag",
+                "digest" => "/data/sha256",
+                "repository" => "/data/image_name",
+                _ => unreachable!("{f}"),
+            };
+            artifactory(&edit("artifactory/pushed.json", at))
+        }
+        (Source::Generic, f) => generic(&edit("generic/push.json", &format!("/{f}"))),
+        (s, f) => unreachable!("{s} has no {f}"),
+    }
+}
+
+/// Which fields each source carries.
+fn fields(source: Source) -> &'static [&'static str] {
+    match source {
+        Source::DockerHub => &["tag", "repository", "actor"],
+        Source::Github => &["tag", "digest", "repository", "actor", "delivery"],
+        Source::Quay => &["tag", "repository"],
+        Source::Harbor => &["tag", "digest", "repository", "actor"],
+        Source::Acr => &["tag", "digest", "repository", "delivery"],
+        Source::Artifactory => &["tag", "digest", "repository"],
+        Source::Generic => &["tag", "digest", "repository", "actor"],
+    }
+}
+
+#[test]
+fn every_malformed_field_class_is_refused_by_every_source() {
+    let mut checked = 0;
+    for source in Source::ALL {
+        for &field in fields(source) {
+            let values = match field {
+                "tag" => bad_tags(),
+                "digest" => bad_digests(),
+                "repository" => bad_repositories(),
+                "actor" => bad_actors(),
+                "delivery" => bad_deliveries(),
+                _ => unreachable!(),
+            };
+            for value in values {
+                // Artifactory sends bare hex and tagbridge adds `sha256:`,
+                // so its prefix-free forms are covered separately below.
+                if source == Source::Artifactory && field == "digest" && !value.contains(':') {
+                    continue;
+                }
+                // A header cannot carry a newline or DEL at all; HTTP
+                // refuses those before tagbridge sees them.
+                if field == "delivery"
+                    && source == Source::Github
+                    && http::HeaderValue::from_bytes(value.as_bytes()).is_err()
+                {
+                    continue;
+                }
+                refused(source, field, &value, with_field(source, field, &value));
+                checked += 1;
+            }
+        }
+    }
+    // Guard against the table silently shrinking.
+    assert!(checked >= 150, "only {checked} cases");
+}
+
+#[test]
+fn acr_delivery_with_newline_is_refused() {
+    refused(
+        Source::Acr,
+        "delivery",
+        "x",
+        with_field(Source::Acr, "delivery", "id\nInjected: 1"),
+    );
+}
+
+#[test]
+fn artifactory_bare_digest_forms() {
+    // Bare hex of the wrong length or not hex at all: still refused after
+    // `sha256:` is added (or not, for non-hex).
+    for bad in [&hex64()[1..], "zz", &format!("{}{}", hex64(), hex64())] {
+        refused(
+            Source::Artifactory,
+            "digest",
+            bad,
+            with_field(Source::Artifactory, "digest", bad),
+        );
+    }
+}
+
+#[test]
+fn uppercase_repositories_are_lowercased_not_refused() {
+    // Registries store lowercase names; mixed case only ever comes from a
+    // display name, and service matching ignores case, so it names the
+    // same repository.
+    for source in Source::ALL {
+        let r = with_field(source, "repository", "Acme/Web");
+        let Ok(Parsed::Push(p)) = r else {
+            panic!("{source}: {r:?}")
+        };
+        // GitHub's value is the package name, under owner `acme`.
+        let want = if source == Source::Github {
+            "acme/acme/web"
+        } else {
+            "acme/web"
+        };
+        assert!(p.iter().all(|p| p.repository == want), "{source}: {p:?}");
+    }
+}
+
+#[test]
+fn valid_edge_values_pass() {
+    let longest_tag = format!("_{}", "a".repeat(127));
+    let longest_repo = format!("acme/{}", "w".repeat(250));
+    let sha512 = format!("sha512:{}{}", hex64(), hex64());
+    for (field, value) in [
+        ("tag", longest_tag.as_str()),
+        ("tag", "v1.2.3-rc.1_build.7"),
+        ("repository", longest_repo.as_str()),
+        ("repository", "acme/a__b/c-d/e.f"),
+        ("digest", sha512.as_str()),
+        ("actor", "Zoë (release manager)"),
+    ] {
+        let r = with_field(Source::Generic, field, value);
+        assert!(matches!(r, Ok(Parsed::Push(_))), "{field} {value}: {r:?}");
+    }
+    let actor = "a".repeat(256);
+    assert!(matches!(
+        with_field(Source::Generic, "actor", &actor),
+        Ok(Parsed::Push(_))
+    ));
+    let delivery = "d".repeat(128);
+    assert!(matches!(
+        with_field(Source::Github, "delivery", &delivery),
+        Ok(Parsed::Push(_))
+    ));
+}
+
+#[test]
+fn one_bad_tag_refuses_the_whole_list() {
+    let body = edited(
+        "quay/push.json",
+        "/updated_tags",
+        Some(json!(["1.4.2", "2.0.0", "{{x}}", "3.0.0"])),
+    );
+    refused(Source::Quay, "tag", "", unsigned(Source::Quay, &body));
+    let body = edited(
+        "harbor/push_artifact.json",
+        "/event_data/resources",
+        Some(json!([{"tag": "1.4.2"}, {"tag": "../x"}])),
+    );
+    refused(Source::Harbor, "tag", "", unsigned(Source::Harbor, &body));
+}
+
+// ---------------------------------------------------------------------------
+// Bounded lists
+// ---------------------------------------------------------------------------
+
+fn quay_tags(n: usize) -> Vec<u8> {
+    let tags: Vec<String> = (0..n).map(|i| format!("1.0.{i}")).collect();
+    edited("quay/push.json", "/updated_tags", Some(json!(tags)))
+}
+
+#[test]
+fn quay_lists_up_to_the_bound_parse() {
+    let body = quay_tags(tagbridge::webhook::MAX_TAGS_PER_PUSH);
+    assert!(body.len() < 1024 * 1024, "{}", body.len());
+    let Ok(Parsed::Push(p)) = unsigned(Source::Quay, &body) else {
+        panic!()
+    };
+    assert_eq!(p.len(), 20_000);
+    assert_eq!(p[19_999].tag, "1.0.19999");
+}
+
+#[test]
+fn quay_lists_over_the_bound_are_refused() {
+    let m = malformed(unsigned(
+        Source::Quay,
+        &quay_tags(tagbridge::webhook::MAX_TAGS_PER_PUSH + 1),
+    ));
+    assert!(
+        m.starts_with("quay: unexpected body shape: updated_tags lists more than 20000 tags"),
+        "{m}"
+    );
+    // The legacy object form is bounded the same way.
+    let map: serde_json::Map<String, Value> = (0..20_001)
+        .map(|i| (format!("t{i}"), json!("img")))
+        .collect();
+    let body = edited("quay/push.json", "/updated_tags", Some(Value::Object(map)));
+    assert!(malformed(unsigned(Source::Quay, &body)).contains("more than 20000 tags"));
+}
+
+#[test]
+fn harbor_resource_lists_over_the_bound_are_refused() {
+    let resources: Vec<Value> = (0..20_001)
+        .map(|i| json!({"tag": format!("t{i}")}))
+        .collect();
+    let body = edited(
+        "harbor/push_artifact.json",
+        "/event_data/resources",
+        Some(json!(resources)),
+    );
+    let m = malformed(unsigned(Source::Harbor, &body));
+    assert!(
+        m.contains("event_data.resources lists more than 20000 entries"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_huge_repository_is_refused_before_it_is_copied_per_tag() {
+    // 20 000 tags × a 500 KB repository would be 10 GB of copies; the
+    // repository is refused first.
+    let tags: Vec<String> = (0..20_000).map(|i| format!("t{i}")).collect();
+    let mut v = fixture_json("quay/push.json");
+    v["repository"] = json!(format!("acme/{}", "w".repeat(500_000)));
+    v["updated_tags"] = json!(tags);
+    let body = serde_json::to_vec(&v).unwrap();
+    refused(
+        Source::Quay,
+        "repository",
+        "",
+        unsigned(Source::Quay, &body),
+    );
+    let resources: Vec<Value> = (0..20_000)
+        .map(|i| json!({"tag": format!("t{i}")}))
+        .collect();
+    let mut v = fixture_json("harbor/push_artifact.json");
+    v["operator"] = json!("o".repeat(500_000));
+    v["event_data"]["resources"] = json!(resources);
+    let body = serde_json::to_vec(&v).unwrap();
+    refused(Source::Harbor, "actor", "", unsigned(Source::Harbor, &body));
 }
 
 // ---------------------------------------------------------------------------

@@ -7,11 +7,21 @@
 //! ignores everything else, including the untagged manifests (per-platform
 //! images, attestations) that GitHub publishes alongside every tagged
 //! multi-arch push.
+//!
+//! The repository is `package.owner.login + "/" + package.name`,
+//! lowercased as GHCR itself does (`ghcr.io/AcmeCorp/Web` is served as
+//! `ghcr.io/acmecorp/web`). `package.namespace` is not used: GitHub has
+//! sent the owner, the word `user` for user-owned packages, and
+//! `owner/repo` (its own published example) in that field. A package name
+//! may itself hold slashes (`repo/image`). When the payload also carries
+//! `package_version.package_url` (`ghcr.io/<owner>/<name>:<tag>`), the two
+//! must name the same repository, or the delivery is refused.
 
 use serde::Deserialize;
 
+use super::grammar::{echo, normalise_repository};
 use super::signature::{
-    decode_json, empty, header_text, missing, non_empty, quote, verify_hub_signature_256,
+    decode_json, delivery_header, empty, missing, non_empty, quote, verify_hub_signature_256,
     HUB_SIGNATURE_256,
 };
 use super::{ImagePush, Parsed, Request, WebhookError};
@@ -32,23 +42,26 @@ struct Payload {
 #[derive(Deserialize)]
 #[serde(expecting = "the package to be an object")]
 struct Package {
+    /// The package (image) name; may contain `/` (`repo/image`).
     name: Option<String>,
-    /// The owner, as GitHub spells it (may be mixed case, e.g. `Acme`).
-    namespace: Option<String>,
+    // `namespace` is deliberately not declared: its meaning has varied
+    // (owner, `user`, `owner/repo`), see the module documentation.
     /// `CONTAINER` in `package` events, `container` in some
     /// `registry_package` ones.
     package_type: Option<String>,
+    /// The owning user or organisation; `login` in its display case.
     owner: Option<Account>,
     package_version: Option<PackageVersion>,
-    // `package_version.package_url` (`ghcr.io/owner/name:` — note the
-    // trailing colon on untagged versions) and every `*_url` field are
-    // deliberately not declared: nothing from a payload URL is kept.
 }
 
 #[derive(Deserialize)]
 #[serde(expecting = "package_version to be an object")]
 struct PackageVersion {
     container_metadata: Option<ContainerMetadata>,
+    /// `ghcr.io/<owner>/<name>:<tag>` (a trailing `:` on untagged
+    /// versions). Read only to cross-check the repository; nothing from it
+    /// is kept, and no other `*_url` field is declared.
+    package_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -138,9 +151,10 @@ pub fn parse(req: &Request<'_>) -> Result<Parsed, WebhookError> {
         )));
     }
 
-    let tag = pkg
+    let version = pkg
         .package_version
-        .ok_or_else(|| missing(SOURCE, &format!("{key}.package_version")))?
+        .ok_or_else(|| missing(SOURCE, &format!("{key}.package_version")))?;
+    let tag = version
         .container_metadata
         .ok_or_else(|| missing(SOURCE, &format!("{key}.package_version.container_metadata")))?
         .tag
@@ -166,17 +180,60 @@ pub fn parse(req: &Request<'_>) -> Result<Parsed, WebhookError> {
     if name.is_empty() {
         return Err(empty(SOURCE, &format!("{key}.name")));
     }
-    // Case is kept as GitHub sends it; repository matching elsewhere is
-    // case-insensitive because GHCR itself is.
-    let owner = non_empty(pkg.namespace)
-        .or_else(|| non_empty(pkg.owner.and_then(|o| o.login)))
-        .ok_or_else(|| missing(SOURCE, &format!("{key}.namespace (or {key}.owner.login)")))?;
+    let owner = non_empty(pkg.owner.and_then(|o| o.login))
+        .ok_or_else(|| missing(SOURCE, &format!("{key}.owner.login")))?;
+    // GHCR paths are lowercase whatever case the owner displays in; the
+    // grammar check in `webhook::parse` would lowercase too, but the
+    // cross-check below must compare like with like.
+    let repository = normalise_repository(&format!("{owner}/{name}"));
+    if let Some(url) = non_empty(version.package_url) {
+        check_package_url(key, &url, &repository)?;
+    }
 
     Ok(Parsed::Push(vec![ImagePush {
-        repository: format!("{owner}/{name}"),
+        repository,
         tag: tag_name,
         digest: non_empty(tag.digest),
         actor: non_empty(p.sender.and_then(|s| s.login)),
-        delivery: header_text(req.headers, "X-GitHub-Delivery"),
+        delivery: delivery_header(SOURCE, req.headers, "X-GitHub-Delivery")?,
     }]))
+}
+
+/// Refuse a delivery whose `package_url` names another repository than
+/// `owner.login/name`.
+///
+/// The URL is a Docker reference, `[host/]path[:tag][@digest]`; the host
+/// (`ghcr.io`, or a GitHub Enterprise `containers.<host>`) is recognised
+/// the way Docker does, as a first component holding `.` or `:` or being
+/// `localhost`, and dropped. Only the path is compared (ASCII case
+/// ignored): the tag part is the same value as `container_metadata.tag`.
+fn check_package_url(key: &str, url: &str, repository: &str) -> Result<(), WebhookError> {
+    // SECURITY: the two fields are independent claims in one signed body;
+    // if they disagree the payload is not one GitHub would send, and
+    // guessing which one is right could deploy the wrong image.
+    let reference = url.split('@').next().unwrap_or_default();
+    let (dir, last) = reference.rsplit_once('/').unwrap_or(("", reference));
+    let last = last.split(':').next().unwrap_or_default();
+    let path = if dir.is_empty() {
+        last.to_owned()
+    } else {
+        format!("{dir}/{last}")
+    };
+    let path = match path.split_once('/') {
+        Some((host, rest))
+            if host.contains(['.', ':']) || host.eq_ignore_ascii_case("localhost") =>
+        {
+            rest
+        }
+        _ => path.as_str(),
+    };
+    if path.eq_ignore_ascii_case(repository) {
+        Ok(())
+    } else {
+        Err(WebhookError::Malformed(format!(
+            "{SOURCE}: repository {}: does not match {key}.package_version.package_url {}",
+            echo(repository),
+            echo(url)
+        )))
+    }
 }

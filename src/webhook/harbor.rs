@@ -6,10 +6,14 @@
 //! Harbor has no body signature; it can send a fixed `Authorization`
 //! value, which is checked when a signing secret is configured.
 
+use std::fmt;
+
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::grammar::{check_actor, check_repository, normalise_repository};
 use super::signature::{decode_json, empty, missing, non_empty, quote, verify_equal_header};
-use super::{ImagePush, Parsed, Request, WebhookError};
+use super::{ImagePush, Parsed, Request, WebhookError, MAX_TAGS_PER_PUSH};
 
 const SOURCE: &str = "harbor";
 
@@ -27,7 +31,7 @@ struct Payload {
 #[derive(Deserialize)]
 #[serde(expecting = "event_data to be an object")]
 struct EventData {
-    resources: Option<Vec<Resource>>,
+    resources: Option<Resources>,
     repository: Option<Repository>,
 }
 
@@ -38,6 +42,41 @@ struct Resource {
     digest: Option<String>,
     // `resource_url` is deliberately not declared: nothing from a payload
     // URL is kept.
+}
+
+/// `event_data.resources`, at most [`MAX_TAGS_PER_PUSH`] of them.
+struct Resources(Vec<Resource>);
+
+impl<'de> Deserialize<'de> for Resources {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ResourcesVisitor;
+
+        impl<'de> Visitor<'de> for ResourcesVisitor {
+            type Value = Resources;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // SECURITY: each resource becomes a push; stop at the bound
+                // while reading rather than hold whatever a 1 MiB body can
+                // list and count afterwards.
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    if items.len() == MAX_TAGS_PER_PUSH {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "event_data.resources lists more than {MAX_TAGS_PER_PUSH} entries"
+                        )));
+                    }
+                    items.push(item);
+                }
+                Ok(Resources(items))
+            }
+        }
+
+        d.deserialize_seq(ResourcesVisitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,10 +126,18 @@ pub fn parse(req: &Request<'_>) -> Result<Parsed, WebhookError> {
     if repository.is_empty() {
         return Err(empty(SOURCE, "event_data.repository.repo_full_name"));
     }
-    let resources = data
+    let Resources(resources) = data
         .resources
         .ok_or_else(|| missing(SOURCE, "event_data.resources"))?;
     let actor = non_empty(p.operator);
+    // SECURITY: repository and actor are copied into every push; checking
+    // them before the copies bounds each to a few hundred bytes (and the
+    // list length is bounded). `webhook::parse` checks them again with
+    // everything else.
+    let repository = normalise_repository(&repository);
+    check_repository(&repository)
+        .and_then(|()| actor.as_deref().map_or(Ok(()), check_actor))
+        .map_err(|reason| WebhookError::Malformed(format!("{SOURCE}: {reason}")))?;
 
     // A push by digest arrives with an empty (or absent) tag; it names
     // nothing a service could be pinned to.

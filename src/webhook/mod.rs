@@ -6,6 +6,12 @@
 //! ingest, history) never learns which registry called. Signatures are
 //! checked here, over the raw bytes, before any JSON is parsed.
 //!
+//! Every push a source returns is then held to one input grammar
+//! ([`grammar`]) in [`parse`], so no source can forget it: a value that is
+//! not an OCI tag, digest or repository name, or an actor or delivery id
+//! that is not short printable text, is refused before anything is
+//! written.
+//!
 //! SECURITY: nothing in this module ever makes an outbound request, and no
 //! URL taken from a payload is kept in [`ImagePush`].
 
@@ -14,6 +20,7 @@ pub mod artifactory;
 pub mod dockerhub;
 pub mod generic;
 pub mod github;
+pub mod grammar;
 pub mod harbor;
 pub mod quay;
 pub mod signature;
@@ -95,27 +102,38 @@ impl FromStr for Source {
     }
 }
 
-/// One image push, whatever registry reported it.
+/// Most tags one push may list. Real registries list a handful; the
+/// bound keeps what a 1 MiB body can make tagbridge hold (one
+/// [`ImagePush`] per tag) to a few MiB.
+pub const MAX_TAGS_PER_PUSH: usize = 20_000;
+
+/// One image push, whatever registry reported it. Every field returned by
+/// [`parse`] has passed [`grammar::check_push`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImagePush {
-    /// Repository as the registry names it, e.g. `acme/web` or
-    /// `ghcr.io/acme/web` is NOT used: always the registry-local path.
+    /// The registry-local repository path, ASCII-lowercased, e.g.
+    /// `acme/web` (never `ghcr.io/acme/web`).
     pub repository: String,
-    /// The bare tag. Never empty (empty tags become [`Parsed::Ignored`]).
+    /// The bare tag, an OCI tag. Never empty (empty tags become
+    /// [`Parsed::Ignored`]).
     pub tag: String,
-    /// Manifest digest (`sha256:…`) when the source carries one.
+    /// Manifest digest (`sha256:<64 hex>` or `sha512:<128 hex>`) when the
+    /// source carries one.
     pub digest: Option<String>,
-    /// Who pushed, when the source says (user login, robot name).
+    /// Who pushed, when the source says (user login, robot name): at most
+    /// [`grammar::MAX_ACTOR`] bytes, printable.
     pub actor: Option<String>,
-    /// The registry's delivery id, when it sends one (for history).
+    /// The registry's delivery id, when it sends one (for history): at
+    /// most [`grammar::MAX_DELIVERY`] bytes, printable.
     pub delivery: Option<String>,
 }
 
 /// What a valid, authentic request turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
-    /// A push to act on. May hold several tags (Quay, Harbor send lists);
-    /// tagbridge applies them in order.
+    /// A push to act on. May hold several tags (Quay, Harbor send lists;
+    /// at most [`MAX_TAGS_PER_PUSH`]), in the order the registry listed
+    /// them.
     Push(Vec<ImagePush>),
     /// A liveness probe from the registry (GitHub `ping`, ACR `ping`).
     Ping,
@@ -153,9 +171,11 @@ pub struct Request<'a> {
 ///
 /// [`WebhookError::SignatureMissing`] / [`WebhookError::SignatureMismatch`]
 /// when the source's authenticity check fails (checked before parsing);
-/// [`WebhookError::Malformed`] when the body is not the source's format.
+/// [`WebhookError::Malformed`] when the body is not the source's format,
+/// or when any field of any push breaks the [`grammar`] (the message names
+/// the field).
 pub fn parse(source: Source, req: &Request<'_>) -> Result<Parsed, WebhookError> {
-    match source {
+    let mut parsed = match source {
         Source::DockerHub => dockerhub::parse(req),
         Source::Github => github::parse(req),
         Source::Quay => quay::parse(req),
@@ -163,5 +183,15 @@ pub fn parse(source: Source, req: &Request<'_>) -> Result<Parsed, WebhookError> 
         Source::Acr => acr::parse(req),
         Source::Artifactory => artifactory::parse(req),
         Source::Generic => generic::parse(req),
+    }?;
+    // SECURITY: checked here, once for every source, so a new source
+    // cannot skip it; one bad tag refuses the whole push, so nothing of a
+    // hostile payload is ever written.
+    if let Parsed::Push(pushes) = &mut parsed {
+        for push in pushes.iter_mut() {
+            grammar::check_push(push)
+                .map_err(|reason| WebhookError::Malformed(format!("{source}: {reason}")))?;
+        }
     }
+    Ok(parsed)
 }

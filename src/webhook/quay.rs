@@ -12,8 +12,9 @@ use std::fmt;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::grammar::{check_repository, normalise_repository};
 use super::signature::{decode_json, empty, missing};
-use super::{ImagePush, Parsed, Request, WebhookError};
+use super::{ImagePush, Parsed, Request, WebhookError, MAX_TAGS_PER_PUSH};
 
 const SOURCE: &str = "quay";
 
@@ -27,8 +28,26 @@ struct Payload {
     // from a payload URL is kept.
 }
 
-/// Tag names in the order Quay listed them, from either shape.
+/// Tag names in the order Quay listed them, from either shape; empty
+/// names are dropped, and more than [`MAX_TAGS_PER_PUSH`] is an error.
 struct UpdatedTags(Vec<String>);
+
+/// Keep one listed tag, refusing the list once it is longer than any real
+/// push.
+fn keep<E: serde::de::Error>(tags: &mut Vec<String>, tag: String) -> Result<(), E> {
+    // SECURITY: a 1 MiB body can list ~250 000 short tags, each of which
+    // becomes an `ImagePush`; stop collecting (and allocating) at the
+    // bound instead of after the whole list is in memory.
+    if tags.len() == MAX_TAGS_PER_PUSH {
+        return Err(E::custom(format_args!(
+            "updated_tags lists more than {MAX_TAGS_PER_PUSH} tags"
+        )));
+    }
+    if !tag.is_empty() {
+        tags.push(tag);
+    }
+    Ok(())
+}
 
 impl<'de> Deserialize<'de> for UpdatedTags {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -44,17 +63,18 @@ impl<'de> Deserialize<'de> for UpdatedTags {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut tags = Vec::new();
                 while let Some(tag) = seq.next_element::<String>()? {
-                    tags.push(tag);
+                    keep::<A::Error>(&mut tags, tag)?;
                 }
                 Ok(UpdatedTags(tags))
             }
 
             // The legacy form. A hand-written visitor (rather than a map
-            // type) keeps Quay's order, which is the order tags are applied.
+            // type) keeps Quay's order, which breaks ties between equal
+            // tags and is the whole order under `order = "pushed"`.
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut tags = Vec::new();
                 while let Some((tag, _image_id)) = map.next_entry::<String, IgnoredAny>()? {
-                    tags.push(tag);
+                    keep::<A::Error>(&mut tags, tag)?;
                 }
                 Ok(UpdatedTags(tags))
             }
@@ -79,9 +99,14 @@ pub fn parse(req: &Request<'_>) -> Result<Parsed, WebhookError> {
     let UpdatedTags(tags) = p
         .updated_tags
         .ok_or_else(|| missing(SOURCE, "updated_tags"))?;
+    // SECURITY: the repository is copied into every push; checking it
+    // before the copies bounds them to 255 bytes each. `webhook::parse`
+    // checks it again with everything else.
+    let repository = normalise_repository(&repository);
+    check_repository(&repository)
+        .map_err(|reason| WebhookError::Malformed(format!("{SOURCE}: {reason}")))?;
     let pushes: Vec<ImagePush> = tags
         .into_iter()
-        .filter(|t| !t.is_empty())
         .map(|tag| ImagePush {
             repository: repository.clone(),
             tag,

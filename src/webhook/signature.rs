@@ -204,20 +204,38 @@ pub(crate) fn quote(value: &str) -> String {
     out
 }
 
-/// A header as text, when present, printable and reasonably short. Used
-/// for delivery ids, which only serve history and must never fail a
-/// request.
-pub(crate) fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    delivery_id(headers.get(name)?.to_str().ok()?)
+/// A delivery id taken from a header: `None` when absent or blank,
+/// otherwise the trimmed text, which [`super::parse`] then holds to
+/// [`super::grammar::check_delivery`].
+///
+/// # Errors
+///
+/// [`WebhookError::Malformed`] naming `delivery` when the header is not
+/// visible ASCII text.
+pub(crate) fn delivery_header(
+    source: &str,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Option<String>, WebhookError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    // SECURITY: an id that is present but unusable is refused rather than
+    // dropped, so what history records is always what the sender claimed.
+    let text = value.to_str().map_err(|_| {
+        WebhookError::Malformed(format!(
+            "{source}: delivery: header {name} is not printable ASCII"
+        ))
+    })?;
+    Ok(delivery_id(text))
 }
 
-/// A delivery/event id fit for history: trimmed, non-empty, printable, at
-/// most 128 bytes. Anything else is dropped rather than rejected, because
-/// the id is bookkeeping, not something a push depends on.
+/// A delivery/event id from a payload: trimmed, `None` when blank. Its
+/// length and characters are checked by [`super::grammar::check_delivery`]
+/// with every other field.
 pub(crate) fn delivery_id(value: &str) -> Option<String> {
     let v = value.trim();
-    let usable = !v.is_empty() && v.len() <= 128 && !v.chars().any(char::is_control);
-    usable.then(|| v.to_owned())
+    (!v.is_empty()).then(|| v.to_owned())
 }
 
 /// `Some(s)` unless `s` is missing or empty.
@@ -499,19 +517,37 @@ mod tests {
     }
 
     #[test]
-    fn header_text_drops_unusable_values() {
+    fn delivery_header_trims_and_refuses_non_text() {
         let h = headers(
             "X-GitHub-Delivery",
             " 72d3162e-cc78-11e3-81ab-4c9367dc0958 ",
         );
         assert_eq!(
-            header_text(&h, "X-GitHub-Delivery").as_deref(),
-            Some("72d3162e-cc78-11e3-81ab-4c9367dc0958")
+            delivery_header("github", &h, "X-GitHub-Delivery"),
+            Ok(Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()))
         );
+        // Length is the grammar's business, not this function's.
         let h = headers("X-GitHub-Delivery", &"d".repeat(200));
-        assert_eq!(header_text(&h, "X-GitHub-Delivery"), None);
-        let h = headers("X-GitHub-Delivery", "");
-        assert_eq!(header_text(&h, "X-GitHub-Delivery"), None);
-        assert_eq!(header_text(&HeaderMap::new(), "X-GitHub-Delivery"), None);
+        assert_eq!(
+            delivery_header("github", &h, "X-GitHub-Delivery"),
+            Ok(Some("d".repeat(200)))
+        );
+        let h = headers("X-GitHub-Delivery", "  ");
+        assert_eq!(delivery_header("github", &h, "X-GitHub-Delivery"), Ok(None));
+        assert_eq!(
+            delivery_header("github", &HeaderMap::new(), "X-GitHub-Delivery"),
+            Ok(None)
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "X-GitHub-Delivery",
+            HeaderValue::from_bytes(b"id-\xff").unwrap(),
+        );
+        assert_eq!(
+            delivery_header("github", &h, "X-GitHub-Delivery"),
+            Err(WebhookError::Malformed(
+                "github: delivery: header X-GitHub-Delivery is not printable ASCII".into()
+            ))
+        );
     }
 }
