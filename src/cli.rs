@@ -498,6 +498,8 @@ pub async fn deploy(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let svc = service(&cfg, name)?.clone();
+    // The same grammar as a webhook's tag: the key feeds env files.
+    crate::webhook::grammar::check_tag(tag).map_err(CliError::Other)?;
     let consul = consul_client(&cfg)?;
     let ingest = Ingest::new(consul, cfg.clone(), Arc::new(Metrics::new()));
     let actor = crate::config::process_env("USER").or_else(|| Some("cli".into()));

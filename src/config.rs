@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::http_client::ClientTlsFiles;
 use crate::policy::{Order, TagPolicy};
+use crate::webhook::grammar;
 use crate::webhook::Source;
 
 /// A secret read from a file or the environment.
@@ -877,6 +878,12 @@ fn validate_service(
             "repository",
             "is required: payloads must name this repository",
         );
+    } else if let Err(e) =
+        grammar::check_repository(&grammar::normalise_repository(repository.trim()))
+    {
+        // Payloads are held to the OCI name grammar; a configured name
+        // outside it could never match one.
+        c.add(svc, "repository", e);
     }
     let key = s.key.unwrap_or_default();
     if let Err(e) = valid_key(&key) {

@@ -449,7 +449,7 @@ async fn route(
             report,
         );
     }
-    match ingest_all(state, svc, pushes).await {
+    match ingest_best(state, svc, pushes).await {
         Ok(outcome) => {
             report.tag = Some(outcome.tag.clone());
             report.outcome = if outcome.changed {
@@ -470,32 +470,33 @@ async fn route(
     }
 }
 
-/// Apply every tag of a push in order. The answer describes the last tag
-/// that changed something, else the last one.
-async fn ingest_all(
+/// Apply the one tag of a push that the service's policy ranks highest.
+///
+/// SECURITY: a push may list thousands of tags (Quay, Harbor); applying
+/// each would cost a Consul transaction apiece while the client waits, and
+/// flood the history. One push is one decision and one transaction.
+async fn ingest_best(
     state: &AppState,
     svc: &ServiceConfig,
-    pushes: Vec<webhook::ImagePush>,
+    mut pushes: Vec<webhook::ImagePush>,
 ) -> Result<Outcome, IngestError> {
-    let mut last_changed = None;
-    let mut last = None;
-    for push in pushes {
-        let o = state
-            .ingest
-            .apply(
-                svc,
-                &Change::Push {
-                    push,
-                    source: svc.source,
-                },
-            )
-            .await?;
-        if o.changed {
-            last_changed = Some(o.clone());
-        }
-        last = Some(o);
-    }
-    Ok(last_changed.or(last).expect("at least one push"))
+    let pick = svc
+        .policy
+        .policy
+        .best_candidate(pushes.iter().map(|p| p.tag.as_str()))
+        // None passes the filters: the last one gets the filter's reason.
+        .unwrap_or(pushes.len() - 1);
+    let push = pushes.swap_remove(pick);
+    state
+        .ingest
+        .apply(
+            svc,
+            &Change::Push {
+                push,
+                source: svc.source,
+            },
+        )
+        .await
 }
 
 fn accepted(svc: &ServiceConfig, o: &Outcome) -> Response<Full<Bytes>> {
