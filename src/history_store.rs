@@ -430,6 +430,27 @@ mod tests {
     }
 
     #[test]
+    fn worst_case_entry_fits_a_transaction_many_times_over() {
+        // Every field at its bound, in characters JSON escapes six-fold.
+        let wide = "\u{1}".repeat(MAX_FIELD_BYTES);
+        let mut e = entry(&wide);
+        e.at = wide.clone();
+        for f in [
+            &mut e.previous,
+            &mut e.digest,
+            &mut e.source,
+            &mut e.delivery,
+            &mut e.actor,
+            &mut e.detail,
+        ] {
+            *f = Some(wide.clone());
+        }
+        let json = serde_json::to_vec(&bounded(e)).unwrap();
+        // Consul takes 512 KiB per transaction (values base64-encoded).
+        assert!(json.len() <= 64 * 1024, "{}", json.len());
+    }
+
+    #[test]
     fn entries_are_bounded() {
         let mut e = entry("t");
         e.actor = Some("é".repeat(100_000));
