@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tagbridge::consul::{Consul, ConsulSettings, TxnOp, TxnOutcome};
 use tagbridge::history::Desired;
+use tagbridge::history_store::HistoryKeys;
 use tagbridge::http_client::{ClientTlsFiles, HttpClient};
 use tagbridge::webhook::signature::hub_signature_256;
 
@@ -221,8 +222,9 @@ impl Webhooks {
 
 /// The txn tagbridge sends for a webhook that changes the tag, sent
 /// straight to Consul on keys of its own: CAS on the tag, the desired
-/// record and the history (same value sizes), plus check-not-exists on a
-/// pin key, through the same Consul client code tagbridge uses.
+/// record and the history head, one history entry set and one deleted
+/// (same value sizes), plus check-not-exists on a pin key, through the
+/// same Consul client code tagbridge uses.
 struct BareTxn {
     consul: Consul,
     keys: [String; 4],
@@ -243,7 +245,15 @@ impl BareTxn {
             at: tagbridge::x509::now_rfc3339(),
         };
         let desired = serde_json::to_vec(&desired).map_err(|e| e.to_string())?;
-        let [tag_key, desired_key, history_key, pin_key] = &self.keys;
+        let [tag_key, desired_key, head_key, pin_key] = &self.keys;
+        // The same shape as tagbridge's history write: the head moves,
+        // one entry is set and the oldest one deleted.
+        let entry_key = |seq: u64| format!("{head_key}-entries/{seq:020}");
+        let head = format!(
+            r#"{{"seq":{},"oldest":{}}}"#,
+            self.seq,
+            self.seq.saturating_sub(99)
+        );
         let ops = [
             TxnOp::Cas {
                 key: tag_key.clone(),
@@ -256,9 +266,16 @@ impl BareTxn {
                 index: self.indexes[1],
             },
             TxnOp::Cas {
-                key: history_key.clone(),
-                value: self.history.clone(),
+                key: head_key.clone(),
+                value: head.into_bytes(),
                 index: self.indexes[2],
+            },
+            TxnOp::Set {
+                key: entry_key(self.seq),
+                value: self.history.clone(),
+            },
+            TxnOp::Delete {
+                key: entry_key(self.seq.saturating_sub(100)),
             },
             TxnOp::CheckNotExists {
                 key: pin_key.clone(),
@@ -346,12 +363,17 @@ async fn run(args: Args) -> Result<bool, String> {
     hooks.statuses.clear();
 
     // The bare txn writes values the size of tagbridge's own records.
-    let history_key = format!("{}/history/{}", args.state_prefix, args.service);
+    let history_keys = HistoryKeys::new(&format!("{}/history/{}", args.state_prefix, args.service));
     let desired_key = format!("{}/desired/{}", args.state_prefix, args.service);
-    let history = value_of(&consul, &history_key)
-        .await?
-        .ok_or_else(|| format!("{history_key} is missing after the warm-up"))?
-        .0;
+    let newest = tagbridge::history_store::recent(&consul, &history_keys, 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let history = serde_json::to_vec(
+        newest
+            .first()
+            .ok_or_else(|| format!("{} has no entry after the warm-up", history_keys.dir))?,
+    )
+    .map_err(|e| e.to_string())?;
     let desired_len = value_of(&consul, &desired_key)
         .await?
         .map_or(0, |(v, _)| v.len());
@@ -359,7 +381,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let keys = [
         format!("{base}/IMAGE_TAG"),
         format!("{base}/desired"),
-        format!("{base}/history"),
+        format!("{base}/history-head"),
         format!("{base}/pin"),
     ];
     let mut indexes = [0u64; 3];
@@ -380,7 +402,7 @@ async fn run(args: Args) -> Result<bool, String> {
     }
 
     println!(
-        "values written per change: tag {} B, desired ~{} B, history {} B (tagbridge's own records)",
+        "values written per change: tag {} B, desired ~{} B, one history entry {} B, its head (tagbridge's own records)",
         hooks.next_tag.to_string().len(),
         desired_len,
         bare.history.len()
