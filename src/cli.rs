@@ -516,7 +516,14 @@ pub async fn deploy(
     if !outcome.changed {
         let reason = outcome.reason.unwrap_or_default();
         if reason == "unchanged" {
-            writeln!(out, "{name}: {} is already {tag}; nothing to do", svc.key)?;
+            if svc.rollout.is_some() {
+                writeln!(
+                    out,
+                    "{name}: {tag} is already deployed or being deployed; nothing to do"
+                )?;
+            } else {
+                writeln!(out, "{name}: {} is already {tag}; nothing to do", svc.key)?;
+            }
             return Ok(());
         }
         return Err(CliError::Other(format!(
@@ -691,6 +698,18 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     )))
 }
 
+/// The target tag of the service's pin, when it is pinned to one.
+async fn read_pin_target(
+    consul: &crate::consul::Consul,
+    keys: &Keys,
+) -> Result<Option<String>, CliError> {
+    let Some(kv) = consul.kv_get(&keys.pin).await?.value else {
+        return Ok(None);
+    };
+    let pin: crate::rollout::PinRecord = serde_json::from_slice(&kv.value).unwrap_or_default();
+    Ok(pin.tag.filter(|t| !t.is_empty()))
+}
+
 /// History entries a rollback looks through for its target.
 const ROLLBACK_SCAN: usize = 200;
 
@@ -731,6 +750,18 @@ pub async fn rollback(
     let actor = crate::config::process_env("USER").unwrap_or_else(|| "cli".into());
     for _ in 0..8 {
         let snap = read_for_write(&consul, &keys, svc.history_keep).await?;
+        // I6: a second `rollback` (a retry after a timed-out first one)
+        // must not take the rollback's own target for "running" and undo
+        // it: while pinned to a target, the same request changes nothing.
+        if let Some(pinned) = read_pin_target(&consul, &keys).await? {
+            if to.as_ref().is_none_or(|t| *t == pinned) {
+                writeln!(
+                    out,
+                    "{name}: already rolling back to {pinned} (pinned); nothing to do"
+                )?;
+                return Ok(());
+            }
+        }
         let history = crate::history_store::recent(&consul, &keys.history, ROLLBACK_SCAN).await?;
         let deployed = read_deployed(&consul, &keys).await?;
         let running = match (&svc.rollout, &deployed) {
@@ -761,7 +792,7 @@ pub async fn rollback(
         let desired = crate::history::Desired {
             tag: target.clone(),
             digest: None,
-            seq: snap.desired.as_ref().map_or(0, |d| d.seq) + 1,
+            seq: crate::ingest::next_seq(&snap),
             at: at.clone(),
         };
         let (history_ops, _) = crate::history_store::append_ops(

@@ -113,10 +113,9 @@ pub struct Snapshot {
     pub desired_index: u64,
     /// `Some(index)` when the pin key exists.
     pub pin_index: Option<u64>,
-    /// ModifyIndex of the controller's `deployed` record (0: absent).
+    /// The controller's `deployed` record, and its ModifyIndex (0: absent).
+    pub deployed: Option<crate::history::Deployed>,
     pub deployed_index: u64,
-    /// The controller is mid-rollout (or mid-rollback) for this service.
-    pub rollout_busy: bool,
 }
 
 impl Snapshot {
@@ -190,11 +189,13 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
         retried(&keys.pin),
         retried(&keys.deployed),
     )?;
-    let rollout_busy = deployed
+    // Written only by the controller; one it cannot read is treated as
+    // absent here (the controller reports it), not as a reason to refuse
+    // webhooks.
+    let deployed_rec = deployed
         .value
         .as_ref()
-        .and_then(|kv| serde_json::from_slice::<crate::history::Deployed>(&kv.value).ok())
-        .is_some_and(|d| d.is_busy());
+        .and_then(|kv| serde_json::from_slice::<crate::history::Deployed>(&kv.value).ok());
     let corrupt = |key: &str, e: serde_json::Error| IngestError::Corrupt {
         key: key.to_string(),
         reason: e.to_string(),
@@ -223,7 +224,7 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
         desired_index: desired.value.as_ref().map_or(0, |kv| kv.modify_index),
         pin_index: pin.value.as_ref().map(|kv| kv.modify_index),
         deployed_index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
-        rollout_busy,
+        deployed: deployed_rec,
     })
 }
 
@@ -455,7 +456,7 @@ impl Ingest {
                 if snap.pinned() {
                     return Err(IngestError::Pinned(svc.name.clone()));
                 }
-                if current.as_deref() == Some(tag) {
+                if manual_is_noop(svc, snap, tag) {
                     Decision::Unchanged
                 } else {
                     Decision::Apply
@@ -521,11 +522,13 @@ impl Ingest {
             detail,
         };
         let mut ops = Vec::with_capacity(6 + history_store::TRIM_PER_WRITE as usize);
-        // While the controller is mid-rollout, the key stays with the
-        // rollout in flight: allocations it still places must not render a
-        // newer tag. The controller writes the key when it starts the next
-        // rollout (newer tags coalesce in the desired record).
-        let write_key = write_tag && !(svc.rollout.is_some() && snap.rollout_busy);
+        // I2: for services with a rollout only the leader writes the key,
+        // when it starts rolling the tag out, so the key only ever holds a
+        // tag being rolled out or one that passed its gate. Template jobs
+        // render the key in every allocation Nomad places (reschedules
+        // included), so a key written here, with no leader or mid-rollout,
+        // would run an unchecked tag. Ingest records desired and history.
+        let write_key = write_tag && svc.rollout.is_none();
         if write_key {
             ops.push(TxnOp::Cas {
                 key: keys.tag.clone(),
@@ -539,7 +542,7 @@ impl Ingest {
             let desired = Desired {
                 tag: tag.to_string(),
                 digest,
-                seq: snap.desired.as_ref().map_or(0, |d| d.seq) + 1,
+                seq: next_seq(snap),
                 at,
             };
             ops.push(TxnOp::Cas {
@@ -551,8 +554,11 @@ impl Ingest {
                 index: snap.desired_index,
             });
         }
-        if svc.rollout.is_some() {
-            // The decision above depends on whether a rollout is running.
+        if svc.rollout.is_some()
+            && (snap.desired.is_none() || matches!(change, Change::Manual { .. }))
+        {
+            // The seq (desired record deleted) or the decision (a manual
+            // deploy) was taken from the deployed record.
             ops.push(check_op(&keys.deployed, Some(snap.deployed_index)));
         }
         let (history_ops, head) =
@@ -571,6 +577,38 @@ impl Ingest {
                 rollout_queued: write_tag && svc.rollout.is_some(),
             },
         }))
+    }
+}
+
+/// The desired seq of the next change. It continues from the deployed
+/// record when the desired record was deleted by hand: the controller
+/// ignores a seq it has already answered.
+pub fn next_seq(snap: &Snapshot) -> u64 {
+    let desired = snap.desired.as_ref().map_or(0, |d| d.seq);
+    let deployed = snap.deployed.as_ref().map_or(0, |d| d.seq);
+    desired.max(deployed) + 1
+}
+
+/// Whether `tagbridge deploy <tag>` has nothing to do: for a rollout
+/// service only when the tag is desired and the controller deployed it or
+/// is deploying it. A tag that was rolled back (the desired record still
+/// names it) is retried (I6), with a new seq the controller acts on.
+fn manual_is_noop(svc: &ServiceConfig, snap: &Snapshot, tag: &str) -> bool {
+    if svc.rollout.is_none() {
+        return snap.tag.as_deref() == Some(tag);
+    }
+    let Some(want) = snap.desired.as_ref().filter(|d| d.tag == tag) else {
+        return false;
+    };
+    match snap.deployed.as_ref() {
+        // Still queued for the controller.
+        None => true,
+        Some(d) if d.seq < want.seq => true,
+        Some(d) => {
+            d.seq == want.seq
+                && d.tag == tag
+                && (d.outcome == crate::history::Deployed::DEPLOYED || d.is_busy())
+        }
     }
 }
 
@@ -600,4 +638,94 @@ fn committed_snapshot(
         }
     }
     Some(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Purpose;
+    use crate::history::Deployed;
+
+    fn service(rollout: bool) -> ServiceConfig {
+        let text = format!(
+            r#"service "web" {{
+                 secret_sha256 = "{}"
+                 source = "dockerhub"
+                 repository = "acme/web"
+                 key = "configs/web/IMAGE_TAG"
+                 {}
+               }}"#,
+            "9f2c1e6b8a0d4c3b2a19f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3",
+            if rollout {
+                r#"rollout { job = "web" }"#
+            } else {
+                ""
+            }
+        );
+        let cfg = Config::parse(
+            std::path::Path::new("t.hcl"),
+            &text,
+            Purpose::Client,
+            &|_| None,
+        )
+        .expect("config");
+        cfg.services[0].clone()
+    }
+
+    fn snap(desired: Option<(&str, u64)>, deployed: Option<(&str, u64, &str)>) -> Snapshot {
+        Snapshot {
+            tag: deployed.map(|d| d.0.to_string()),
+            desired: desired.map(|(tag, seq)| Desired {
+                tag: tag.into(),
+                digest: None,
+                seq,
+                at: "t".into(),
+            }),
+            deployed: deployed.map(|(tag, seq, outcome)| Deployed {
+                tag: tag.into(),
+                digest: None,
+                seq,
+                job_version: None,
+                deployment: None,
+                at: "t".into(),
+                outcome: outcome.into(),
+                previous: None,
+                prior_version: None,
+                detail: None,
+            }),
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn a_rolled_back_tag_can_be_deployed_again() {
+        let svc = service(true);
+        // Rolled back: the desired record still names bad-1.
+        let s = snap(Some(("bad-1", 4)), Some(("v3", 4, Deployed::ROLLED_BACK)));
+        assert!(!manual_is_noop(&svc, &s, "bad-1"));
+        let s = snap(Some(("bad-1", 4)), Some(("v3", 4, Deployed::FAILED)));
+        assert!(!manual_is_noop(&svc, &s, "bad-1"));
+        // Deployed, being deployed, or still queued: nothing to do.
+        let s = snap(Some(("bad-1", 4)), Some(("bad-1", 4, Deployed::DEPLOYED)));
+        assert!(manual_is_noop(&svc, &s, "bad-1"));
+        let s = snap(
+            Some(("bad-1", 4)),
+            Some(("bad-1", 4, Deployed::IN_PROGRESS)),
+        );
+        assert!(manual_is_noop(&svc, &s, "bad-1"));
+        let s = snap(Some(("bad-1", 5)), Some(("v3", 4, Deployed::DEPLOYED)));
+        assert!(manual_is_noop(&svc, &s, "bad-1"));
+        assert!(!manual_is_noop(&svc, &s, "v3"));
+        // KV-only services compare with the key.
+        let kv = service(false);
+        assert!(manual_is_noop(&kv, &snap(None, Some(("v3", 0, ""))), "v3"));
+    }
+
+    #[test]
+    fn seq_continues_above_the_deployed_record() {
+        assert_eq!(next_seq(&snap(None, None)), 1);
+        assert_eq!(next_seq(&snap(Some(("a", 4)), None)), 5);
+        // desired/<svc> deleted by hand after the controller answered seq 6.
+        assert_eq!(next_seq(&snap(None, Some(("a", 6, Deployed::DEPLOYED)))), 7);
+    }
 }

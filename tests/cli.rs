@@ -524,3 +524,79 @@ async fn sighup_with_a_changed_config_restarts_in_place_and_a_bad_one_is_refused
     let (status, _) = tb.terminate();
     assert!(status.success());
 }
+
+/// I2, I6 and the desired seq, on the records the controller leaves
+/// (written here by hand, as a leader would): a rolled-back tag can be
+/// retried with `deploy`, a second `rollback` changes nothing, ingest never
+/// writes a rollout service's key, and a deleted desired record does not
+/// restart the seq below what the controller already answered.
+#[test]
+fn operator_retries_and_repeated_rollbacks_on_a_rollout_service() {
+    let consul = ConsulAgent::start();
+    let dir = TempDir::new("cli-i6");
+    let tls = TestTls::new(&dir);
+    let cfg = write_config(&dir, &tls, "");
+    let deployed = |tag: &str, seq: u64, outcome: &str| {
+        json!({"tag": tag, "seq": seq, "at": "2026-11-30T00:00:00Z", "outcome": outcome,
+               "job_version": 3, "previous": "v3"})
+        .to_string()
+    };
+
+    // `bad-1` was desired (seq 4) and rolled back to v3 by the controller.
+    consul.put(
+        "tagbridge/desired/web",
+        &json!({"tag": "bad-1", "seq": 4, "at": "2026-11-30T00:00:00Z"}).to_string(),
+    );
+    consul.put("tagbridge/deployed/web", &deployed("v3", 4, "rolled_back"));
+    consul.put("configs/web/IMAGE_TAG", "v3");
+
+    // I6: the operator retries it; the controller gets a new seq to act on.
+    let (code, out, err) = run(&cfg, &consul, &["deploy", "web", "bad-1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("(rollout queued)"), "{out}");
+    let desired: Value =
+        serde_json::from_str(&consul.kv("tagbridge/desired/web").unwrap()).unwrap();
+    assert_eq!(
+        (desired["tag"].as_str(), desired["seq"].as_u64()),
+        (Some("bad-1"), Some(5))
+    );
+    // I2: the key stays with what the controller last wrote.
+    assert_eq!(consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("v3"));
+    // While that is queued (or once deployed), the same deploy is a no-op.
+    let (code, out, _) = run(&cfg, &consul, &["deploy", "web", "bad-1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already deployed or being deployed"), "{out}");
+    consul.put("tagbridge/deployed/web", &deployed("bad-1", 5, "deployed"));
+    let (code, out, _) = run(&cfg, &consul, &["deploy", "web", "bad-1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to do"), "{out}");
+
+    // I6: rollback pins a target; the same command again changes nothing,
+    // even once the controller has started rolling back (deployed = target).
+    let (code, out, err) = run(&cfg, &consul, &["rollback", "web", "--to", "v3"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("bad-1 -> v3"), "{out}");
+    consul.put("tagbridge/deployed/web", &deployed("v3", 6, "in_progress"));
+    let before = consul.fingerprint();
+    let (code, out, err) = run(&cfg, &consul, &["rollback", "web"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("already rolling back to v3"), "{out}");
+    assert_eq!(
+        consul.fingerprint(),
+        before,
+        "a repeated rollback wrote something"
+    );
+    let (code, _, _) = run(&cfg, &consul, &["unpin", "web"]);
+    assert_eq!(code, 0);
+
+    // A desired record deleted by hand: the next seq continues above the
+    // deployed record's, so the controller does not ignore it.
+    consul.delete("tagbridge/desired/web");
+    consul.put("tagbridge/deployed/web", &deployed("v3", 6, "deployed"));
+    let (code, out, err) = run(&cfg, &consul, &["deploy", "web", "v4"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let desired: Value =
+        serde_json::from_str(&consul.kv("tagbridge/desired/web").unwrap()).unwrap();
+    assert_eq!(desired["seq"], 7);
+    assert_eq!(consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("v3"));
+}

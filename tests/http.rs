@@ -274,6 +274,8 @@ service "web" {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["rollout"], "queued");
     assert_eq!(body["changed"], true);
+    // I2: only the leader writes a rollout service's key.
+    assert_eq!(env.consul.kv("configs/web/IMAGE_TAG"), None);
     let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "3.0")).await;
     assert_eq!((status, &body["rollout"]), (200, &json!("none")));
     tb.stop().await;
