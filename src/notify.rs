@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
@@ -47,6 +48,17 @@ impl Notice {
         }
         s
     }
+}
+
+/// Why one delivery attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum Undelivered {
+    #[error("notification URL is not a valid URL; not sent")]
+    BadUrl,
+    #[error("refused with HTTP {0}")]
+    Refused(u16),
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// Sends notices to every configured target that wants the event.
@@ -95,26 +107,35 @@ impl Notifier {
             let (attempts, backoff) = (self.attempts, self.backoff);
             let event = notice.event;
             self.tracker.spawn(async move {
-                let body = serde_json::to_vec(&body).unwrap_or_default();
-                for attempt in 1..=attempts {
-                    let req = http::Request::post(String::from_utf8_lossy(url.expose()).trim())
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .body(Full::new(Bytes::from(body.clone())));
-                    let Ok(req) = req else {
-                        tracing::warn!(notify = %name, "notification URL is not a valid URL; not sent");
-                        return;
-                    };
-                    match http.send(req, Duration::from_secs(10)).await {
-                        Ok(r) if r.status.is_success() => {
-                            tracing::debug!(notify = %name, event, "notification sent");
-                            return;
+                let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+                let once = || {
+                    let (http, url, body) = (http.clone(), url.clone(), body.clone());
+                    async move {
+                        let req = http::Request::post(String::from_utf8_lossy(url.expose()).trim())
+                            .header(http::header::CONTENT_TYPE, "application/json")
+                            .body(Full::new(body))
+                            .map_err(|_| Undelivered::BadUrl)?;
+                        match http.send(req, Duration::from_secs(10)).await {
+                            Ok(r) if r.status.is_success() => Ok(()),
+                            Ok(r) => Err(Undelivered::Refused(r.status.as_u16())),
+                            Err(e) => Err(Undelivered::Unreachable(e.to_string())),
                         }
-                        Ok(r) => tracing::warn!(notify = %name, event, attempt, status = r.status.as_u16(), "notification refused"),
-                        Err(e) => tracing::warn!(notify = %name, event, attempt, error = %e, "notification not delivered"),
                     }
-                    if attempt < attempts {
-                        tokio::time::sleep(backoff * attempt).await;
-                    }
+                };
+                let retry = ExponentialBuilder::default()
+                    .with_min_delay(backoff)
+                    .with_max_times(attempts.saturating_sub(1) as usize)
+                    .with_jitter();
+                // SECURITY: only the status or transport error is logged,
+                // never the URL (a credential) or the receiver's answer.
+                let sent = once
+                    .retry(retry)
+                    .when(|e| !matches!(e, Undelivered::BadUrl))
+                    .notify(|e, wait| tracing::warn!(notify = %name, event, error = %e, ?wait, "notification not delivered; retrying"))
+                    .await;
+                match sent {
+                    Ok(()) => tracing::debug!(notify = %name, event, "notification sent"),
+                    Err(e) => tracing::warn!(notify = %name, event, error = %e, "notification given up"),
                 }
             });
         }
