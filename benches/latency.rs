@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tagbridge::consul::{Consul, ConsulSettings, TxnOp, TxnOutcome};
 use tagbridge::history::Desired;
 use tagbridge::history_store::HistoryKeys;
@@ -178,7 +177,10 @@ impl Webhooks {
     async fn send(&mut self) -> Result<(Duration, u64, bool), String> {
         let tag = self.next_tag;
         self.next_tag += 1;
-        let digest = hex::encode(Sha256::digest(tag.to_string().as_bytes()));
+        let digest = hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            tag.to_string().as_bytes(),
+        ));
         let body = format!(
             r#"{{"repository":"{}","tag":"{tag}","digest":"sha256:{digest}"}}"#,
             self.repository

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError, Purpose, ServiceConfig};
 use crate::consul::{Consul, ConsulSettings};
@@ -187,7 +186,10 @@ pub fn secret(out: &mut dyn Write) -> Result<(), CliError> {
         .fill(&mut bytes)
         .map_err(|_| CliError::Other("the system random source failed".into()))?;
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let hash = hex::encode(Sha256::digest(secret.as_bytes()));
+    let hash = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        secret.as_bytes(),
+    ));
     writeln!(
         out,
         "# Give the registry this URL path (keep it secret; it is not stored anywhere):"

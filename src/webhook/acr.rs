@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use super::signature::{decode_json, delivery_id, empty, missing, non_empty, quote};
+use super::decode::{decode_json, delivery_id, empty, missing, non_empty, quote};
 use super::{ImagePush, Parsed, Request, WebhookError};
 
 const SOURCE: &str = "acr";

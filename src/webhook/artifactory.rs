@@ -8,7 +8,8 @@
 
 use serde::Deserialize;
 
-use super::signature::{decode_json, empty, missing, non_empty, quote, verify_hex_hmac};
+use super::decode::{decode_json, empty, missing, non_empty, quote};
+use super::signature::verify_hex_hmac;
 use super::{ImagePush, Parsed, Request, WebhookError};
 
 const SOURCE: &str = "artifactory";

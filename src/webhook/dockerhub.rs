@@ -8,7 +8,7 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::signature::{decode_json, empty, missing, non_empty};
+use super::decode::{decode_json, empty, missing, non_empty};
 use super::{ImagePush, Parsed, Request, WebhookError};
 
 const SOURCE: &str = "dockerhub";

@@ -8,9 +8,8 @@
 
 use serde::Deserialize;
 
-use super::signature::{
-    decode_json, empty, missing, non_empty, verify_hub_signature_256, HUB_SIGNATURE_256,
-};
+use super::decode::{decode_json, empty, missing, non_empty};
+use super::signature::{verify_hub_signature_256, HUB_SIGNATURE_256};
 use super::{ImagePush, Parsed, Request, WebhookError};
 
 const SOURCE: &str = "generic";

@@ -19,11 +19,9 @@
 
 use serde::Deserialize;
 
+use super::decode::{decode_json, delivery_header, empty, missing, non_empty, quote};
 use super::grammar::{echo, normalise_repository};
-use super::signature::{
-    decode_json, delivery_header, empty, missing, non_empty, quote, verify_hub_signature_256,
-    HUB_SIGNATURE_256,
-};
+use super::signature::{verify_hub_signature_256, HUB_SIGNATURE_256};
 use super::{ImagePush, Parsed, Request, WebhookError};
 
 const SOURCE: &str = "github";

@@ -11,8 +11,9 @@ use std::fmt;
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::decode::{decode_json, empty, missing, non_empty, quote};
 use super::grammar::{check_actor, check_repository, normalise_repository};
-use super::signature::{decode_json, empty, missing, non_empty, quote, verify_equal_header};
+use super::signature::verify_equal_header;
 use super::{ImagePush, Parsed, Request, WebhookError, MAX_TAGS_PER_PUSH};
 
 const SOURCE: &str = "harbor";

@@ -17,6 +17,7 @@
 
 pub mod acr;
 pub mod artifactory;
+pub mod decode;
 pub mod dockerhub;
 pub mod generic;
 pub mod github;

@@ -12,8 +12,8 @@ use std::fmt;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::decode::{decode_json, empty, missing};
 use super::grammar::{check_repository, normalise_repository};
-use super::signature::{decode_json, empty, missing};
 use super::{ImagePush, Parsed, Request, WebhookError, MAX_TAGS_PER_PUSH};
 
 const SOURCE: &str = "quay";
