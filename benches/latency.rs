@@ -244,7 +244,7 @@ impl BareTxn {
             tag: tag.to_string(),
             digest: Some(self.digest.clone()),
             seq: self.seq,
-            at: tagbridge::x509::now_rfc3339(),
+            at: tagbridge::clock::now_rfc3339(),
         };
         let desired = serde_json::to_vec(&desired).map_err(|e| e.to_string())?;
         let [tag_key, desired_key, head_key, pin_key] = &self.keys;

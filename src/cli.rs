@@ -784,7 +784,7 @@ pub async fn rollback(
                     CliError::Other(format!("{name}: no earlier tag in history; use --to <tag>"))
                 })?,
         };
-        let at = crate::x509::now_rfc3339();
+        let at = crate::clock::now_rfc3339();
         let pin = crate::rollout::PinRecord {
             tag: Some(target.clone()),
             at: Some(at.clone()),
@@ -874,7 +874,7 @@ pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
             &keys.history,
             &snap.history,
             &HistoryEntry {
-                at: crate::x509::now_rfc3339(),
+                at: crate::clock::now_rfc3339(),
                 event: crate::history::Event::Unpinned,
                 tag: snap.current_tag(svc).unwrap_or_default().to_string(),
                 previous: None,

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
+use crate::clock::now_rfc3339;
 use crate::config::{Config, ServiceConfig};
 use crate::consul::{Consul, ConsulError, TxnOp, TxnOutcome};
 use crate::history::{Desired, Event, HistoryEntry};
@@ -24,7 +25,6 @@ use crate::history_store::{self, decode_head, HeadRead, HistoryError, HistoryKey
 use crate::metrics::Metrics;
 use crate::policy::Decision;
 use crate::webhook::{ImagePush, Source};
-use crate::x509::now_rfc3339;
 
 /// How many times a lost CAS is retried from a fresh read before giving
 /// up with 503 (each retry means another writer got in first).

@@ -5,6 +5,7 @@
 //! `webhook::<source>` → `policy` → `ingest` → `consul` → `history`.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod consul;
 pub mod controller;

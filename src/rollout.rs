@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_rfc3339;
 use crate::config::{Config, RolloutConfig, ServiceConfig, Strategy};
 use crate::consul::{BlockingIndex, Consul, ConsulError, TxnOp, TxnOutcome};
 use crate::history::{Deployed, Desired, Event, HistoryEntry};
@@ -27,7 +28,6 @@ use crate::http_client::HttpClient;
 use crate::ingest::Keys;
 use crate::nomad::{Allocation, Deployment, Job, Nomad, NomadError};
 use crate::notify::{Notice, Notifier};
-use crate::x509::now_rfc3339;
 
 /// A hook run before each register attempt (tests use it to change the
 /// job behind the controller's back, on cue).

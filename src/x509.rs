@@ -1,4 +1,4 @@
-//! Just enough X.509 to read a certificate's expiry, plus RFC 3339 clocks.
+//! Just enough X.509 to read a certificate's expiry.
 //!
 //! tagbridge exports the serving certificate's `notAfter` as a Prometheus
 //! gauge so an alert fires before TLS breaks. That is one field at a fixed
@@ -8,11 +8,9 @@
 //! what is actually there, and anything unexpected yields `None` rather
 //! than a panic or a guess.
 //!
-//! The civil-date arithmetic needed for that is also what timestamps need,
-//! so [`format_rfc3339`] and [`now_rfc3339`] live here too, and the rest of
-//! the project formats times through them instead of a date crate.
+//! Calendar arithmetic comes from the `time` crate.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use time::{Date, Month, PrimitiveDateTime, Time};
 
 const TAG_INTEGER: u8 = 0x02;
 const TAG_SEQUENCE: u8 = 0x30;
@@ -20,8 +18,6 @@ const TAG_UTC_TIME: u8 = 0x17;
 const TAG_GENERALIZED_TIME: u8 = 0x18;
 /// `[0] EXPLICIT`, constructed, context-specific: the optional version.
 const TAG_VERSION: u8 = 0xA0;
-
-const SECS_PER_DAY: i64 = 86_400;
 
 /// The `notAfter` of a DER-encoded X.509 certificate, as unix seconds.
 ///
@@ -137,17 +133,25 @@ fn parse_time(tag: u8, contents: &[u8]) -> Option<i64> {
     let second = digits(&rest[8..10])?;
     // Second 60 is a legal leap second; unix time has no slot for it, so it
     // lands on the next minute's :00, which is what a POSIX clock shows.
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    Some(days * SECS_PER_DAY + hour * 3600 + minute * 60 + second)
+    let leap = i64::from(second == 60);
+    let date = Date::from_calendar_date(
+        i32::try_from(year).ok()?,
+        Month::try_from(u8::try_from(month).ok()?).ok()?,
+        u8::try_from(day).ok()?,
+    )
+    .ok()?;
+    let time = Time::from_hms(
+        u8::try_from(hour).ok()?,
+        u8::try_from(minute).ok()?,
+        u8::try_from(second - leap).ok()?,
+    )
+    .ok()?;
+    Some(
+        PrimitiveDateTime::new(date, time)
+            .assume_utc()
+            .unix_timestamp()
+            + leap,
+    )
 }
 
 /// The value of a short run of ASCII digits (at most four, so no overflow).
@@ -155,83 +159,6 @@ fn digits(bytes: &[u8]) -> Option<i64> {
     bytes.iter().try_fold(0i64, |acc, &b| {
         b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
     })
-}
-
-fn is_leap_year(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-///
-/// Howard Hinnant's `days_from_civil`: shifting the year to start in March
-/// puts the leap day last, so every month length but February's follows one
-/// formula and 400-year eras repeat exactly. Callers keep `year` within
-/// ±2^40 or so; every date this module sees is in 0..=9999.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400; // [0, 399]
-    let mp = (month + 9) % 12; // March = 0
-    let doy = (153 * mp + 2) / 5 + day - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
-}
-
-/// The inverse of [`days_from_civil`]: `(year, month, day)`.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097; // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // March = 0
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Formats unix seconds as an RFC 3339 UTC timestamp, e.g.
-/// `2026-11-25T09:34:32Z`.
-///
-/// Defined for every `i64`; years outside 0000–9999, which RFC 3339 cannot
-/// express, come out with more digits or a minus sign rather than a panic.
-#[must_use]
-pub fn format_rfc3339(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(SECS_PER_DAY);
-    let secs_of_day = unix_secs.rem_euclid(SECS_PER_DAY);
-    let (year, month, day) = civil_from_days(days);
-    let (hour, minute, second) = (secs_of_day / 3600, secs_of_day / 60 % 60, secs_of_day % 60);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
-}
-
-/// The current time as an RFC 3339 UTC timestamp, to the second.
-#[must_use]
-pub fn now_rfc3339() -> String {
-    format_rfc3339(unix_now())
-}
-
-/// Unix seconds now, rounded down; a clock set before 1970 (seen on boards
-/// without an RTC) gives a negative value instead of a panic.
-fn unix_now() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        Err(before) => {
-            let before = before.duration();
-            let secs = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
-            // Floor, like the positive side: 0.5 s before the epoch is -1.
-            -secs - i64::from(before.subsec_nanos() > 0)
-        }
-    }
 }
 
 #[cfg(test)]
@@ -257,7 +184,10 @@ mod tests {
     fn rcgen_utc_time() {
         let der = rcgen_cert(2031, 5, 17, Duration::ZERO);
         assert_eq!(not_after_unix(&der), Some(1_936_742_400));
-        assert_eq!(format_rfc3339(1_936_742_400), "2031-05-17T00:00:00Z");
+        assert_eq!(
+            crate::clock::format_unix(1_936_742_400).unwrap(),
+            "2031-05-17T00:00:00Z"
+        );
     }
 
     #[test]
@@ -434,33 +364,6 @@ mod tests {
         }
     }
 
-    // --- dates ---------------------------------------------------------
-
-    #[test]
-    fn format_known_values() {
-        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(format_rfc3339(1_795_599_272), "2026-11-25T09:34:32Z");
-        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59Z");
-        assert_eq!(format_rfc3339(-631_152_000), "1950-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
-    }
-
-    #[test]
-    fn format_extremes_do_not_panic() {
-        for secs in [i64::MIN, i64::MIN + 1, i64::MAX] {
-            let s = format_rfc3339(secs);
-            assert!(s.ends_with('Z'), "{s}");
-        }
-    }
-
-    #[test]
-    fn now_is_plausible() {
-        let now = now_rfc3339();
-        assert_eq!(now.len(), 20, "{now}");
-        assert!(now.as_str() > "2024-01-01T00:00:00Z", "{now}");
-    }
-
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
@@ -481,17 +384,9 @@ mod tests {
         }
 
         #[test]
-        fn civil_round_trip(days in -1_000_000_000i64..1_000_000_000) {
-            let (y, m, d) = civil_from_days(days);
-            prop_assert!((1..=12).contains(&m));
-            prop_assert!(d >= 1 && d <= days_in_month(y, m));
-            prop_assert_eq!(days_from_civil(y, m, d), days);
-        }
-
-        #[test]
         fn format_then_parse_round_trip(secs in -62_167_219_200i64..=253_402_300_799) {
             // Years 0000–9999: exactly what GeneralizedTime can carry.
-            let text = format_rfc3339(secs);
+            let text = crate::clock::format_unix(secs).unwrap();
             let compact: String = text.chars().filter(char::is_ascii_digit).collect();
             let der = generalized(&format!("{compact}Z"));
             prop_assert_eq!(not_after_of(&der), Some(secs), "{}", text);
