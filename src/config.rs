@@ -207,7 +207,7 @@ impl ListenerSettings {
     pub const DEFAULT: ListenerSettings = ListenerSettings {
         first_request_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(30),
-        max_connections_per_address: 32,
+        max_connections_per_address: 64,
         http2_max_concurrent_streams: 32,
         max_header_bytes: 16 * 1024,
         max_headers: 64,
@@ -920,7 +920,7 @@ fn listener_settings(
         d.first_request_timeout,
     );
     let idle_timeout = duration("idle_timeout", &raw.idle_timeout, d.idle_timeout);
-    // Default: 32, or a quarter of max_connections when that is smaller,
+    // Default: 64, or a quarter of max_connections when that is smaller,
     // so one address can never take every slot.
     let max_connections_per_address = match raw.max_connections_per_address {
         None => d

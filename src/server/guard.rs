@@ -166,8 +166,9 @@ struct Table {
 /// the SECURITY note in `server::route`.
 ///
 /// Memory is bounded: at most `capacity` addresses (IPv6 by /64) are
-/// tracked, about 40 bytes each (~5 MiB at the default 65 536 with the
-/// hash table's slack). An entry whose bucket is full again carries no
+/// tracked, in a hash table of 49-byte slots that grows to twice the
+/// entries at most: ~6.5 MiB at the default 65 536 (briefly twice that
+/// while the table grows). An entry whose bucket is full again carries no
 /// information and is swept when room is needed (at most once a second,
 /// so a full table does not cost a scan per request). When the table is
 /// still full, every address not in it shares one overflow bucket with

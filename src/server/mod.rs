@@ -44,9 +44,10 @@ use reject_log::RejectLog;
 /// Largest webhook body accepted (contract: 1 MiB → 413).
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// After a 413 on HTTP/1.1, how much more of the body is read (and
-/// dropped) before the connection is closed, so the client, still
-/// writing, reads the answer instead of a reset.
+/// After a 413, how much more of the body is read (and dropped) before
+/// the stream is reset (HTTP/2) or the connection closed (HTTP/1.1), so
+/// a client still writing reaches the end of its body and reads the
+/// answer instead of a write error.
 const DRAIN_AFTER_413_BYTES: usize = 2 * 1024 * 1024;
 const DRAIN_AFTER_413_TIME: Duration = Duration::from_secs(2);
 
@@ -248,9 +249,8 @@ struct Report {
 /// that makes the stream half-closed by us when the body is dropped, and
 /// h2 then resets it with NO_ERROR (RFC 9113 §8.1: "a complete response
 /// prior to the client sending an entire request"), which clients read as
-/// "stop sending, the answer stands"; dropped earlier, it is a CANCEL and
-/// clients lose the answer. On HTTP/1.1 (413) the rest of the body is read
-/// and dropped, bounded, before the connection closes.
+/// "stop sending, the answer stands". After a 413 the rest of the body is
+/// first read and dropped, bounded (see [`too_large`]).
 pub struct Reply {
     data: Option<Bytes>,
     after: After,
@@ -263,6 +263,8 @@ enum After {
         body: Incoming,
         left: usize,
         until: Pin<Box<tokio::time::Sleep>>,
+        /// HTTP/1.1: leave the length open (see `size_hint`).
+        open_length: bool,
     },
 }
 
@@ -287,7 +289,10 @@ impl Body for Reply {
         if let Some(d) = this.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
-        if let After::Drain { body, left, until } = &mut this.after {
+        if let After::Drain {
+            body, left, until, ..
+        } = &mut this.after
+        {
             loop {
                 if until.as_mut().poll(cx).is_ready() {
                     break;
@@ -314,6 +319,19 @@ impl Body for Reply {
     }
 
     fn size_hint(&self) -> SizeHint {
+        // While a drain is to follow, the length is left open: HTTP/1.1
+        // then answers chunked, and hyper keeps polling this body (and so
+        // the drain) after the data, instead of ending it at its
+        // Content-Length and closing on a client still writing.
+        if matches!(
+            self.after,
+            After::Drain {
+                open_length: true,
+                ..
+            }
+        ) {
+            return SizeHint::default();
+        }
         SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
     }
 }
@@ -635,13 +653,16 @@ async fn route(
     // that fail. A request whose secret matches is processed whatever its
     // address's count (its signature is still checked, and a bad one
     // counts as a failure), so nobody sharing a registry's address pool
-    // (Docker Hub, GitHub, Quay deliver from shared pools) can get its
-    // deliveries refused by failing on purpose. This once answered 429 to
-    // everything from a blocked address, so that a guesser could not tell
-    // a hit from a miss; that is no longer needed: secrets are 256-bit,
-    // and the only answer that differs between 404/429 and success is
-    // the one for a correct guess, which cannot be found. The limit slows
-    // guessing down; the secret's size is what protects it.
+    // (Docker Hub, GitHub and Quay deliver from shared pools) can get its
+    // deliveries refused by failing on purpose. A limited address used to
+    // get 429 for everything, so that a guesser could not tell a hit from
+    // a miss. That "no oracle" rule bought nothing: secrets are 256-bit,
+    // and for a limited address the only request whose answer differs
+    // (processed instead of 429) is one carrying the correct secret,
+    // which guessing cannot find; the 404/429 difference itself tells
+    // nothing about any secret. The limit slows guessing and the noise it
+    // makes; the secret's size is what protects it.
+
     // Hash something for every request, so an unknown path costs the same
     // as a wrong secret.
     let path = parts.uri.path();
@@ -672,7 +693,7 @@ async fn route(
         Ok(b) => b,
         Err(Rejection::TooLarge) => {
             let resp = reject(&mut report, Rejection::TooLarge);
-            return (too_large(resp, body, parts.version), report);
+            return (too_large(resp, body, &parts), report);
         }
         Err(r) => return (hold(reject(&mut report, r), body), report),
     };
@@ -828,22 +849,54 @@ fn hold(mut resp: Response<Reply>, body: Incoming) -> Response<Reply> {
     resp
 }
 
-/// The 413: on HTTP/2 the answer, then RST_STREAM(NO_ERROR) for the rest
-/// of the body (see [`Reply`]); on HTTP/1.1 the answer, a bounded drain of
-/// the rest, then a close (the connection is mid-body and cannot be
-/// reused).
-fn too_large(mut resp: Response<Reply>, body: Incoming, version: Version) -> Response<Reply> {
-    if version == Version::HTTP_2 {
-        return hold(resp, body);
+/// The 413: the answer, then up to [`DRAIN_AFTER_413_BYTES`] /
+/// [`DRAIN_AFTER_413_TIME`] of the rest of the body read and dropped, so a
+/// client still writing its body reaches the end and reads the answer
+/// (curl before 8.x reports an HTTP/2 stream reset as an error even after
+/// a complete answer). Then, on HTTP/2, RST_STREAM(NO_ERROR) if the body
+/// is still coming (see [`Reply`]); on HTTP/1.1 a close, since the
+/// connection is mid-body and cannot be reused.
+fn too_large(
+    mut resp: Response<Reply>,
+    body: Incoming,
+    req: &http::request::Parts,
+) -> Response<Reply> {
+    if req.version == Version::HTTP_2 {
+        resp.body_mut().after = After::Drain {
+            body,
+            left: DRAIN_AFTER_413_BYTES,
+            until: Box::pin(tokio::time::sleep(DRAIN_AFTER_413_TIME)),
+            open_length: false,
+        };
+        return resp;
     }
     resp.headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    resp.body_mut().after = After::Drain {
-        body,
-        left: DRAIN_AFTER_413_BYTES,
-        until: Box::pin(tokio::time::sleep(DRAIN_AFTER_413_TIME)),
+    // A client that asked `Expect: 100-continue` and was refused on its
+    // declared length has not been told to send: nothing to drain.
+    let waiting = req
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        && declared_length(&req.headers).is_some_and(|n| n > MAX_BODY as u64);
+    resp.body_mut().after = if waiting {
+        After::Nothing
+    } else {
+        After::Drain {
+            body,
+            left: DRAIN_AFTER_413_BYTES,
+            until: Box::pin(tokio::time::sleep(DRAIN_AFTER_413_TIME)),
+            open_length: true,
+        }
     };
     resp
+}
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Read the body, refusing more than [`MAX_BODY`] while it streams. The
@@ -854,11 +907,7 @@ async fn read_body(
     headers: &http::HeaderMap,
     limit: Duration,
 ) -> Result<Bytes, Rejection> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    if declared_length(headers).is_some_and(|n| n > MAX_BODY as u64) {
         return Err(Rejection::TooLarge);
     }
     let read = async {
