@@ -170,13 +170,18 @@ impl Rejection {
     fn response(&self) -> Response<Reply> {
         let (status, body, retry_after) = match self {
             // SECURITY: one body for every unknown path and wrong secret,
-            // so an answer never tells a near miss from nonsense.
-            Rejection::NotFound => (StatusCode::NOT_FOUND, json!({"error": "not found"}), None),
-            Rejection::RateLimited(wait) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                json!({"error": "too many failed attempts"}),
-                Some(wait.as_secs().max(1)),
-            ),
+            // so an answer never tells a near miss from nonsense. These two
+            // answers are what a flood gets: fixed bytes, no JSON built.
+            Rejection::NotFound => {
+                return static_json(StatusCode::NOT_FOUND, b"{\"error\":\"not found\"}\n", None)
+            }
+            Rejection::RateLimited(wait) => {
+                return static_json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    b"{\"error\":\"too many failed attempts\"}\n",
+                    Some(wait.as_secs().max(1)),
+                )
+            }
             Rejection::Forbidden => (
                 StatusCode::FORBIDDEN,
                 json!({"error": "source address not allowed"}),
@@ -218,6 +223,24 @@ impl Rejection {
         }
         resp
     }
+}
+
+fn static_json(
+    status: StatusCode,
+    body: &'static [u8],
+    retry_after: Option<u64>,
+) -> Response<Reply> {
+    let mut resp = Response::new(Reply::new(Bytes::from_static(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Reply> {
