@@ -73,6 +73,14 @@ struct RawConfig {
     /// Failed attempts (404/401) one IP may make per minute before 429.
     failed_attempts_per_minute: Option<u32>,
     max_connections: Option<usize>,
+    /// Listener limits (see [`ListenerSettings`]).
+    first_request_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections_per_address: Option<usize>,
+    http2_max_concurrent_streams: Option<u32>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    failed_attempts_max_addresses: Option<usize>,
     log_format: Option<String>,
     tls: Option<RawTls>,
     consul: Option<RawConsul>,
@@ -166,12 +174,46 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub failed_attempts_per_minute: u32,
     pub max_connections: usize,
+    pub listener: ListenerSettings,
     pub log_format: LogFormat,
     pub tls: Option<TlsFiles>,
     pub consul: ConsulConfig,
     pub nomad: NomadConfig,
     pub notify: Vec<NotifyConfig>,
     pub services: Vec<ServiceConfig>,
+}
+
+/// Limits of the webhook listener beyond `max_connections`: what one
+/// stranger's connections may cost. Defaults in [`ListenerSettings::DEFAULT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// From accept to the first complete request head (TLS handshake,
+    /// protocol detection, HTTP/2 preface and first HEADERS included).
+    pub first_request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections per TCP peer address (IPv6 by /64); trusted
+    /// proxies are exempt.
+    pub max_connections_per_address: usize,
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/1.1 read buffer (head) and HTTP/2 header list size.
+    pub max_header_bytes: usize,
+    /// Header fields in one HTTP/1.1 request head.
+    pub max_headers: usize,
+    /// Client addresses the failed-attempt limit tracks at once.
+    pub failed_attempts_max_addresses: usize,
+}
+
+impl ListenerSettings {
+    pub const DEFAULT: ListenerSettings = ListenerSettings {
+        first_request_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+        max_connections_per_address: 64,
+        http2_max_concurrent_streams: 32,
+        max_header_bytes: 16 * 1024,
+        max_headers: 64,
+        failed_attempts_max_addresses: 65_536,
+    };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -598,6 +640,19 @@ impl Config {
         if max_connections == 0 {
             c.add(None, "max_connections", "must be at least 1");
         }
+        let listener = listener_settings(
+            &mut c,
+            RawListener {
+                first_request_timeout: raw.first_request_timeout,
+                idle_timeout: raw.idle_timeout,
+                max_connections_per_address: raw.max_connections_per_address,
+                http2_max_concurrent_streams: raw.http2_max_concurrent_streams,
+                max_header_bytes: raw.max_header_bytes,
+                max_headers: raw.max_headers,
+                failed_attempts_max_addresses: raw.failed_attempts_max_addresses,
+            },
+            max_connections,
+        );
         let log_format = match raw.log_format.as_deref() {
             None | Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
@@ -813,6 +868,7 @@ impl Config {
             trusted_proxies,
             failed_attempts_per_minute,
             max_connections,
+            listener,
             log_format,
             tls,
             consul,
@@ -820,6 +876,128 @@ impl Config {
             notify,
             services,
         })
+    }
+}
+
+/// The listener limits, each checked on its own so `tagbridge check`
+/// reports every bad one.
+struct RawListener {
+    first_request_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections_per_address: Option<usize>,
+    http2_max_concurrent_streams: Option<u32>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    failed_attempts_max_addresses: Option<usize>,
+}
+
+fn listener_settings(
+    c: &mut Collector,
+    raw: RawListener,
+    max_connections: usize,
+) -> ListenerSettings {
+    let d = ListenerSettings::DEFAULT;
+    let mut duration = |field: &str, v: &Option<String>, default: Duration| match v {
+        None => default,
+        Some(text) => match parse_duration(text) {
+            Ok(v) if v.is_zero() => {
+                c.add(None, field, "must be longer than zero");
+                default
+            }
+            Ok(v) if v > Duration::from_secs(3600) => {
+                c.add(None, field, format!("{text:?} is over 1h"));
+                default
+            }
+            Ok(v) => v,
+            Err(e) => {
+                c.add(None, field, e);
+                default
+            }
+        },
+    };
+    let first_request_timeout = duration(
+        "first_request_timeout",
+        &raw.first_request_timeout,
+        d.first_request_timeout,
+    );
+    let idle_timeout = duration("idle_timeout", &raw.idle_timeout, d.idle_timeout);
+    // Default: 64, or a quarter of max_connections when that is smaller,
+    // so one address can never take every slot.
+    let max_connections_per_address = match raw.max_connections_per_address {
+        None => d
+            .max_connections_per_address
+            .min((max_connections / 4).max(1)),
+        Some(0) => {
+            c.add(None, "max_connections_per_address", "must be at least 1");
+            1
+        }
+        Some(n) if n >= max_connections && max_connections > 1 => {
+            c.add(
+                None,
+                "max_connections_per_address",
+                format!("{n} must be below max_connections ({max_connections}), or one address can take every slot"),
+            );
+            n
+        }
+        Some(n) => n,
+    };
+    let http2_max_concurrent_streams = match raw.http2_max_concurrent_streams {
+        None => d.http2_max_concurrent_streams,
+        Some(n @ 1..=1000) => n,
+        Some(n) => {
+            c.add(
+                None,
+                "http2_max_concurrent_streams",
+                format!("{n} is not between 1 and 1000"),
+            );
+            d.http2_max_concurrent_streams
+        }
+    };
+    // hyper refuses (panics on) an HTTP/1.1 buffer under 8 KiB.
+    let max_header_bytes = match raw.max_header_bytes {
+        None => d.max_header_bytes,
+        Some(n @ 8192..=1_048_576) => n,
+        Some(n) => {
+            c.add(
+                None,
+                "max_header_bytes",
+                format!("{n} is not between 8192 and 1048576"),
+            );
+            d.max_header_bytes
+        }
+    };
+    let max_headers = match raw.max_headers {
+        None => d.max_headers,
+        Some(n @ 8..=1000) => n,
+        Some(n) => {
+            c.add(
+                None,
+                "max_headers",
+                format!("{n} is not between 8 and 1000"),
+            );
+            d.max_headers
+        }
+    };
+    let failed_attempts_max_addresses = match raw.failed_attempts_max_addresses {
+        None => d.failed_attempts_max_addresses,
+        Some(n @ 1..=16_777_216) => n,
+        Some(n) => {
+            c.add(
+                None,
+                "failed_attempts_max_addresses",
+                format!("{n} is not between 1 and 16777216"),
+            );
+            d.failed_attempts_max_addresses
+        }
+    };
+    ListenerSettings {
+        first_request_timeout,
+        idle_timeout,
+        max_connections_per_address,
+        http2_max_concurrent_streams,
+        max_header_bytes,
+        max_headers,
+        failed_attempts_max_addresses,
     }
 }
 
@@ -1054,6 +1232,57 @@ mod tests {
         assert_eq!(s.history_keep, 100);
         assert_eq!(s.allow_cidrs.len(), 2);
         assert!(s.rollout.is_none());
+    }
+
+    #[test]
+    fn listener_limits_default_and_every_bad_one_is_reported() {
+        let svc = format!(
+            r#"service "web" {{
+                 secret_sha256 = "{SHA}"
+                 source = "dockerhub"
+                 repository = "acme/web"
+                 key = "configs/web/IMAGE_TAG"
+               }}"#
+        );
+        let cfg = parse(&svc).expect("valid");
+        assert_eq!(cfg.listener, ListenerSettings::DEFAULT);
+        assert_eq!(cfg.max_connections, 1024);
+        // A small max_connections lowers the per-address default with it.
+        let cfg = parse(&format!("max_connections = 8\n{svc}")).expect("valid");
+        assert_eq!(cfg.listener.max_connections_per_address, 2);
+        let cfg = parse(&format!(
+            "first_request_timeout = \"3s\"\nidle_timeout = \"90s\"\nmax_headers = 20\n{svc}"
+        ))
+        .expect("valid");
+        assert_eq!(cfg.listener.first_request_timeout, Duration::from_secs(3));
+        assert_eq!(cfg.listener.idle_timeout, Duration::from_secs(90));
+        assert_eq!(cfg.listener.max_headers, 20);
+
+        let err = parse(&format!(
+            r#"max_connections = 100
+               first_request_timeout = "0s"
+               idle_timeout = "soon"
+               max_connections_per_address = 100
+               http2_max_concurrent_streams = 0
+               max_header_bytes = 1024
+               max_headers = 100000
+               failed_attempts_max_addresses = 0
+               {svc}"#
+        ))
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "t.hcl: first_request_timeout: must be longer than zero",
+            "t.hcl: idle_timeout: ",
+            "t.hcl: max_connections_per_address: 100 must be below max_connections (100)",
+            "t.hcl: http2_max_concurrent_streams: 0 is not between 1 and 1000",
+            "t.hcl: max_header_bytes: 1024 is not between 8192 and 1048576",
+            "t.hcl: max_headers: 100000 is not between 8 and 1000",
+            "t.hcl: failed_attempts_max_addresses: 0 is not between 1 and 16777216",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(text.lines().count(), 7, "{text}");
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub struct WebhookLabels {
     pub outcome: &'static str,
 }
 
+/// Why the listener closed or refused a connection (a fixed list).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub op: &'static str,
@@ -33,6 +39,9 @@ pub struct Metrics {
     pub ingest_seconds: Histogram,
     pub consul_errors: Family<OpLabels, Counter>,
     pub tls_not_after: Gauge<i64, AtomicI64>,
+    pub connections_open: Gauge,
+    pub connections_closed: Family<ConnLabels, Counter>,
+    pub failed_attempt_addresses: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,13 +82,40 @@ impl Metrics {
             "notAfter of the served TLS certificate, unix seconds",
             tls_not_after.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Webhook listener connections open now",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ConnLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Webhook listener connections closed or refused by a limit, by reason",
+            connections_closed.clone(),
+        );
+        let failed_attempt_addresses = Gauge::default();
+        registry.register(
+            "failed_attempt_addresses",
+            "Client addresses the failed-attempt limit tracks now (bounded)",
+            failed_attempt_addresses.clone(),
+        );
         Self {
             registry,
             webhooks,
             ingest_seconds,
             consul_errors,
             tls_not_after,
+            connections_open,
+            connections_closed,
+            failed_attempt_addresses,
         }
+    }
+
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ConnLabels { reason })
+            .inc();
     }
 
     pub fn consul_error(&self, op: &'static str) {

@@ -537,10 +537,22 @@ async fn repeated_failures_from_one_ip_get_429_with_retry_after() {
     assert_eq!(statuses, [404, 404, 404, 429, 429, 429]);
     let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&secs), "{secs}");
-    // While blocked, even the right secret is refused (no oracle).
-    let (status, _) = env.post(&tb, "web", dockerhub("acme/web", "1.0")).await;
-    assert_eq!(status, 429);
-    assert_eq!(env.consul.fingerprint(), vec![]);
+    // While limited, a delivery with the right secret is still processed
+    // (the limit must not lock a registry out of its shared address)…
+    let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "1.0")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        env.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("1.0")
+    );
+    // …and failing requests from that address are still 429.
+    let resp = env
+        .client
+        .post(tb.url("/hooks/guess-again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
     tb.stop().await;
 }
 

@@ -1,30 +1,36 @@
 //! The webhook listener: HTTPS in, one answer out, nothing kept.
 //!
 //! Every connection lives in its own task, which does the TLS handshake
-//! and all I/O under timeouts, so a slow or silent client costs one permit
-//! of a bounded semaphore and nothing else. Requests are routed by the
-//! secret in their path; the outcome of each is logged once, here.
+//! and all I/O under deadlines (see [`conn`]), so a slow or silent client
+//! costs one permit of a bounded semaphore, one of its address's few
+//! slots, and nothing else. Requests are routed by the secret in their
+//! path; each accepted delivery is logged once, here, and rejections are
+//! summarised per address ([`reject_log`]).
 
 pub mod admin;
+pub mod conn;
 pub mod guard;
+pub mod reject_log;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ServiceConfig};
@@ -32,28 +38,57 @@ use crate::ingest::{Change, Ingest, IngestError, Outcome};
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::tls::CertStore;
 use crate::webhook::{self, Parsed, WebhookError};
-use guard::FailGuard;
+use guard::{AddrKey, FailGuard};
+use reject_log::RejectLog;
 
 /// Largest webhook body accepted (contract: 1 MiB → 413).
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// Timeouts and caps of the listener.
+/// After a 413, how much more of the body is read (and dropped) before
+/// the stream is reset (HTTP/2) or the connection closed (HTTP/1.1), so
+/// a client still writing reaches the end of its body and reads the
+/// answer instead of a write error.
+const DRAIN_AFTER_413_BYTES: usize = 2 * 1024 * 1024;
+const DRAIN_AFTER_413_TIME: Duration = Duration::from_secs(2);
+
+/// Timeouts and caps of the listener (the configurable ones come from
+/// [`crate::config::ListenerSettings`]).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub handshake: Duration,
+    /// From accept to the first complete request head.
+    pub first_request: Duration,
+    /// HTTP/1.1: from the end of one request to the next complete head
+    /// (hyper's header-read timer, which runs while the connection idles).
     pub header_read: Duration,
+    /// No request in flight for this long: the connection is closed.
+    pub idle: Duration,
     pub body_read: Duration,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
     pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        Limits::from_config(1024, &crate::config::ListenerSettings::DEFAULT)
+    }
+}
+
+impl Limits {
+    pub fn from_config(max_connections: usize, l: &crate::config::ListenerSettings) -> Self {
         Limits {
-            handshake: Duration::from_secs(10),
-            header_read: Duration::from_secs(10),
+            first_request: l.first_request_timeout,
+            header_read: l.idle_timeout,
+            idle: l.idle_timeout,
             body_read: Duration::from_secs(30),
-            max_connections: 1024,
+            max_connections,
+            max_connections_per_address: l.max_connections_per_address,
+            http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -65,6 +100,7 @@ pub struct AppState {
     pub ingest: Ingest,
     pub metrics: Arc<Metrics>,
     pub guard: FailGuard,
+    pub rejects: RejectLog,
     pub limits: Limits,
     pub certs: Option<Arc<CertStore>>,
 }
@@ -76,12 +112,14 @@ impl AppState {
         metrics: Arc<Metrics>,
         certs: Option<Arc<CertStore>>,
     ) -> Self {
-        let limits = Limits {
-            max_connections: config.max_connections,
-            ..Limits::default()
-        };
+        let limits = Limits::from_config(config.max_connections, &config.listener);
         AppState {
-            guard: FailGuard::new(config.failed_attempts_per_minute),
+            guard: FailGuard::new(
+                config.failed_attempts_per_minute,
+                config.listener.failed_attempts_max_addresses,
+                metrics.failed_attempt_addresses.clone(),
+            ),
+            rejects: RejectLog::default(),
             config,
             ingest,
             metrics,
@@ -120,16 +158,30 @@ impl Rejection {
         }
     }
 
-    fn response(&self) -> Response<Full<Bytes>> {
+    /// The one-line reason an operator needs in the rejection summary.
+    fn detail(&self) -> Option<String> {
+        match self {
+            Rejection::Signature(e) => Some(e.to_string()),
+            Rejection::BadRequest(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    fn response(&self) -> Response<Reply> {
         let (status, body, retry_after) = match self {
             // SECURITY: one body for every unknown path and wrong secret,
-            // so an answer never tells a near miss from nonsense.
-            Rejection::NotFound => (StatusCode::NOT_FOUND, json!({"error": "not found"}), None),
-            Rejection::RateLimited(wait) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                json!({"error": "too many failed attempts"}),
-                Some(wait.as_secs().max(1)),
-            ),
+            // so an answer never tells a near miss from nonsense. These two
+            // answers are what a flood gets: fixed bytes, no JSON built.
+            Rejection::NotFound => {
+                return static_json(StatusCode::NOT_FOUND, b"{\"error\":\"not found\"}\n", None)
+            }
+            Rejection::RateLimited(wait) => {
+                return static_json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    b"{\"error\":\"too many failed attempts\"}\n",
+                    Some(wait.as_secs().max(1)),
+                )
+            }
             Rejection::Forbidden => (
                 StatusCode::FORBIDDEN,
                 json!({"error": "source address not allowed"}),
@@ -173,10 +225,28 @@ impl Rejection {
     }
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+fn static_json(
+    status: StatusCode,
+    body: &'static [u8],
+    retry_after: Option<u64>,
+) -> Response<Reply> {
+    let mut resp = Response::new(Reply::new(Bytes::from_static(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Reply> {
     let mut bytes = serde_json::to_vec(body).unwrap_or_default();
     bytes.push(b'\n');
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    let mut resp = Response::new(Reply::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -190,6 +260,103 @@ struct Report {
     service: Option<usize>,
     tag: Option<String>,
     outcome: &'static str,
+    /// The client address as the limits see it.
+    client: Option<std::net::IpAddr>,
+    detail: Option<String>,
+}
+
+/// A response body: the answer's bytes, then, for an answer given before
+/// the request body was read, what happens to that body.
+///
+/// The request body is held until the answer has been sent. On HTTP/2
+/// that makes the stream half-closed by us when the body is dropped, and
+/// h2 then resets it with NO_ERROR (RFC 9113 §8.1: "a complete response
+/// prior to the client sending an entire request"), which clients read as
+/// "stop sending, the answer stands". After a 413 the rest of the body is
+/// first read and dropped, bounded (see [`too_large`]).
+pub struct Reply {
+    data: Option<Bytes>,
+    after: After,
+}
+
+enum After {
+    Nothing,
+    Hold(#[allow(dead_code)] Incoming),
+    Drain {
+        body: Incoming,
+        left: usize,
+        until: Pin<Box<tokio::time::Sleep>>,
+        /// HTTP/1.1: leave the length open (see `size_hint`).
+        open_length: bool,
+    },
+}
+
+impl Reply {
+    pub fn new(data: Bytes) -> Self {
+        Reply {
+            data: Some(data),
+            after: After::Nothing,
+        }
+    }
+}
+
+impl Body for Reply {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(d) = this.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        if let After::Drain {
+            body, left, until, ..
+        } = &mut this.after
+        {
+            loop {
+                if until.as_mut().poll(cx).is_ready() {
+                    break;
+                }
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(f))) => {
+                        let n = f.data_ref().map_or(0, Bytes::len);
+                        if n >= *left {
+                            break;
+                        }
+                        *left -= n;
+                    }
+                    Poll::Ready(_) => break,
+                }
+            }
+            this.after = After::Nothing;
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && !matches!(self.after, After::Drain { .. })
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // While a drain is to follow, the length is left open: HTTP/1.1
+        // then answers chunked, and hyper keeps polling this body (and so
+        // the drain) after the data, instead of ending it at its
+        // Content-Length and closing on a client still writing.
+        if matches!(
+            self.after,
+            After::Drain {
+                open_length: true,
+                ..
+            }
+        ) {
+            return SizeHint::default();
+        }
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
 }
 
 /// Serve webhooks on `listener` until `shutdown` completes, then drain
@@ -206,24 +373,16 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let per_address = conn::ConnLimiter::new(state.limits.max_connections_per_address);
     let tracker = TaskTracker::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(64)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
-    // Cancelled when shutdown starts: connections still in their TLS
-    // handshake (or silent, like a TCP health check) give up at once
-    // instead of holding the drain until the handshake timeout.
-    let stopping = tokio_util::sync::CancellationToken::new();
+    let builder = Arc::new(http_builder(&state.limits));
+    // `stopping`: shutdown started; connections finish their request and
+    // close, and those not yet past their first request give up at once.
+    // `hard_stop`: the grace is over; whatever is left is dropped.
+    let stopping = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let summary_stop = CancellationToken::new();
+    let summary = tokio::spawn(summarise_rejections(state.clone(), summary_stop.clone()));
     tokio::pin!(shutdown);
 
     loop {
@@ -243,37 +402,57 @@ pub async fn run(
                 }
             },
         };
+        let accepted_at = tokio::time::Instant::now();
+        // SECURITY: the per-address cap counts the TCP peer, the only
+        // address a stranger cannot choose. A trusted proxy is exempt: every
+        // client behind it shares its address, so capping it would let one
+        // of them lock the rest out; the proxy is where per-client
+        // connection limits belong (max_connections still bounds it).
+        let peer_ip = guard::canonical(peer.ip());
+        let slot = if state
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer_ip))
+        {
+            None
+        } else {
+            match per_address.try_acquire(AddrKey::of(peer_ip)) {
+                Some(s) => Some(s),
+                None => {
+                    state.metrics.connection_closed("per_address_limit");
+                    state
+                        .rejects
+                        .record(AddrKey::of(peer_ip), "connection_refused", None, None);
+                    drop(tcp);
+                    continue;
+                }
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
         let stopping = stopping.clone();
+        let hard_stop = hard_stop.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let handshake = tokio::time::timeout(state.limits.handshake, acceptor.accept(tcp));
-            let handshake = tokio::select! {
-                r = handshake => r,
-                () = stopping.cancelled() => return,
-            };
-            let tls = match handshake {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, peer, &state).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let _slot = slot;
+            state.metrics.connections_open.inc();
+            let end = serve_one(
+                tcp,
+                peer,
+                accepted_at,
+                acceptor,
+                &state,
+                &builder,
+                &stopping,
+                &hard_stop,
+            )
+            .await;
+            state.metrics.connections_open.dec();
+            if let Some(reason) = end.reason() {
+                state.metrics.connection_closed(reason);
             }
         });
     }
@@ -282,26 +461,135 @@ pub async fn run(
     stopping.cancel();
     tracker.close();
     let grace = state.limits.shutdown_grace;
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(?grace, "connections still open at the shutdown deadline; closing them");
-        }
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "connections still open at the shutdown deadline; closing them"
+        );
+        hard_stop.cancel();
+        tracker.wait().await;
     }
+    summary_stop.cancel();
+    let _ = summary.await;
     Ok(())
 }
 
-/// Handle one request: log it once, count it once.
-pub async fn handle(
-    req: Request<Incoming>,
+/// The HTTP/1.1 and HTTP/2 settings every connection is served with.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper starts this timer whenever it waits for a request head,
+        // idle keep-alive included: on HTTP/1.1 it is the idle timeout
+        // plus the time to send the next head.
+        .header_read_timeout(limits.header_read)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+/// One connection: TLS handshake and first request head under one
+/// deadline from accept, then requests until idle, the peer leaves or the
+/// server stops.
+#[allow(clippy::too_many_arguments)]
+async fn serve_one(
+    tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    state: &AppState,
-) -> Response<Full<Bytes>> {
+    accepted_at: tokio::time::Instant,
+    acceptor: TlsAcceptor,
+    state: &Arc<AppState>,
+    builder: &auto::Builder<TokioExecutor>,
+    stopping: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> conn::End {
+    let deadline = accepted_at + state.limits.first_request;
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+    // Cancelled when shutdown starts: connections still in their TLS
+    // handshake (or silent, like a TCP health check) give up at once
+    // instead of holding the drain.
+    let tls = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return conn::End::Done;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake not done by the first-request deadline");
+                return conn::End::FirstRequestTimeout;
+            }
+        },
+        () = stopping.cancelled() => return conn::End::Shutdown,
+    };
+    let activity = conn::Activity::new();
+    let svc = {
+        let state = state.clone();
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let in_flight = activity.request();
+            let state = state.clone();
+            async move {
+                let resp = handle(req, peer, &state).await;
+                drop(in_flight);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let served = builder.serve_connection(TokioIo::new(tls), svc);
+    conn::drive(
+        served,
+        &activity,
+        deadline,
+        state.limits.idle,
+        stopping,
+        hard_stop,
+    )
+    .await
+}
+
+/// Write the rejection summary every [`reject_log::INTERVAL`], and once
+/// more when the server stops.
+///
+/// A fixed period rather than a line per event is the point: the log's
+/// size no longer follows a stranger's request rate.
+async fn summarise_rejections(state: Arc<AppState>, stopping: CancellationToken) {
+    let name = |i: usize| {
+        state
+            .config
+            .services
+            .get(i)
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
+    };
+    let mut every = tokio::time::interval(reject_log::INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => state.rejects.flush(name),
+            () = stopping.cancelled() => {
+                state.rejects.flush(name);
+                return;
+            }
+        }
+    }
+}
+
+/// Handle one request: count it once; log an accepted one at once and a
+/// rejected one in its address's summary.
+pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> Response<Reply> {
     // A health check of the HTTPS listener itself (Nomad, load balancers):
     // proves TLS and the listener are up. Not a webhook: neither counted,
     // logged nor charged to the failed-attempt limit.
     if req.uri().path() == "/healthz" && matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        let mut resp = Response::new(Reply::new(Bytes::from_static(b"ok\n")));
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain"),
@@ -326,6 +614,19 @@ pub async fn handle(
     if svc.is_some() {
         state.metrics.ingest_seconds.observe(elapsed.as_secs_f64());
     }
+    if resp.status().is_client_error() {
+        // SECURITY: a stranger chooses how many of these there are, so
+        // they are summarised (at most one line per address per interval)
+        // rather than logged one by one; the metric counts each.
+        let client = report.client.unwrap_or_else(|| guard::canonical(peer.ip()));
+        state.rejects.record(
+            AddrKey::of(client),
+            report.outcome,
+            report.service,
+            report.detail.as_deref(),
+        );
+        return resp;
+    }
     // SECURITY: the path (which holds the secret) is never logged.
     tracing::info!(
         service,
@@ -339,33 +640,51 @@ pub async fn handle(
     resp
 }
 
+/// Decide one webhook request. Long because it is the contract's table
+/// in order (secret, address, body, signature, payload, ingest), and
+/// each step's early answer is clearer in place than behind a helper.
 async fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
     state: &AppState,
-) -> (Response<Full<Bytes>>, Report) {
+) -> (Response<Reply>, Report) {
     let mut report = Report {
         service: None,
         tag: None,
         outcome: "not_found",
+        client: None,
+        detail: None,
     };
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     let ip = guard::client_ip(
         peer,
         parts
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok()),
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(HeaderValue::as_bytes),
         &state.config.trusted_proxies,
     );
+    report.client = Some(ip);
     let reject = |report: &mut Report, r: Rejection| {
         report.outcome = r.outcome();
+        report.detail = r.detail();
         r.response()
     };
-    if let Some(wait) = state.guard.blocked(ip) {
-        drain(body).await;
-        return (reject(&mut report, Rejection::RateLimited(wait)), report);
-    }
+
+    // SECURITY: the failed-attempt limit is consulted only for requests
+    // that fail. A request whose secret matches is processed whatever its
+    // address's count (its signature is still checked, and a bad one
+    // counts as a failure), so nobody sharing a registry's address pool
+    // (Docker Hub, GitHub and Quay deliver from shared pools) can get its
+    // deliveries refused by failing on purpose. A limited address used to
+    // get 429 for everything, so that a guesser could not tell a hit from
+    // a miss. That "no oracle" rule bought nothing: secrets are 256-bit,
+    // and for a limited address the only request whose answer differs
+    // (processed instead of 429) is one carrying the correct secret,
+    // which guessing cannot find; the 404/429 difference itself tells
+    // nothing about any secret. The limit slows guessing and the noise it
+    // makes; the secret's size is what protects it.
 
     // Hash something for every request, so an unknown path costs the same
     // as a wrong secret.
@@ -379,20 +698,27 @@ async fn route(
                 Some(wait) => Rejection::RateLimited(wait),
                 None => Rejection::NotFound,
             };
-            drain(body).await;
-            return (reject(&mut report, r), report);
+            drain(&mut body).await;
+            return (hold(reject(&mut report, r), body), report);
         }
     };
     report.service = Some(idx);
     let svc = &state.config.services[idx];
     if !svc.allow_cidrs.iter().any(|n| n.contains(&ip)) {
-        drain(body).await;
-        return (reject(&mut report, Rejection::Forbidden), report);
+        drain(&mut body).await;
+        return (
+            hold(reject(&mut report, Rejection::Forbidden), body),
+            report,
+        );
     }
 
-    let body = match read_body(body, &parts.headers, state.limits.body_read).await {
+    let body = match read_body(&mut body, &parts.headers, state.limits.body_read).await {
         Ok(b) => b,
-        Err(r) => return (reject(&mut report, r), report),
+        Err(Rejection::TooLarge) => {
+            let resp = reject(&mut report, Rejection::TooLarge);
+            return (too_large(resp, body, &parts), report);
+        }
+        Err(r) => return (hold(reject(&mut report, r), body), report),
     };
     let parsed = webhook::parse(
         svc.source,
@@ -499,7 +825,7 @@ async fn ingest_best(
         .await
 }
 
-fn accepted(svc: &ServiceConfig, o: &Outcome) -> Response<Full<Bytes>> {
+fn accepted(svc: &ServiceConfig, o: &Outcome) -> Response<Reply> {
     let mut body = json!({
         "service": svc.name,
         "key": svc.key,
@@ -519,37 +845,111 @@ fn accepted(svc: &ServiceConfig, o: &Outcome) -> Response<Full<Bytes>> {
     json_response(status, &body)
 }
 
-/// Read and drop a small body before answering a rejected request.
-/// HTTP/2 clients (curl) report a stream error when the answer comes
-/// before their body was taken; a large or slow body is not waited for.
-async fn drain(body: Incoming) {
+/// Read and drop a small body before answering a rejected request, so
+/// an HTTP/1.1 connection can be reused; a large or slow body is not
+/// waited for.
+async fn drain(body: &mut Incoming) {
     const DRAIN_LIMIT: usize = 64 * 1024;
-    let _ = tokio::time::timeout(
-        Duration::from_millis(500),
-        Limited::new(body, DRAIN_LIMIT).collect(),
-    )
+    if body.is_end_stream() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut read = 0;
+        while let Some(Ok(f)) = body.frame().await {
+            read += f.data_ref().map_or(0, Bytes::len);
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
     .await;
 }
 
-/// Read the body, refusing more than [`MAX_BODY`] while it streams.
-async fn read_body(
+/// Keep the request body until the answer is sent (see [`Reply`]).
+fn hold(mut resp: Response<Reply>, body: Incoming) -> Response<Reply> {
+    if !body.is_end_stream() {
+        resp.body_mut().after = After::Hold(body);
+    }
+    resp
+}
+
+/// The 413: the answer, then up to [`DRAIN_AFTER_413_BYTES`] /
+/// [`DRAIN_AFTER_413_TIME`] of the rest of the body read and dropped, so a
+/// client still writing its body reaches the end and reads the answer
+/// (curl before 8.x reports an HTTP/2 stream reset as an error even after
+/// a complete answer). Then, on HTTP/2, RST_STREAM(NO_ERROR) if the body
+/// is still coming (see [`Reply`]); on HTTP/1.1 a close, since the
+/// connection is mid-body and cannot be reused.
+fn too_large(
+    mut resp: Response<Reply>,
     body: Incoming,
+    req: &http::request::Parts,
+) -> Response<Reply> {
+    if req.version == Version::HTTP_2 {
+        resp.body_mut().after = After::Drain {
+            body,
+            left: DRAIN_AFTER_413_BYTES,
+            until: Box::pin(tokio::time::sleep(DRAIN_AFTER_413_TIME)),
+            open_length: false,
+        };
+        return resp;
+    }
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    // A client that asked `Expect: 100-continue` and was refused on its
+    // declared length has not been told to send: nothing to drain.
+    let waiting = req
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        && declared_length(&req.headers).is_some_and(|n| n > MAX_BODY as u64);
+    resp.body_mut().after = if waiting {
+        After::Nothing
+    } else {
+        After::Drain {
+            body,
+            left: DRAIN_AFTER_413_BYTES,
+            until: Box::pin(tokio::time::sleep(DRAIN_AFTER_413_TIME)),
+            open_length: true,
+        }
+    };
+    resp
+}
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Read the body, refusing more than [`MAX_BODY`] while it streams. The
+/// body stays with the caller, who may still have to answer before the
+/// rest of it.
+async fn read_body(
+    body: &mut Incoming,
     headers: &http::HeaderMap,
     limit: Duration,
 ) -> Result<Bytes, Rejection> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    if declared_length(headers).is_some_and(|n| n > MAX_BODY as u64) {
         return Err(Rejection::TooLarge);
     }
-    match tokio::time::timeout(limit, Limited::new(body, MAX_BODY).collect()).await {
+    let read = async {
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| Rejection::BadRequest(format!("body could not be read: {e}")))?;
+            if let Some(d) = frame.data_ref() {
+                if buf.len() + d.len() > MAX_BODY {
+                    return Err(Rejection::TooLarge);
+                }
+                buf.extend_from_slice(d);
+            }
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(limit, read).await {
         Err(_) => Err(Rejection::BodyTimeout),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Rejection::TooLarge),
-        Ok(Err(e)) => Err(Rejection::BadRequest(format!(
-            "body could not be read: {e}"
-        ))),
+        Ok(r) => r,
     }
 }
