@@ -315,10 +315,9 @@ impl Config {
 /// change from a certificate-only reload, without keeping secrets around
 /// in another form.
 pub fn fingerprint(text: &str, cfg: &Config) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     let mut put = |b: &[u8]| {
-        h.update((b.len() as u64).to_le_bytes());
+        h.update(&(b.len() as u64).to_le_bytes());
         h.update(b);
     };
     put(text.as_bytes());
@@ -329,7 +328,9 @@ pub fn fingerprint(text: &str, cfg: &Config) -> [u8; 32] {
     for s in secrets {
         put(s.map_or(&[][..], Secret::expose));
     }
-    h.finalize().into()
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finish().as_ref());
+    out
 }
 
 /// One configuration problem: where, and what is wrong.

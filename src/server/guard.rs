@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use prometheus_client::metrics::gauge::Gauge;
-use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::config::ServiceConfig;
@@ -28,7 +27,8 @@ use crate::config::ServiceConfig;
 /// constant time, without an early exit, so the answer time does not tell
 /// how many services exist or how close a guess was.
 pub fn match_secret(services: &[ServiceConfig], presented: &[u8]) -> Option<usize> {
-    let hash: [u8; 32] = Sha256::digest(presented).into();
+    let digest = ring::digest::digest(&ring::digest::SHA256, presented);
+    let hash: &[u8] = digest.as_ref();
     let mut found: u64 = u64::MAX;
     for (i, svc) in services.iter().enumerate() {
         let eq = hash.ct_eq(&svc.secret_sha256);
