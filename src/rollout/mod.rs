@@ -25,6 +25,11 @@ mod requirements;
 mod rollback;
 mod watch;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 pub use ports::{ConsulPort, NomadPort};
 use record::Writes;
 pub use requirements::unmet_requirements;
@@ -32,7 +37,7 @@ pub use requirements::unmet_requirements;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -215,6 +220,14 @@ pub struct State {
     pub deployed: Option<Deployed>,
     /// The pin record's target tag (`Some("")` for a pin without one).
     pub pin: Option<String>,
+    /// ModifyIndex of the desired record as read (0: absent): the start
+    /// of a rollout is committed only if it is unchanged.
+    pub desired_index: u64,
+    /// ModifyIndex of the pin record as read (0: absent).
+    pub pin_index: u64,
+    /// When the rollout in the deployed record started (Unix ms), so a
+    /// resumed rollout keeps its deadline.
+    pub started: Option<u64>,
 }
 
 /// The pin record: present = webhooks are recorded but not deployed; the
@@ -242,33 +255,29 @@ pub async fn read_state<C: ConsulPort>(consul: &C, keys: &Keys) -> Result<State,
         consul.kv_get(&keys.deployed),
         consul.kv_get(&keys.pin),
     )?;
-    let parse = |key: &str, v: &[u8]| -> Result<serde_json::Value, RolloutError> {
+    fn parse<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, RolloutError> {
         serde_json::from_slice(v).map_err(|e| RolloutError::Corrupt {
             key: key.to_string(),
             reason: e.to_string(),
         })
-    };
+    }
+    let desired_index = desired.value.as_ref().map_or(0, |kv| kv.modify_index);
+    let pin_index = pin.value.as_ref().map_or(0, |kv| kv.modify_index);
     let desired = match desired.value {
-        Some(kv) if !kv.value.is_empty() => Some(
-            serde_json::from_value(parse(&keys.desired, &kv.value)?).map_err(|e| {
-                RolloutError::Corrupt {
-                    key: keys.desired.clone(),
-                    reason: e.to_string(),
-                }
-            })?,
-        ),
+        Some(kv) if !kv.value.is_empty() => Some(parse::<Desired>(&keys.desired, &kv.value)?),
         _ => None,
     };
-    let deployed = match deployed.value {
-        Some(kv) if !kv.value.is_empty() => Some(
-            serde_json::from_value(parse(&keys.deployed, &kv.value)?).map_err(|e| {
-                RolloutError::Corrupt {
-                    key: keys.deployed.clone(),
-                    reason: e.to_string(),
-                }
-            })?,
-        ),
-        _ => None,
+    let (deployed, started) = match deployed.value {
+        Some(kv) if !kv.value.is_empty() => {
+            let raw: serde_json::Value = parse(&keys.deployed, &kv.value)?;
+            let started = raw.get(record::STARTED).and_then(serde_json::Value::as_u64);
+            let d: Deployed = serde_json::from_value(raw).map_err(|e| RolloutError::Corrupt {
+                key: keys.deployed.clone(),
+                reason: e.to_string(),
+            })?;
+            (Some(d), started)
+        }
+        _ => (None, None),
     };
     let pin = pin.value.map(|kv| {
         serde_json::from_slice::<PinRecord>(&kv.value)
@@ -280,11 +289,77 @@ pub async fn read_state<C: ConsulPort>(consul: &C, keys: &Keys) -> Result<State,
         desired,
         deployed,
         pin,
+        desired_index,
+        pin_index,
+        started,
     })
 }
 
 /// History entries looked through for the tag a first rollout replaces.
 const PREVIOUS_SCAN: usize = 100;
+
+/// An error a retry may outlast (unreachable, timeout, 5xx, 429).
+pub(crate) trait Transient {
+    fn transient(&self) -> bool;
+}
+
+impl Transient for NomadError {
+    fn transient(&self) -> bool {
+        self.is_transient()
+    }
+}
+
+impl Transient for ConsulError {
+    fn transient(&self) -> bool {
+        self.is_transient()
+    }
+}
+
+impl Transient for RolloutError {
+    fn transient(&self) -> bool {
+        match self {
+            RolloutError::Nomad(e) => e.is_transient(),
+            RolloutError::Consul(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+impl Transient for crate::history_store::HistoryError {
+    fn transient(&self) -> bool {
+        matches!(self, crate::history_store::HistoryError::Consul(e) if e.is_transient())
+    }
+}
+
+impl From<crate::history_store::HistoryError> for RolloutError {
+    fn from(e: crate::history_store::HistoryError) -> Self {
+        match e {
+            crate::history_store::HistoryError::Consul(e) => RolloutError::Consul(e),
+            other => RolloutError::Corrupt {
+                key: "history".into(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Retry delays during an outage: short enough that an answer after the
+/// outage is seen within about half a second, jittered so replicas and
+/// services do not retry in step.
+fn outage_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(400))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// Now as Unix milliseconds (the persisted start of a rollout).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// One rollout driver for one service.
 pub struct Driver<'a, N: NomadPort = Nomad, C: ConsulPort = Consul> {
@@ -294,6 +369,12 @@ pub struct Driver<'a, N: NomadPort = Nomad, C: ConsulPort = Consul> {
     svc: &'a ServiceConfig,
     rc: &'a RolloutConfig,
     keys: Keys,
+    /// Start of the rollout being driven (Unix ms), written into every
+    /// busy record so a resumed rollout keeps its deadline.
+    started: Mutex<Option<u64>>,
+    /// Until when outages are waited out (the rollout's own deadline, or
+    /// the rollback's).
+    patience: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl<'a> Driver<'a> {
@@ -319,6 +400,8 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
             svc,
             rc: svc.rollout.as_ref()?,
             keys: Keys::new(&ctx.config, svc),
+            started: Mutex::new(None),
+            patience: Mutex::new(None),
         })
     }
 
@@ -331,17 +414,19 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
     /// Anything that stopped the driver before an outcome was recorded;
     /// the records then say where to resume.
     pub async fn drive(&self) -> Result<(), RolloutError> {
-        // Each pass finishes one desired seq; bounded so a flapping
-        // registry cannot keep one task busy forever.
+        // Each pass finishes one desired seq (or re-decides after a lost
+        // race); bounded so a flapping registry cannot keep one task busy
+        // forever.
         for _ in 0..32 {
             self.check_cancel()?;
-            let st = read_state(self.consul, &self.keys).await?;
+            let st = self.patient(|| read_state(self.consul, &self.keys)).await?;
             if let Some(d) = st.deployed.as_ref().filter(|d| d.is_busy()) {
                 tracing::info!(service = %self.svc.name, tag = %d.tag, outcome = %d.outcome, "resuming an unfinished rollout");
+                self.set_started(st.started.unwrap_or_else(unix_ms));
                 self.resume(d.clone()).await?;
                 continue;
             }
-            let Some(desired) = st.desired else {
+            let Some(desired) = st.desired.clone() else {
                 return Ok(());
             };
             if st.deployed.as_ref().is_some_and(|d| d.seq >= desired.seq) {
@@ -353,7 +438,8 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
                     return Ok(());
                 }
             }
-            self.start(&desired, st.deployed.as_ref()).await?;
+            self.set_started(unix_ms());
+            self.start(&desired, &st).await?;
         }
         Ok(())
     }
@@ -366,7 +452,62 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
         }
     }
 
+    fn set_started(&self, at: u64) {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+        let elapsed = Duration::from_millis(unix_ms().saturating_sub(at));
+        self.set_patience(self.rc.timeout.saturating_sub(elapsed));
+    }
+
+    fn started(&self) -> Option<u64> {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_patience(&self, left: Duration) {
+        *self.patience.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now() + left);
+    }
+
+    /// The rollout's deadline (persisted start + timeout).
+    fn deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        match self.started() {
+            Some(at) => {
+                let elapsed = Duration::from_millis(unix_ms().saturating_sub(at));
+                now + self.rc.timeout.saturating_sub(elapsed)
+            }
+            None => now + self.rc.timeout,
+        }
+    }
+
+    /// Run `op`, waiting out outages (transient errors) with jittered
+    /// backoff until the rollout's deadline; cancellation ends it at once.
+    async fn patient<T, E, Fut>(&self, mut op: impl FnMut() -> Fut) -> Result<T, RolloutError>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: Transient + Into<RolloutError> + fmt::Display,
+    {
+        use backon::Retryable as _;
+        let until = self
+            .patience
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|| tokio::time::Instant::now() + self.rc.timeout);
+        let name = &self.svc.name;
+        let attempt = (|| op())
+            .retry(outage_backoff())
+            .sleep(tokio::time::sleep)
+            .when(|e: &E| e.transient() && tokio::time::Instant::now() < until)
+            .notify(|e: &E, after: Duration| {
+                tracing::warn!(service = %name, error = %e, retry_in = ?after, "unreachable; waiting it out");
+            });
+        tokio::select! {
+            () = self.ctx.cancel.cancelled() => Err(RolloutError::Cancelled),
+            r = attempt => r.map_err(Into::into),
+        }
+    }
+
     async fn job(&self) -> Result<Option<Job>, RolloutError> {
-        Ok(self.nomad.job(&self.rc.namespace, &self.rc.job).await?)
+        self.patient(|| self.nomad.job(&self.rc.namespace, &self.rc.job))
+            .await
     }
 }

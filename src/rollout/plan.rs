@@ -1,16 +1,68 @@
 //! Planning and register: which tag to deploy and what it replaces, the
-//! record written before Nomad is touched, and the register itself
-//! (EnforceIndex; a lost race is re-read, never overwritten).
+//! record written before Nomad is touched (conditioned on the desired and
+//! pin records it was decided from), and the register itself
+//! (EnforceIndex; a lost race is re-read, never overwritten; a version
+//! this attempt already made is adopted, never registered twice).
+
+use backon::BackoffBuilder as _;
+
+use super::record::{Committed, Guard, KeyWrite};
 use super::*;
 use crate::history::Event;
 use crate::x509::now_rfc3339;
 
+/// The tag a rollback of a rollout starting now goes back to: what the
+/// last rollout left running. After a failed one the key may name a tag
+/// that never ran, so the job's own meta (the version a revert restores)
+/// comes first. Then what the key held before this tag arrived (its
+/// `received` entry), then the key itself. `None` only when none of them
+/// names a tag: the key did not exist, and a rollback deletes it again.
+pub fn plan_previous(
+    prev: Option<&Deployed>,
+    meta_now: Option<&str>,
+    received_previous: Option<&str>,
+    key_now: Option<&str>,
+) -> Option<String> {
+    let meta_now = meta_now.filter(|m| !m.is_empty()).map(str::to_string);
+    match prev {
+        Some(p) if p.outcome == Deployed::FAILED => meta_now.or(p.previous.clone()),
+        Some(p) => Some(p.tag.clone()).or(meta_now),
+        None => meta_now,
+    }
+    .filter(|t| !t.is_empty())
+    .or_else(|| received_previous.map(str::to_string))
+    .filter(|t| !t.is_empty())
+    .or_else(|| key_now.map(str::to_string))
+    .filter(|t| !t.is_empty())
+}
+
+/// I3: the job version this rollout attempt already registered, if any:
+/// the newest version above `prior` (the version the attempt started
+/// from) whose meta names `tag`. A dead leader's register, or ours whose
+/// answer was lost, is adopted instead of registered again.
+pub fn adoptable(versions: &[Job], meta_key: &str, tag: &str, prior: u64) -> Option<u64> {
+    versions
+        .iter()
+        .filter(|j| j.version > prior && j.meta(meta_key) == Some(tag))
+        .map(|j| j.version)
+        .max()
+}
+
+/// What a register attempt left.
+enum Registered {
+    New { version: u64, eval: String },
+    Adopted(u64),
+}
+
 impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
-    pub(super) async fn start(
-        &self,
-        desired: &Desired,
-        prev: Option<&Deployed>,
-    ) -> Result<(), RolloutError> {
+    /// Start a rollout of `desired`, decided from `st`; returns without
+    /// doing anything when `st` went stale meanwhile (the caller re-reads).
+    pub(super) async fn start(&self, desired: &Desired, st: &State) -> Result<(), RolloutError> {
+        let prev = st.deployed.as_ref();
+        let guard = Some(Guard {
+            desired_index: st.desired_index,
+            pin_index: st.pin_index,
+        });
         let Some(job) = self.job().await? else {
             let failure = Failure::JobMissing {
                 job: self.rc.job.clone(),
@@ -32,33 +84,27 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 .finish_failed(rec, &desired.tag, failure.to_string())
                 .await;
         };
-        let meta_now = job
-            .meta(&self.rc.meta_key)
-            .filter(|m| !m.is_empty())
-            .map(str::to_string);
-        // The tag a revert goes back to: what the last rollout left running.
-        // After a failed one the key may name a tag that never ran, so the
-        // job's own meta (the version a revert restores) comes first.
-        let mut previous = match prev {
-            Some(p) if p.outcome == Deployed::FAILED => meta_now.clone().or(p.previous.clone()),
-            Some(p) => Some(p.tag.clone()).or(meta_now.clone()),
-            None => meta_now.clone(),
-        }
-        .filter(|t| !t.is_empty());
-        if previous.is_none() {
-            // First rollout of a job tagbridge never set: what the key
-            // held before this tag arrived, as its history entry says.
-            previous = self
-                .consul
-                .history_recent(&self.keys.history, PREVIOUS_SCAN)
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .find(|e| {
-                    e.tag == desired.tag && matches!(e.event, Event::Received | Event::Manual)
-                })
-                .and_then(|e| e.previous);
-        }
+        let received = self
+            .patient(|| {
+                self.consul
+                    .history_recent(&self.keys.history, PREVIOUS_SCAN)
+            })
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.tag == desired.tag && matches!(e.event, Event::Received | Event::Manual))
+            .and_then(|e| e.previous);
+        let key_now = self
+            .patient(|| self.consul.kv_get(&self.keys.tag))
+            .await?
+            .value
+            .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
+        let previous = plan_previous(
+            prev,
+            job.meta(&self.rc.meta_key),
+            received.as_deref(),
+            key_now.as_deref(),
+        );
         tracing::info!(service = %self.svc.name, tag = %desired.tag, previous = ?previous, job_version = job.version, "rollout starting");
         let rec = Deployed {
             tag: desired.tag.clone(),
@@ -74,13 +120,15 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         };
         // The key carries the tag being deployed (template jobs render it
         // in every allocation placed from now on).
-        self.commit(Writes {
+        let w = Writes {
             deployed: rec.clone(),
-            key: Some(desired.tag.clone()),
+            key: KeyWrite::Set(desired.tag.clone()),
             history: None,
-        })
-        .await?;
-        self.proceed(rec).await
+        };
+        match self.commit_guarded(w, guard).await? {
+            Committed::Yes => self.proceed(rec).await,
+            Committed::Stale => Ok(()),
+        }
     }
 
     pub(super) async fn resume(&self, rec: Deployed) -> Result<(), RolloutError> {
@@ -108,15 +156,13 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         let mut eval = None;
         let version = match rec.job_version {
             Some(v) => v,
-            // A dead leader registered it but did not record the version.
-            None if job.meta(&self.rc.meta_key) == Some(rec.tag.as_str())
-                && job.version > prior =>
-            {
-                job.version
-            }
-            None => match self.register(&rec.tag, rec.seq).await? {
-                Ok((v, e)) => {
+            None => match self.register(&rec, prior).await? {
+                Ok(Registered::New { version, eval: e }) => {
                     eval = Some(e);
+                    version
+                }
+                Ok(Registered::Adopted(v)) => {
+                    tracing::info!(service = %self.svc.name, tag = %rec.tag, job_version = v, "adopting the job version this rollout already registered");
                     v
                 }
                 Err(f) => return self.rollback(rec, f).await,
@@ -127,7 +173,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             rec.at = now_rfc3339();
             self.commit(Writes {
                 deployed: rec.clone(),
-                key: None,
+                key: KeyWrite::Keep,
                 history: None,
             })
             .await?;
@@ -144,7 +190,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                     rec.deployment = Some(d.id.clone());
                     self.commit(Writes {
                         deployed: rec.clone(),
-                        key: None,
+                        key: KeyWrite::Keep,
                         history: None,
                     })
                     .await?;
@@ -153,22 +199,44 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 None => return self.rollback(rec, Failure::NoDeployment { version }).await,
             },
         };
-        match self.watch(&dep, true).await? {
+        match self
+            .watch(&dep, true, Some(version), self.deadline())
+            .await?
+        {
             Ok(()) => self.finish_deployed(rec).await,
             Err(f) => self.rollback(rec, f).await,
         }
     }
 
+    /// The version this attempt already registered, if the job has moved
+    /// past `prior` at all (one more read only then).
+    async fn adopt(&self, job: &Job, tag: &str, prior: u64) -> Result<Option<u64>, RolloutError> {
+        if job.version <= prior {
+            return Ok(None);
+        }
+        if job.meta(&self.rc.meta_key) == Some(tag) {
+            return Ok(Some(job.version));
+        }
+        let versions = self
+            .patient(|| self.nomad.job_versions(&self.rc.namespace, &self.rc.job))
+            .await?;
+        Ok(adoptable(&versions, &self.rc.meta_key, tag, prior))
+    }
+
     /// Set the meta key and register under EnforceIndex; a lost race is
     /// answered by re-reading (keeping the other writer's change), never
-    /// by overwriting it.
-    pub(super) async fn register(
+    /// by overwriting it. A transport error leaves it unknown whether the
+    /// register happened: the next attempt's re-read adopts it if so.
+    async fn register(
         &self,
-        tag: &str,
-        seq: u64,
-    ) -> Result<Result<(u64, String), Failure>, RolloutError> {
+        rec: &Deployed,
+        prior: u64,
+    ) -> Result<Result<Registered, Failure>, RolloutError> {
+        let tag = rec.tag.as_str();
         let mut last = String::new();
-        for attempt in 0..5u32 {
+        let mut conflicts = 0u32;
+        let mut outage = outage_backoff().build();
+        for attempt in 0u32.. {
             self.check_cancel()?;
             let Some(mut job) = self.job().await? else {
                 return Ok(Err(Failure::JobMissing {
@@ -176,27 +244,48 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                     namespace: self.rc.namespace.clone(),
                 }));
             };
+            if let Some(v) = self.adopt(&job, tag, prior).await? {
+                return Ok(Ok(Registered::Adopted(v)));
+            }
             let index = job.job_modify_index;
             job.set_meta(&self.rc.meta_key, tag);
             // Every rollout is a real change to Nomad, even when the tag is
             // the one the job already names (a re-pushed tag with a new
             // digest, a rollback to the running tag): Nomad ignores a
             // register that changes nothing and would start no deployment.
-            job.set_meta(&format!("{}_seq", self.rc.meta_key), &seq.to_string());
+            job.set_meta(&format!("{}_seq", self.rc.meta_key), &rec.seq.to_string());
             if let Some(hook) = &self.ctx.before_register {
                 hook(attempt).await;
             }
+            // Right before the write: a leader that lost its term must not
+            // touch Nomad any more.
+            self.check_cancel()?;
             match self.nomad.register(&job, index).await {
                 Ok(resp) => {
-                    let after = self.job().await?.map_or(job.version + 1, |j| j.version);
-                    tracing::info!(service = %self.svc.name, tag, job_version = after, eval = %resp.eval_id, "job registered");
-                    return Ok(Ok((after, resp.eval_id)));
+                    // EnforceIndex held, so ours is the next version.
+                    let version = job.version + 1;
+                    tracing::info!(service = %self.svc.name, tag, job_version = version, eval = %resp.eval_id, "job registered");
+                    return Ok(Ok(Registered::New {
+                        version,
+                        eval: resp.eval_id,
+                    }));
                 }
                 Err(e) if e.is_enforce_index_conflict() => {
                     tracing::info!(service = %self.svc.name, attempt, "job changed since it was read; re-reading it");
                     last = e.to_string();
+                    conflicts += 1;
+                    if conflicts >= 5 {
+                        break;
+                    }
                 }
-                Err(e) if e.is_transient() => return Err(e.into()),
+                Err(e) if e.is_transient() => {
+                    let wait = match outage.next() {
+                        Some(d) if tokio::time::Instant::now() + d < self.deadline() => d,
+                        _ => return Err(e.into()),
+                    };
+                    tracing::warn!(service = %self.svc.name, error = %e, "register unanswered; re-reading before trying again");
+                    tokio::time::sleep(wait).await;
+                }
                 Err(e) => return Ok(Err(Failure::Registration(e.to_string()))),
             }
         }

@@ -1,7 +1,9 @@
 //! Watching: the register's evaluation, the deployment it creates, and
 //! the deployment itself until it ends; the canary gate (health and
 //! verify_url) and what Nomad says about failed allocations.
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,10 +19,12 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         let mut index = BlockingIndex::default();
         while Instant::now() < deadline {
             let wait = deadline.saturating_duration_since(Instant::now());
-            let read = tokio::select! {
-                () = self.ctx.cancel.cancelled() => return Err(RolloutError::Cancelled),
-                r = self.nomad.evaluation(&self.rc.namespace, id, Some((index.current(), wait))) => r?,
-            };
+            let read = self
+                .patient(|| {
+                    self.nomad
+                        .evaluation(&self.rc.namespace, id, Some((index.current(), wait)))
+                })
+                .await?;
             index.observe(read.index);
             let ev = read.value;
             if let Some(failed) = ev.failed_tg_allocs.as_ref().filter(|m| !m.is_empty()) {
@@ -56,10 +60,15 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             let wait = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(30));
-            let read = tokio::select! {
-                () = self.ctx.cancel.cancelled() => return Err(RolloutError::Cancelled),
-                r = self.nomad.latest_deployment(&self.rc.namespace, &self.rc.job, Some((index.current(), wait))) => r?,
-            };
+            let read = self
+                .patient(|| {
+                    self.nomad.latest_deployment(
+                        &self.rc.namespace,
+                        &self.rc.job,
+                        Some((index.current(), wait)),
+                    )
+                })
+                .await?;
             index.observe(read.index);
             if let Some(d) = read.value {
                 if d.job_version == version {
@@ -74,108 +83,128 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         Ok(None)
     }
 
-    /// Watch a deployment until it ends. Fails it as soon as an allocation
-    /// turns unhealthy (Nomad itself would wait for progress_deadline),
-    /// and gates canary promotion on health and verify_url.
+    /// Watch a deployment until it ends or `deadline` (the rollout's own,
+    /// kept across resumes). Fails it as soon as an allocation turns
+    /// unhealthy (Nomad itself would wait for progress_deadline), and
+    /// gates canary promotion on health and verify_url. An outage is
+    /// waited out with short jittered retries of the blocking read, so an
+    /// outcome Nomad reached meanwhile is seen within about half a second
+    /// of Nomad answering again.
     pub(super) async fn watch(
         &self,
         deployment: &str,
         gate: bool,
+        version: Option<u64>,
+        deadline: Instant,
     ) -> Result<Result<(), Failure>, RolloutError> {
-        let started = Instant::now();
-        let deadline = started + self.rc.timeout;
         let mut index = BlockingIndex::default();
         let mut promoted = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 let allocs = self.inspect(deployment).await;
-                let _ = self
-                    .ctx
-                    .nomad
-                    .fail_deployment(&self.rc.namespace, deployment)
-                    .await;
+                self.fail(deployment).await?;
                 return Ok(Err(Failure::Timeout {
                     after: self.rc.timeout,
                     allocs,
                 }));
             }
-            let read = tokio::select! {
-                () = self.ctx.cancel.cancelled() => return Err(RolloutError::Cancelled),
-                r = self.nomad.deployment(&self.rc.namespace, deployment, Some((index.current(), remaining.min(Duration::from_secs(60))))) => match r {
-                    Ok(r) => r,
-                    // Garbage-collected (a long controller outage): the
-                    // outcome is unknowable; treat it as failed, never wait.
-                    Err(NomadError::Status { status, .. }) if status == http::StatusCode::NOT_FOUND => {
-                        return Ok(Err(Failure::Deployment {
-                            status: "gone".into(),
-                            description: format!("deployment {deployment} no longer exists in Nomad"),
-                            allocs: Vec::new(),
-                        }))
-                    }
-                    Err(e) => return Err(e.into()),
-                },
+            let wait = remaining.min(Duration::from_secs(60));
+            let read = self
+                .patient(|| {
+                    self.nomad.deployment(
+                        &self.rc.namespace,
+                        deployment,
+                        Some((index.current(), wait)),
+                    )
+                })
+                .await;
+            let read = match read {
+                Ok(r) => r,
+                Err(RolloutError::Nomad(NomadError::Status { status, .. }))
+                    if status == http::StatusCode::NOT_FOUND =>
+                {
+                    return self.judge_gone(deployment, version).await;
+                }
+                Err(e) => return Err(e),
             };
             index.observe(read.index);
             let d = read.value;
-            match d.status.as_str() {
-                "successful" => return Ok(Ok(())),
-                "failed" | "cancelled" => {
+            match judge(&d) {
+                Verdict::Succeeded => return Ok(Ok(())),
+                Verdict::Ended => {
                     return Ok(Err(Failure::Deployment {
                         status: d.status.clone(),
                         description: d.status_description.clone(),
                         allocs: self.inspect(deployment).await,
                     }))
                 }
-                _ => {}
-            }
-            if d.task_groups.values().any(|g| g.unhealthy_allocs > 0) {
-                let allocs = self.inspect(deployment).await;
-                if let Err(e) = self
-                    .ctx
-                    .nomad
-                    .fail_deployment(&self.rc.namespace, deployment)
-                    .await
-                {
-                    tracing::warn!(service = %self.svc.name, error = %e, "could not fail the deployment");
+                Verdict::Unhealthy => {
+                    let allocs = self.inspect(deployment).await;
+                    self.fail(deployment).await?;
+                    tracing::info!(service = %self.svc.name, deployment, "allocation unhealthy: deployment failed without waiting for progress_deadline");
+                    return Ok(Err(Failure::Unhealthy { allocs }));
                 }
-                tracing::info!(service = %self.svc.name, deployment, "allocation unhealthy: deployment failed without waiting for progress_deadline");
-                return Ok(Err(Failure::Unhealthy { allocs }));
-            }
-            let waiting: Vec<_> = d
-                .task_groups
-                .values()
-                .filter(|g| g.desired_canaries > 0 && !g.promoted && !g.auto_promote)
-                .collect();
-            if !promoted
-                && !waiting.is_empty()
-                && waiting
-                    .iter()
-                    .all(|g| g.healthy_allocs >= g.desired_canaries)
-            {
-                if gate {
-                    if let Some(url) = &self.rc.verify_url {
-                        if let Err(detail) = self.verify(url).await {
-                            let _ = self
-                                .ctx
-                                .nomad
-                                .fail_deployment(&self.rc.namespace, deployment)
-                                .await;
-                            return Ok(Err(Failure::Verify {
-                                url: url.clone(),
-                                detail,
-                            }));
+                Verdict::CanariesHealthy if !promoted => {
+                    if gate {
+                        if let Some(url) = &self.rc.verify_url {
+                            if let Err(detail) = self.verify(url).await {
+                                self.fail(deployment).await?;
+                                return Ok(Err(Failure::Verify {
+                                    url: url.clone(),
+                                    detail,
+                                }));
+                            }
                         }
                     }
+                    self.check_cancel()?;
+                    self.patient(|| self.nomad.promote(&self.rc.namespace, deployment))
+                        .await?;
+                    promoted = true;
+                    tracing::info!(service = %self.svc.name, deployment, "canaries healthy: promoted");
                 }
-                self.ctx
-                    .nomad
-                    .promote(&self.rc.namespace, deployment)
-                    .await?;
-                promoted = true;
-                tracing::info!(service = %self.svc.name, deployment, "canaries healthy: promoted");
+                Verdict::CanariesHealthy | Verdict::Running => {}
             }
         }
+    }
+
+    /// Mark a deployment failed (best effort: it may be terminal already),
+    /// unless this leader's term ended.
+    pub(super) async fn fail(&self, deployment: &str) -> Result<(), RolloutError> {
+        self.check_cancel()?;
+        if let Err(e) = self
+            .nomad
+            .fail_deployment(&self.rc.namespace, deployment)
+            .await
+        {
+            tracing::debug!(service = %self.svc.name, error = %e, "could not fail the deployment");
+        }
+        Ok(())
+    }
+
+    /// A deployment Nomad garbage-collected (a long controller outage):
+    /// the job version's `Stable` flag says whether it succeeded.
+    async fn judge_gone(
+        &self,
+        deployment: &str,
+        version: Option<u64>,
+    ) -> Result<Result<(), Failure>, RolloutError> {
+        let versions = self
+            .patient(|| self.nomad.job_versions(&self.rc.namespace, &self.rc.job))
+            .await?;
+        let stable = version.and_then(|v| versions.iter().find(|j| j.version == v).map(is_stable));
+        if stable == Some(true) {
+            tracing::info!(service = %self.svc.name, deployment, "deployment garbage-collected; its job version is stable: succeeded");
+            return Ok(Ok(()));
+        }
+        Ok(Err(Failure::Deployment {
+            status: "gone".into(),
+            description: format!(
+                "deployment {deployment} no longer exists in Nomad and job version {} is not stable",
+                version.map_or_else(|| "?".to_string(), |v| v.to_string())
+            ),
+            allocs: Vec::new(),
+        }))
     }
 
     /// GET verify_url; 2xx passes.
@@ -215,7 +244,6 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     /// What Nomad says about the deployment's failed allocations.
     pub(super) async fn inspect(&self, deployment: &str) -> Vec<AllocFailure> {
         let allocs = match self
-            .ctx
             .nomad
             .deployment_allocations(&self.rc.namespace, deployment)
             .await
@@ -229,7 +257,6 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         let mut out = Vec::new();
         for a in allocs.iter().filter(|a| is_failed(a)) {
             let checks = match self
-                .ctx
                 .nomad
                 .allocation_checks(&self.rc.namespace, &a.id)
                 .await
@@ -273,6 +300,53 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         }
         out
     }
+}
+
+/// What one read of a deployment says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Succeeded,
+    /// Failed or cancelled (by Nomad, by hand, or by a newer register).
+    Ended,
+    /// An allocation turned unhealthy: fail now, not at progress_deadline.
+    Unhealthy,
+    /// Every group waiting for promotion has its canaries healthy.
+    CanariesHealthy,
+    Running,
+}
+
+/// Judge one read of a deployment. Pure.
+pub fn judge(d: &Deployment) -> Verdict {
+    match d.status.as_str() {
+        "successful" => return Verdict::Succeeded,
+        "failed" | "cancelled" => return Verdict::Ended,
+        _ => {}
+    }
+    if d.task_groups.values().any(|g| g.unhealthy_allocs > 0) {
+        return Verdict::Unhealthy;
+    }
+    let waiting: Vec<_> = d
+        .task_groups
+        .values()
+        .filter(|g| g.desired_canaries > 0 && !g.promoted && !g.auto_promote)
+        .collect();
+    if !waiting.is_empty()
+        && waiting
+            .iter()
+            .all(|g| g.healthy_allocs >= g.desired_canaries)
+    {
+        Verdict::CanariesHealthy
+    } else {
+        Verdict::Running
+    }
+}
+
+/// Nomad marks a job version stable once its deployment succeeded.
+pub fn is_stable(job: &Job) -> bool {
+    job.raw
+        .get("Stable")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
 }
 
 fn is_failed(a: &Allocation) -> bool {
