@@ -786,3 +786,141 @@ async fn jobspec_with_nomads_auto_revert_is_mirrored_into_kv_and_history() {
     );
     tb.stop().await;
 }
+
+/// Versions of the job whose meta names `tag` (I3 counts registrations).
+fn versions_naming(c: &Cluster, tag: &str) -> Vec<u64> {
+    let versions = c.nomad.api_ok("GET", "/v1/job/web/versions", None);
+    versions["Versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["Meta"]["image_tag"] == tag)
+        .map(|v| v["Version"].as_u64().unwrap())
+        .collect()
+}
+
+/// Race (a) of issue 9: an operator re-runs the job (one extra meta key)
+/// while a bad tag is failing; Nomad cancels tagbridge's deployment. Once
+/// settled, the key, the job's meta and the deployed record name the
+/// prior tag (I1) and the operator's key survives (I4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_edit_during_a_failing_rollout_is_kept_and_the_tag_restored() {
+    let c = Cluster::start();
+    c.run_job_with(
+        "web-template",
+        "1.0.0",
+        &[("progress_deadline", "5m")],
+        |job| {
+            job["TaskGroups"][0]["ReschedulePolicy"] = json!({
+                "Attempts": 3, "Interval": 3_600_000_000_000u64, "Delay": 5_000_000_000u64,
+                "DelayFunction": "constant", "Unlimited": false
+            });
+        },
+    );
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("bad-8").await.0, 202);
+    poll("bad-8 to be registered", Duration::from_secs(60), || {
+        c.deployed()
+            .filter(|d| d["outcome"] == "in_progress" && d["job_version"].is_u64())
+    })
+    .await;
+    // The operator's `nomad job run` of an edited file, 0.1 s later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = c.nomad.addr();
+    tokio::task::block_in_place(|| {
+        let (_, mut job) = get_json(&addr, "/v1/job/web");
+        job["Meta"]["owner"] = json!("someone-else");
+        let (status, body) = post_json(&addr, "/v1/jobs", &json!({ "Job": job }));
+        assert_eq!(status, 200, "{body}");
+    });
+
+    let d = c.outcome_for("bad-8", Duration::from_secs(240)).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    let job = c.nomad.job("web");
+    assert_eq!(
+        (
+            c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+            job["Meta"]["image_tag"].as_str(),
+            d["tag"].as_str()
+        ),
+        (Some("1.0.0"), Some("1.0.0"), Some("1.0.0")),
+        "I1: key, job meta and deployed record agree; job {job}"
+    );
+    assert_eq!(
+        job["Meta"]["owner"], "someone-else",
+        "I4: the operator's change survives"
+    );
+    assert_eq!(d["job_version"], job["Version"], "{d}");
+    assert_eq!(
+        versions_naming(&c, "bad-8").len(),
+        2,
+        "ours and the operator's run, nothing else"
+    );
+    let tags = poll(
+        "every instance back on 1.0.0",
+        Duration::from_secs(120),
+        || {
+            let t = c.nomad.running_tags("web");
+            (t == vec!["1.0.0"; 3]).then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(tags.len(), 3);
+    tb.stop().await;
+}
+
+/// The leader key deleted by hand mid-rollout: the leader notices, ends
+/// its term, campaigns again, and the rollout completes exactly once (I3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_lock_key_mid_rollout_is_noticed_and_the_rollout_completes_once() {
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    let inflight = poll(
+        "the rollout to be in flight",
+        Duration::from_secs(60),
+        || {
+            c.deployed()
+                .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
+        },
+    )
+    .await;
+    poll("the lock to be held", Duration::from_secs(10), || {
+        c.consul.kv("tagbridge/leader").map(|_| ())
+    })
+    .await;
+    tokio::task::block_in_place(|| c.consul.delete("tagbridge/leader"));
+    // The controller campaigns again and takes the lock back.
+    poll(
+        "the lock to be taken again",
+        Duration::from_secs(30),
+        || c.consul.kv("tagbridge/leader").map(|_| ()),
+    )
+    .await;
+
+    let d = c.outcome_for("1.1.0", Duration::from_secs(180)).await;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    assert_eq!(
+        d["deployment"], inflight["deployment"],
+        "the same deployment was finished"
+    );
+    assert_eq!(versions_naming(&c, "1.1.0"), vec![1], "I3: registered once");
+    let deployments = c.nomad.api_ok("GET", "/v1/job/web/deployments", None);
+    assert_eq!(
+        deployments.as_array().unwrap().len(),
+        2,
+        "initial + this rollout"
+    );
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    let h = c.consul.history("web");
+    assert_eq!(
+        events(&h),
+        [
+            ("deployed".into(), "1.1.0".into()),
+            ("received".into(), "1.1.0".into())
+        ],
+        "one outcome, recorded once"
+    );
+    tb.stop().await;
+}
