@@ -42,6 +42,8 @@ const SIGNING: &str = "rollout-signing-key";
 struct Cluster {
     // Field order is drop order: tagbridge users first, Nomad before Consul.
     nomad: NomadAgent,
+    /// A separate, restartable server (`start_split` only).
+    server: Option<NomadServer>,
     consul: ConsulAgent,
     dir: TempDir,
     tls: TestTls,
@@ -50,13 +52,27 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With `split`, Nomad runs as a durable server agent plus a separate
+    /// client agent, so the server can be restarted.
+    fn start_with(split: bool) -> Self {
         let slot = tokio::task::block_in_place(Slot::take);
         let consul = ConsulAgent::start();
-        let nomad = tokio::task::block_in_place(|| NomadAgent::start(&consul));
+        let (nomad, server) = tokio::task::block_in_place(|| {
+            if split {
+                let (n, s) = NomadAgent::start_split(&consul);
+                (n, Some(s))
+            } else {
+                (NomadAgent::start(&consul), None)
+            }
+        });
         let dir = TempDir::new("rollout");
         let tls = TestTls::new(&dir);
         Cluster {
             nomad,
+            server,
             consul,
             dir,
             tls,
@@ -922,5 +938,78 @@ async fn a_deleted_lock_key_mid_rollout_is_noticed_and_the_rollout_completes_onc
         ],
         "one outcome, recorded once"
     );
+    tb.stop().await;
+}
+
+/// Issue 9 (i): the Nomad server (a separate agent with a data dir) is
+/// restarted mid-rollout. The driver waits the outage out, never records
+/// a failure, and records the outcome soon after Nomad reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nomad_server_restart_mid_rollout_is_waited_out() {
+    let mut c = Cluster::start_with(true);
+    c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    let inflight = poll(
+        "the rollout to be in flight",
+        Duration::from_secs(60),
+        || {
+            c.deployed()
+                .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
+        },
+    )
+    .await;
+    let server = c.server.as_mut().expect("split cluster");
+    tokio::task::block_in_place(|| {
+        server.stop();
+        std::thread::sleep(Duration::from_secs(2));
+        server.start();
+    });
+    assert_eq!(
+        c.deployed().unwrap()["outcome"],
+        "in_progress",
+        "an outage is not a failure"
+    );
+    // Sample both sides every 50 ms: when Nomad says the deployment is
+    // over, and when tagbridge has recorded it.
+    let dep_path = format!(
+        "/v1/deployment/{}",
+        inflight["deployment"].as_str().unwrap()
+    );
+    let mut nomad_done: Option<Instant> = None;
+    let started = Instant::now();
+    let recorded = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no outcome within 180 s"
+        );
+        let (terminal, rec) = tokio::task::block_in_place(|| {
+            let terminal = matches!(c.nomad.api("GET", &dep_path, None),
+                Ok((200, d)) if TERMINAL_DEPLOYMENT.contains(&d["Status"].as_str().unwrap_or("")));
+            (terminal, c.deployed())
+        });
+        if terminal && nomad_done.is_none() {
+            nomad_done = Some(Instant::now());
+        }
+        if let Some(d) = rec.filter(|d| d["outcome"] != "in_progress") {
+            break (Instant::now(), d);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (at, d) = recorded;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    assert_eq!(d["deployment"], inflight["deployment"]);
+    let lag = at.saturating_duration_since(nomad_done.unwrap_or(at));
+    eprintln!("MEASURED nomad terminal -> recorded after a server restart: {lag:?}");
+    assert!(
+        lag < Duration::from_secs(5),
+        "recorded {lag:?} after Nomad reported it (a 30 s re-check would show here)"
+    );
+    assert_eq!(versions_naming(&c, "1.1.0"), vec![1], "I3: registered once");
+    assert_eq!(
+        c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("1.1.0")
+    );
+    assert_eq!(c.nomad.job("web")["Meta"]["image_tag"], "1.1.0", "I1");
     tb.stop().await;
 }

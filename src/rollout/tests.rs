@@ -638,3 +638,24 @@ async fn a_consul_outage_is_waited_out() {
     driver.await.unwrap().expect("drive");
     w.assert_i1("slow-3");
 }
+
+/// (g) A term that ends while the register is being prepared sends
+/// nothing to Nomad: cancellation is checked right before the write.
+#[tokio::test(start_paused = true)]
+async fn a_register_is_not_sent_once_the_term_ended() {
+    let mut w = World::new("1.0");
+    let cancel = w.ctx.cancel.clone();
+    w.ctx.before_register = Some(Arc::new(move |_| {
+        let cancel = cancel.clone();
+        Box::pin(async move { cancel.cancel() })
+    }));
+    w.desire("1.1", 1);
+    let err = w.drive().await.expect_err("stopped");
+    assert!(matches!(err, RolloutError::Cancelled), "{err}");
+    assert_eq!(w.registers_of("1.1"), 0, "nothing reached Nomad");
+    assert_eq!(
+        w.deployed()["outcome"],
+        "in_progress",
+        "the next leader resumes"
+    );
+}
