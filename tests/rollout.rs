@@ -1013,3 +1013,71 @@ async fn a_nomad_server_restart_mid_rollout_is_waited_out() {
     assert_eq!(c.nomad.job("web")["Meta"]["image_tag"], "1.1.0", "I1");
     tb.stop().await;
 }
+
+/// The leader SIGKILLed while rolling back: the next leader repeats the
+/// rollback from the `rolling_back` record without reverting twice, and
+/// the settled state satisfies I1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_during_a_rollback_is_replaced_and_the_rollback_finishes() {
+    let c = Cluster::start();
+    c.run_job_with(
+        "web-template",
+        "1.0.0",
+        &[("progress_deadline", "5m"), ("warmup", "3")],
+        |job| {
+            job["TaskGroups"][0]["ReschedulePolicy"] = json!({
+                "Attempts": 3, "Interval": 3_600_000_000_000u64, "Delay": 5_000_000_000u64,
+                "DelayFunction": "constant", "Unlimited": false
+            });
+        },
+    );
+    let cfg = c
+        .dir
+        .write("tagbridge.hcl", c.config("strategy = \"template\"", ""));
+    let envs = [("TAGBRIDGE_LOG", "info".to_string())];
+    let mut a =
+        tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("a.log")));
+    poll("the first process to lead", Duration::from_secs(30), || {
+        a.log_text().contains("leadership acquired").then_some(())
+    })
+    .await;
+    let b = tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("b.log")));
+    let body = serde_json::to_vec(&json!({"repository": "acme/web", "tag": "bad-4"})).unwrap();
+    let resp = c
+        .tls
+        .client()
+        .post(a.url(&format!("/hooks/{}", secret_pair("web").0)))
+        .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    poll("the rollback to begin", Duration::from_secs(120), || {
+        c.deployed().filter(|d| d["outcome"] == "rolling_back")
+    })
+    .await;
+    tokio::task::block_in_place(|| a.kill9());
+
+    let d = c.outcome_for("bad-4", Duration::from_secs(180)).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    let job = c.nomad.job("web");
+    assert_eq!(
+        (
+            c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+            job["Meta"]["image_tag"].as_str(),
+            d["tag"].as_str()
+        ),
+        (Some("1.0.0"), Some("1.0.0"), Some("1.0.0")),
+        "I1; job {job}"
+    );
+    assert_eq!(versions_naming(&c, "bad-4"), vec![1], "I3: registered once");
+    assert_eq!(
+        job["Version"], 2,
+        "v1 = bad-4, v2 = the one revert, never a second"
+    );
+    let log = b.log_text();
+    assert!(log.contains("resuming an unfinished rollout"), "{log}");
+    let (status, _) = tokio::task::block_in_place(|| b.terminate());
+    assert!(status.success());
+}

@@ -15,9 +15,11 @@ use crate::x509::now_rfc3339;
 /// last rollout left running. After a failed one the key may name a tag
 /// that never ran, so the job's own meta (the version a revert restores)
 /// comes first. Then what the key held before this tag arrived (its
-/// `received` entry), then the key itself. `None` only when none of them
-/// names a tag: the key did not exist, and a rollback deletes it again.
+/// `received` entry), then the key itself unless it already names the tag
+/// being deployed. `None` only when none of them names another tag: the
+/// key did not exist, and a rollback deletes it again.
 pub fn plan_previous(
+    deploying: &str,
     prev: Option<&Deployed>,
     meta_now: Option<&str>,
     received_previous: Option<&str>,
@@ -32,7 +34,7 @@ pub fn plan_previous(
     .filter(|t| !t.is_empty())
     .or_else(|| received_previous.map(str::to_string))
     .filter(|t| !t.is_empty())
-    .or_else(|| key_now.map(str::to_string))
+    .or_else(|| key_now.filter(|k| *k != deploying).map(str::to_string))
     .filter(|t| !t.is_empty())
 }
 
@@ -100,6 +102,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             .value
             .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
         let previous = plan_previous(
+            &desired.tag,
             prev,
             job.meta(&self.rc.meta_key),
             received.as_deref(),

@@ -197,6 +197,10 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     /// A lost check-session means someone else holds (or deleted) the
     /// lock: the term is cancelled at once, so this replica stops driving
     /// and campaigns again.
+    ///
+    /// Longer than most functions on purpose: reading, building the one
+    /// transaction and telling its three kinds of conflict apart (lock
+    /// lost, decision stale, plain CAS race) belong together.
     pub(super) async fn commit_guarded(
         &self,
         w: Writes,

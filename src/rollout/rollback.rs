@@ -128,7 +128,9 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     }
 
     /// Restore the key, bring the job back, watch it. Idempotent: a new
-    /// leader repeats it safely from the `rolling_back` record.
+    /// leader repeats it safely from the `rolling_back` record. One loop
+    /// of observe → [`plan_rollback`] → act, kept in one place so every
+    /// write is followed by a fresh look (long for that reason).
     pub(super) async fn rollback_steps(
         &self,
         rec: Deployed,

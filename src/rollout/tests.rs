@@ -241,19 +241,13 @@ fn plan_rollback_decides_from_what_nomad_shows() {
 
 #[test]
 fn previous_tag_falls_back_to_the_key() {
-    assert_eq!(
-        plan_previous(None, None, None, Some("0.9")).as_deref(),
-        Some("0.9")
-    );
-    assert_eq!(
-        plan_previous(None, Some("1.0"), None, Some("0.9")).as_deref(),
-        Some("1.0")
-    );
-    assert_eq!(
-        plan_previous(None, None, Some("0.8"), Some("0.9")).as_deref(),
-        Some("0.8")
-    );
-    assert_eq!(plan_previous(None, Some(""), None, None), None);
+    let p = |meta, received, key| plan_previous("2.0", None, meta, received, key);
+    assert_eq!(p(None, None, Some("0.9")).as_deref(), Some("0.9"));
+    assert_eq!(p(Some("1.0"), None, Some("0.9")).as_deref(), Some("1.0"));
+    assert_eq!(p(None, Some("0.8"), Some("0.9")).as_deref(), Some("0.8"));
+    assert_eq!(p(Some(""), None, None), None);
+    // Ingest may have written the new tag already: never its own previous.
+    assert_eq!(p(None, None, Some("2.0")), None);
 }
 
 #[test]
