@@ -52,14 +52,19 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, false)
     }
 
     /// With `split`, Nomad runs as a durable server agent plus a separate
-    /// client agent, so the server can be restarted.
-    fn start_with(split: bool) -> Self {
+    /// client agent, so the server can be restarted; with `durable_consul`,
+    /// Consul is a server with a data dir, so it can be restarted too.
+    fn start_with(split: bool, durable_consul: bool) -> Self {
         let slot = tokio::task::block_in_place(Slot::take);
-        let consul = ConsulAgent::start();
+        let consul = if durable_consul {
+            tokio::task::block_in_place(ConsulAgent::start_durable)
+        } else {
+            ConsulAgent::start()
+        };
         let (nomad, server) = tokio::task::block_in_place(|| {
             if split {
                 let (n, s) = NomadAgent::start_split(&consul);
@@ -946,7 +951,7 @@ async fn a_deleted_lock_key_mid_rollout_is_noticed_and_the_rollout_completes_onc
 /// a failure, and records the outcome soon after Nomad reports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_nomad_server_restart_mid_rollout_is_waited_out() {
-    let mut c = Cluster::start_with(true);
+    let mut c = Cluster::start_with(true, false);
     c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
     let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
     assert_eq!(tb.push("1.1.0").await.0, 202);
@@ -1080,4 +1085,49 @@ async fn a_leader_killed_during_a_rollback_is_replaced_and_the_rollback_finishes
     assert!(log.contains("resuming an unfinished rollout"), "{log}");
     let (status, _) = tokio::task::block_in_place(|| b.terminate());
     assert!(status.success());
+}
+
+/// Consul (a server with a data dir) restarted mid-rollout: the leader
+/// keeps its lock or takes it again, the rollout completes once (I3), the
+/// acknowledged webhook is kept (I5), and the settled state satisfies I1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consul_restart_mid_rollout_is_waited_out() {
+    let mut c = Cluster::start_with(false, true);
+    c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    poll(
+        "the rollout to be in flight",
+        Duration::from_secs(60),
+        || {
+            c.deployed()
+                .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
+        },
+    )
+    .await;
+    tokio::task::block_in_place(|| c.consul.restart_durable(Duration::from_secs(2)));
+
+    let d = c.outcome_for("1.1.0", Duration::from_secs(180)).await;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    assert_eq!(versions_naming(&c, "1.1.0"), vec![1], "I3: registered once");
+    let job = c.nomad.job("web");
+    assert_eq!(
+        (
+            c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+            job["Meta"]["image_tag"].as_str(),
+        ),
+        (Some("1.1.0"), Some("1.1.0")),
+        "I1"
+    );
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    let h = c.consul.history("web");
+    assert_eq!(
+        events(&h),
+        [
+            ("deployed".into(), "1.1.0".into()),
+            ("received".into(), "1.1.0".into())
+        ],
+        "I5: the acknowledged webhook is kept; one outcome"
+    );
+    tb.stop().await;
 }

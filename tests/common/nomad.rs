@@ -784,3 +784,55 @@ client {{
         (agent, srv)
     }
 }
+
+impl ConsulAgent {
+    /// A Consul *server* with a data dir (not `-dev`), so a restart keeps
+    /// KV, sessions and locks: [`ConsulAgent::restart_durable`]. (Lives
+    /// here because tests/common/mod.rs is shared by every test; it only
+    /// adds a constructor.)
+    pub fn start_durable() -> Self {
+        let dir = TempDir::new("consul-durable");
+        let ports = free_ports(4);
+        let mut agent = ConsulAgent {
+            http_port: ports[0],
+            ports,
+            proc: None,
+            dir,
+            extra: Vec::new(),
+        };
+        agent.launch_durable();
+        agent
+    }
+
+    fn launch_durable(&mut self) {
+        let p = &self.ports;
+        let data = self.dir.path().join("data");
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "-server".into(),
+            "-bootstrap-expect=1".into(),
+            format!("-data-dir={}", data.display()),
+            "-bind=127.0.0.1".into(),
+            "-client=127.0.0.1".into(),
+            "-log-level=warn".into(),
+            "-dns-port=-1".into(),
+            "-grpc-port=-1".into(),
+            "-grpc-tls-port=-1".into(),
+            format!("-http-port={}", p[0]),
+            format!("-server-port={}", p[1]),
+            format!("-serf-lan-port={}", p[2]),
+            format!("-serf-wan-port={}", p[3]),
+            format!("-node=durable-{}", p[0]),
+        ];
+        let log = self.dir.path().join("consul.log");
+        self.proc = Some(Watched::spawn(&consul_bin(), &args, &log, &[]));
+        self.wait_ready();
+    }
+
+    /// Stop the server, stay down for `down`, start it again from its data.
+    pub fn restart_durable(&mut self, down: Duration) {
+        self.stop();
+        std::thread::sleep(down);
+        self.launch_durable();
+    }
+}
