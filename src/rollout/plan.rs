@@ -9,6 +9,7 @@ use backon::BackoffBuilder as _;
 use super::record::{Committed, Guard, KeyWrite};
 use super::*;
 use crate::history::Event;
+use crate::nomad::Deployment;
 use crate::x509::now_rfc3339;
 
 /// The tag a rollback of a rollout starting now goes back to: what the
@@ -186,28 +187,76 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 return self.rollback(rec, f).await;
             }
         }
-        let dep = match rec.deployment.clone() {
-            Some(d) => d,
-            None => match self.deployment_for(version).await? {
-                Some(d) => {
-                    rec.deployment = Some(d.id.clone());
-                    self.commit(Writes {
-                        deployed: rec.clone(),
-                        key: KeyWrite::Keep,
-                        history: None,
-                    })
-                    .await?;
-                    d.id
-                }
-                None => return self.rollback(rec, Failure::NoDeployment { version }).await,
-            },
+        let (mut dep, mut version) = match rec.deployment.clone() {
+            Some(d) => (d, version),
+            None => {
+                let found = match self.deployment_for(version).await? {
+                    Some(d) => Some(d),
+                    // Run again on top of ours before ours had one.
+                    None => self.successor(&rec.tag, version).await?,
+                };
+                let Some(d) = found else {
+                    return self.rollback(rec, Failure::NoDeployment { version }).await;
+                };
+                rec.job_version = Some(d.job_version);
+                rec.deployment = Some(d.id.clone());
+                self.commit(Writes {
+                    deployed: rec.clone(),
+                    key: KeyWrite::Keep,
+                    history: None,
+                })
+                .await?;
+                (d.id, d.job_version)
+            }
         };
-        match self
-            .watch(&dep, true, Some(version), self.deadline())
-            .await?
-        {
-            Ok(()) => self.finish_deployed(rec).await,
-            Err(f) => self.rollback(rec, f).await,
+        // Someone ran the job again on top of ours (an edit, a scale):
+        // Nomad cancels our deployment, but when their version still names
+        // our tag its deployment is this rollout's gate now (bounded: a job
+        // re-run in a loop ends in a rollback).
+        for _ in 0..3 {
+            let failure = match self
+                .watch(&dep, true, Some(version), self.deadline())
+                .await?
+            {
+                Ok(()) => return self.finish_deployed(rec).await,
+                Err(f) => f,
+            };
+            let cancelled =
+                matches!(&failure, Failure::Deployment { status, .. } if status == "cancelled");
+            let next = match cancelled {
+                true => self.successor(&rec.tag, version).await?,
+                false => None,
+            };
+            let Some(d) = next else {
+                return self.rollback(rec, failure).await;
+            };
+            tracing::info!(service = %self.svc.name, tag = %rec.tag, job_version = d.job_version, "the job was run again with this tag on top of ours; following its deployment");
+            (dep, version) = (d.id.clone(), d.job_version);
+            rec.job_version = Some(version);
+            rec.deployment = Some(dep.clone());
+            rec.at = now_rfc3339();
+            self.commit(Writes {
+                deployed: rec.clone(),
+                key: KeyWrite::Keep,
+                history: None,
+            })
+            .await?;
+        }
+        self.rollback(
+            rec,
+            Failure::Registration("the job kept being run again during the rollout".into()),
+        )
+        .await
+    }
+
+    /// The deployment of a version someone registered on top of `ours`
+    /// that still names `tag` (so it carries this rollout), if any.
+    async fn successor(&self, tag: &str, ours: u64) -> Result<Option<Deployment>, RolloutError> {
+        match self.job().await? {
+            Some(j) if j.version > ours && j.meta(&self.rc.meta_key) == Some(tag) => {
+                self.deployment_for(j.version).await
+            }
+            _ => Ok(None),
         }
     }
 

@@ -653,3 +653,37 @@ async fn a_register_is_not_sent_once_the_term_ended() {
         "the next leader resumes"
     );
 }
+
+/// An operator runs the job again (or scales it) during a healthy
+/// rollout: their version still names our tag, so the rollout follows its
+/// deployment instead of rolling back a good tag.
+#[tokio::test(start_paused = true)]
+async fn an_operator_rerun_during_a_healthy_rollout_is_followed_not_rolled_back() {
+    let w = World::new("1.0");
+    w.nomad.with(|n| {
+        n.health = |t| {
+            if t == "1.1" {
+                Health::Pending
+            } else {
+                Health::Healthy
+            }
+        };
+        n.after_write = Some(Box::new(|n, what| {
+            if what == "register" && n.registers.len() == 1 {
+                n.health = |_| Health::Healthy;
+                operator_edit(n);
+            }
+        }));
+    });
+    w.desire("1.1", 1);
+    w.drive().await.expect("drive");
+    let d = w.deployed();
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    assert_eq!(
+        d["job_version"], 2,
+        "the operator's version carries the tag"
+    );
+    w.assert_i1("1.1");
+    assert_eq!(w.meta("owner").as_deref(), Some("ops"));
+    assert_eq!(w.registers_of("1.1"), 1, "I3");
+}
