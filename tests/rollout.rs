@@ -1131,3 +1131,69 @@ async fn a_consul_restart_mid_rollout_is_waited_out() {
     );
     tb.stop().await;
 }
+
+/// An operator scales the job mid-rollout of a good tag (by running the
+/// edited job: Nomad refuses the scale API during a deployment). Their
+/// version still names our tag, so the rollout follows its deployment and
+/// completes (I1), and the new count survives (I4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_scale_mid_rollout_is_kept_and_the_rollout_completes() {
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    poll(
+        "the rollout to be in flight",
+        Duration::from_secs(60),
+        || {
+            c.deployed()
+                .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
+        },
+    )
+    .await;
+    let addr = c.nomad.addr();
+    tokio::task::block_in_place(|| {
+        let (status, body) = post_json(
+            &addr,
+            "/v1/job/web/scale",
+            &json!({"Count": 4, "Target": {"Group": "web"}, "Message": "operator scale"}),
+        );
+        // Nomad 1.11 refuses the scale API during a deployment…
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains("active deployment"), "{body}");
+        // …so an operator scales by running the edited job instead.
+        let (_, mut job) = get_json(&addr, "/v1/job/web");
+        job["TaskGroups"][0]["Count"] = json!(4);
+        let (status, body) = post_json(&addr, "/v1/jobs", &json!({ "Job": job }));
+        assert_eq!(status, 200, "{body}");
+    });
+    let d = c.outcome_for("1.1.0", Duration::from_secs(240)).await;
+    assert_eq!(d["outcome"], "deployed", "followed their deployment: {d}");
+    let job = c.nomad.job("web");
+    assert_eq!(
+        job["TaskGroups"][0]["Count"], 4,
+        "I4: the operator's count survives"
+    );
+    assert_eq!(d["job_version"], job["Version"], "{d}");
+    assert_eq!(
+        versions_naming(&c, "1.1.0").len(),
+        2,
+        "ours and the operator's run"
+    );
+    assert_eq!(
+        (
+            c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+            job["Meta"]["image_tag"].as_str(),
+            d["tag"].as_str()
+        ),
+        (Some("1.1.0"), Some("1.1.0"), Some("1.1.0")),
+        "I1"
+    );
+    let tags = poll("four instances on 1.1.0", Duration::from_secs(120), || {
+        let t = c.nomad.running_tags("web");
+        (t == vec!["1.1.0"; 4]).then_some(t)
+    })
+    .await;
+    assert_eq!(tags.len(), 4);
+    tb.stop().await;
+}
