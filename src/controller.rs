@@ -4,13 +4,13 @@
 //! session has a TTL renewed at half of it, each renew bounded by the TTL
 //! left; a 404 on renew means Consul already gave the lock away, so
 //! driving stops at once (and every record write is fenced by the lock
-//! anyway). The lock key itself is watched too: deleted or overwritten by
-//! hand, the session stays valid but the lock is gone, so the term ends
+//! anyway). The lock key itself is watched too: deleted by hand or taken
+//! by another session, our session stays valid but the lock is gone, so the term ends
 //! and this replica campaigns again (a driver whose fenced write fails
-//! the session check ends the term the same way). The leader watches the desired
-//! records with blocking queries and runs at most one driver per service;
-//! a driver reads the newest desired record each time it finishes, so tags
-//! that arrive mid-rollout coalesce into the newest.
+//! the session check ends the term the same way). The leader watches the
+//! desired records with blocking queries and runs at most one driver per
+//! service; a driver reads the newest desired record each time it
+//! finishes, so tags that arrive mid-rollout coalesce into the newest.
 
 use std::collections::HashMap;
 use std::sync::Arc;
