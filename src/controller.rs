@@ -1,12 +1,16 @@
 //! The controller: one leader among tagbridge replicas drives rollouts.
 //!
 //! Leadership is a Consul session lock on `<state_prefix>/leader`. The
-//! session has a TTL renewed at half of it; a 404 on renew means Consul
-//! already gave the lock away, so driving stops at once (and every record
-//! write is fenced by the lock anyway). The leader watches the desired
-//! records with blocking queries and runs at most one driver per service;
-//! a driver reads the newest desired record each time it finishes, so tags
-//! that arrive mid-rollout coalesce into the newest.
+//! session has a TTL renewed at half of it, each renew bounded by the TTL
+//! left; a 404 on renew means Consul already gave the lock away, so
+//! driving stops at once (and every record write is fenced by the lock
+//! anyway). The lock key itself is watched too: deleted by hand or taken
+//! by another session, our session stays valid but the lock is gone, so the term ends
+//! and this replica campaigns again (a driver whose fenced write fails
+//! the session check ends the term the same way). The leader watches the
+//! desired records with blocking queries and runs at most one driver per
+//! service; a driver reads the newest desired record each time it
+//! finishes, so tags that arrive mid-rollout coalesce into the newest.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +49,12 @@ pub async fn run(base: Context, shutdown: CancellationToken) {
                 tracing::info!(lock = %lock_key, "leadership acquired");
                 let term = shutdown.child_token();
                 let renew = tokio::spawn(renew(consul.clone(), session.clone(), term.clone()));
+                let watch = tokio::spawn(watch_lock(
+                    consul.clone(),
+                    lock_key.clone(),
+                    session.clone(),
+                    term.clone(),
+                ));
                 let ctx = Context {
                     fence: Some((lock_key.clone(), session.clone())),
                     cancel: term.clone(),
@@ -53,6 +63,7 @@ pub async fn run(base: Context, shutdown: CancellationToken) {
                 lead(ctx).await;
                 term.cancel();
                 let _ = renew.await;
+                let _ = watch.await;
                 // Best effort: a clean stop hands the lock over at once;
                 // otherwise the TTL frees it.
                 let _ = consul.lock_release(&lock_key, &session).await;
@@ -129,30 +140,73 @@ async fn campaign(
     }
 }
 
-/// Renew the session at TTL/2 until `term` ends; lose leadership (cancel
-/// `term`) on a 404 or when renewals fail for longer than the TTL.
+/// Renew the session now and then every TTL/2 until `term` ends; lose
+/// leadership (cancel `term`) on a 404 or when renewals fail for longer
+/// than the TTL. Each renew may take only the TTL left, so a hanging
+/// Consul cannot keep a leader that Consul already expired.
 async fn renew(consul: Consul, session: String, term: CancellationToken) {
     let mut last_ok = tokio::time::Instant::now();
     loop {
-        tokio::select! {
+        let left = SESSION_TTL.saturating_sub(last_ok.elapsed());
+        let result = tokio::select! {
             () = term.cancelled() => return,
-            () = tokio::time::sleep(SESSION_TTL / 2) => {}
-        }
-        match consul.session_renew(&session).await {
-            Ok(()) => last_ok = tokio::time::Instant::now(),
-            Err(ConsulError::SessionNotFound(_)) => {
+            r = tokio::time::timeout(left, consul.session_renew(&session)) => r,
+        };
+        match result {
+            Ok(Ok(())) => last_ok = tokio::time::Instant::now(),
+            Ok(Err(ConsulError::SessionNotFound(_))) => {
                 tracing::error!("controller session expired: the lock is lost; stopping every rollout driver now");
                 term.cancel();
                 return;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "session renew failed");
-                if last_ok.elapsed() >= SESSION_TTL {
-                    tracing::error!(
-                        "session not renewed within its TTL; assuming the lock is lost"
-                    );
+            Ok(Err(e)) => tracing::warn!(error = %e, "session renew failed"),
+            Err(_) => tracing::warn!("session renew unanswered within the TTL left"),
+        }
+        if last_ok.elapsed() >= SESSION_TTL {
+            tracing::error!("session not renewed within its TTL; assuming the lock is lost");
+            term.cancel();
+            return;
+        }
+        tokio::select! {
+            () = term.cancelled() => return,
+            () = tokio::time::sleep(SESSION_TTL / 2) => {}
+        }
+    }
+}
+
+/// Watch the lock key (blocking queries) until `term` ends; cancel the
+/// term as soon as the key is deleted or names another session.
+async fn watch_lock(consul: Consul, key: String, session: String, term: CancellationToken) {
+    use backon::BackoffBuilder as _;
+    let mut index = BlockingIndex::default();
+    let mut errors = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let read = tokio::select! {
+            () = term.cancelled() => return,
+            r = consul.kv_get_blocking(&key, index.current(), SESSION_TTL) => r,
+        };
+        match read {
+            Ok(r) => {
+                index.observe(r.index);
+                let holder = r.value.and_then(|kv| kv.session);
+                if holder.as_deref() != Some(session.as_str()) {
+                    tracing::error!(lock = %key, "the lock key was deleted or taken over; ending this term and campaigning again");
                     term.cancel();
                     return;
+                }
+            }
+            // Outages are the renew loop's to judge.
+            Err(e) => {
+                tracing::debug!(error = %e, "watching the lock key failed");
+                let wait = errors.next().unwrap_or(Duration::from_secs(2));
+                tokio::select! {
+                    () = term.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
                 }
             }
         }
@@ -206,7 +260,13 @@ async fn lead(ctx: Context) {
             }
         }
     }
-    for (_, h) in drivers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+    // Drivers stop at their next cancellation check; whatever is still
+    // running after one shared deadline is aborted (records say where the
+    // next leader resumes).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for (_, mut h) in drivers {
+        if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+            h.abort();
+        }
     }
 }

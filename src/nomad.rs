@@ -113,6 +113,15 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job from its JSON document (as `GET /v1/job/<id>` returns it).
+    ///
+    /// # Errors
+    ///
+    /// The document lacks `ID`, `Version` or `JobModifyIndex`.
+    pub fn from_value(raw: Value) -> Result<Self, NomadError> {
+        Self::from_raw(raw, "job")
+    }
+
     fn from_raw(raw: Value, op: &'static str) -> Result<Self, NomadError> {
         let field = |name: &str| {
             raw.get(name).ok_or_else(|| NomadError::Decode {

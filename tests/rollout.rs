@@ -42,6 +42,8 @@ const SIGNING: &str = "rollout-signing-key";
 struct Cluster {
     // Field order is drop order: tagbridge users first, Nomad before Consul.
     nomad: NomadAgent,
+    /// A separate, restartable server (`start_split` only).
+    server: Option<NomadServer>,
     consul: ConsulAgent,
     dir: TempDir,
     tls: TestTls,
@@ -50,13 +52,32 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
+        Self::start_with(false, false)
+    }
+
+    /// With `split`, Nomad runs as a durable server agent plus a separate
+    /// client agent, so the server can be restarted; with `durable_consul`,
+    /// Consul is a server with a data dir, so it can be restarted too.
+    fn start_with(split: bool, durable_consul: bool) -> Self {
         let slot = tokio::task::block_in_place(Slot::take);
-        let consul = ConsulAgent::start();
-        let nomad = tokio::task::block_in_place(|| NomadAgent::start(&consul));
+        let consul = if durable_consul {
+            tokio::task::block_in_place(ConsulAgent::start_durable)
+        } else {
+            ConsulAgent::start()
+        };
+        let (nomad, server) = tokio::task::block_in_place(|| {
+            if split {
+                let (n, s) = NomadAgent::start_split(&consul);
+                (n, Some(s))
+            } else {
+                (NomadAgent::start(&consul), None)
+            }
+        });
         let dir = TempDir::new("rollout");
         let tls = TestTls::new(&dir);
         Cluster {
             nomad,
+            server,
             consul,
             dir,
             tls,
@@ -784,5 +805,395 @@ async fn jobspec_with_nomads_auto_revert_is_mirrored_into_kv_and_history() {
         c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
         Some("1.1.0")
     );
+    tb.stop().await;
+}
+
+/// Versions of the job whose meta names `tag` (I3 counts registrations).
+fn versions_naming(c: &Cluster, tag: &str) -> Vec<u64> {
+    let versions = c.nomad.api_ok("GET", "/v1/job/web/versions", None);
+    versions["Versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["Meta"]["image_tag"] == tag)
+        .map(|v| v["Version"].as_u64().unwrap())
+        .collect()
+}
+
+/// Race (a) of issue 9: an operator re-runs the job (one extra meta key)
+/// while a bad tag is failing; Nomad cancels tagbridge's deployment. Once
+/// settled, the key, the job's meta and the deployed record name the
+/// prior tag (I1) and the operator's key survives (I4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_edit_during_a_failing_rollout_is_kept_and_the_tag_restored() {
+    let c = Cluster::start();
+    c.run_job_with(
+        "web-template",
+        "1.0.0",
+        &[("progress_deadline", "5m")],
+        |job| {
+            job["TaskGroups"][0]["ReschedulePolicy"] = json!({
+                "Attempts": 3, "Interval": 3_600_000_000_000u64, "Delay": 5_000_000_000u64,
+                "DelayFunction": "constant", "Unlimited": false
+            });
+        },
+    );
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("bad-8").await.0, 202);
+    poll("bad-8 to be registered", Duration::from_secs(60), || {
+        c.deployed()
+            .filter(|d| d["outcome"] == "in_progress" && d["job_version"].is_u64())
+    })
+    .await;
+    // The operator's `nomad job run` of an edited file, 0.1 s later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = c.nomad.addr();
+    tokio::task::block_in_place(|| {
+        let (_, mut job) = get_json(&addr, "/v1/job/web");
+        job["Meta"]["owner"] = json!("someone-else");
+        let (status, body) = post_json(&addr, "/v1/jobs", &json!({ "Job": job }));
+        assert_eq!(status, 200, "{body}");
+    });
+
+    let d = c.outcome_for("bad-8", Duration::from_secs(240)).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    let job = c.nomad.job("web");
+    assert_eq!(
+        (
+            c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+            job["Meta"]["image_tag"].as_str(),
+            d["tag"].as_str()
+        ),
+        (Some("1.0.0"), Some("1.0.0"), Some("1.0.0")),
+        "I1: key, job meta and deployed record agree; job {job}"
+    );
+    assert_eq!(
+        job["Meta"]["owner"], "someone-else",
+        "I4: the operator's change survives"
+    );
+    assert_eq!(d["job_version"], job["Version"], "{d}");
+    assert_eq!(
+        versions_naming(&c, "bad-8").len(),
+        2,
+        "ours and the operator's run, nothing else"
+    );
+    let tags = poll(
+        "every instance back on 1.0.0",
+        Duration::from_secs(120),
+        || {
+            let t = c.nomad.running_tags("web");
+            (t == vec!["1.0.0"; 3]).then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(tags.len(), 3);
+    tb.stop().await;
+}
+
+/// The leader key deleted by hand mid-rollout: the leader notices, ends
+/// its term, campaigns again, and the rollout completes exactly once (I3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_lock_key_mid_rollout_is_noticed_and_the_rollout_completes_once() {
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    let inflight = poll(
+        "the rollout to be in flight",
+        Duration::from_secs(60),
+        || {
+            c.deployed()
+                .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
+        },
+    )
+    .await;
+    poll("the lock to be held", Duration::from_secs(10), || {
+        c.consul.kv("tagbridge/leader").map(|_| ())
+    })
+    .await;
+    tokio::task::block_in_place(|| c.consul.delete("tagbridge/leader"));
+    // The controller campaigns again and takes the lock back.
+    poll(
+        "the lock to be taken again",
+        Duration::from_secs(30),
+        || c.consul.kv("tagbridge/leader").map(|_| ()),
+    )
+    .await;
+
+    let d = c.outcome_for("1.1.0", Duration::from_secs(180)).await;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    assert_eq!(
+        d["deployment"], inflight["deployment"],
+        "the same deployment was finished"
+    );
+    assert_eq!(versions_naming(&c, "1.1.0"), vec![1], "I3: registered once");
+    let deployments = c.nomad.api_ok("GET", "/v1/job/web/deployments", None);
+    assert_eq!(
+        deployments.as_array().unwrap().len(),
+        2,
+        "initial + this rollout"
+    );
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    let h = c.consul.history("web");
+    assert_eq!(
+        events(&h),
+        [
+            ("deployed".into(), "1.1.0".into()),
+            ("received".into(), "1.1.0".into())
+        ],
+        "one outcome, recorded once"
+    );
+    tb.stop().await;
+}
+
+/// Issue 9 (i): the Nomad server (a separate agent with a data dir) is
+/// restarted mid-rollout. The driver waits the outage out, never records
+/// a failure, and records the outcome soon after Nomad reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nomad_server_restart_mid_rollout_is_waited_out() {
+    let mut c = Cluster::start_with(true, false);
+    c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    let inflight = poll(
+        "the rollout to be in flight",
+        Duration::from_secs(60),
+        || {
+            c.deployed()
+                .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
+        },
+    )
+    .await;
+    let server = c.server.as_mut().expect("split cluster");
+    tokio::task::block_in_place(|| {
+        server.stop();
+        std::thread::sleep(Duration::from_secs(2));
+        server.start();
+    });
+    assert_eq!(
+        c.deployed().unwrap()["outcome"],
+        "in_progress",
+        "an outage is not a failure"
+    );
+    // Sample both sides every 50 ms: when Nomad says the deployment is
+    // over, and when tagbridge has recorded it.
+    let dep_path = format!(
+        "/v1/deployment/{}",
+        inflight["deployment"].as_str().unwrap()
+    );
+    let mut nomad_done: Option<Instant> = None;
+    let started = Instant::now();
+    let recorded = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no outcome within 180 s"
+        );
+        let (terminal, rec) = tokio::task::block_in_place(|| {
+            let terminal = matches!(c.nomad.api("GET", &dep_path, None),
+                Ok((200, d)) if TERMINAL_DEPLOYMENT.contains(&d["Status"].as_str().unwrap_or("")));
+            (terminal, c.deployed())
+        });
+        if terminal && nomad_done.is_none() {
+            nomad_done = Some(Instant::now());
+        }
+        if let Some(d) = rec.filter(|d| d["outcome"] != "in_progress") {
+            break (Instant::now(), d);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (at, d) = recorded;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    assert_eq!(d["deployment"], inflight["deployment"]);
+    let lag = at.saturating_duration_since(nomad_done.unwrap_or(at));
+    eprintln!("MEASURED nomad terminal -> recorded after a server restart: {lag:?}");
+    assert!(
+        lag < Duration::from_secs(5),
+        "recorded {lag:?} after Nomad reported it (a 30 s re-check would show here)"
+    );
+    assert_eq!(versions_naming(&c, "1.1.0"), vec![1], "I3: registered once");
+    assert_eq!(
+        c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+        Some("1.1.0")
+    );
+    assert_eq!(c.nomad.job("web")["Meta"]["image_tag"], "1.1.0", "I1");
+    tb.stop().await;
+}
+
+/// The leader SIGKILLed while rolling back: the next leader repeats the
+/// rollback from the `rolling_back` record without reverting twice, and
+/// the settled state satisfies I1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_during_a_rollback_is_replaced_and_the_rollback_finishes() {
+    let c = Cluster::start();
+    c.run_job_with(
+        "web-template",
+        "1.0.0",
+        &[("progress_deadline", "5m"), ("warmup", "3")],
+        |job| {
+            job["TaskGroups"][0]["ReschedulePolicy"] = json!({
+                "Attempts": 3, "Interval": 3_600_000_000_000u64, "Delay": 5_000_000_000u64,
+                "DelayFunction": "constant", "Unlimited": false
+            });
+        },
+    );
+    let cfg = c
+        .dir
+        .write("tagbridge.hcl", c.config("strategy = \"template\"", ""));
+    let envs = [("TAGBRIDGE_LOG", "info".to_string())];
+    let mut a =
+        tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("a.log")));
+    poll("the first process to lead", Duration::from_secs(30), || {
+        a.log_text().contains("leadership acquired").then_some(())
+    })
+    .await;
+    let b = tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("b.log")));
+    let body = serde_json::to_vec(&json!({"repository": "acme/web", "tag": "bad-4"})).unwrap();
+    let resp = c
+        .tls
+        .client()
+        .post(a.url(&format!("/hooks/{}", secret_pair("web").0)))
+        .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    poll("the rollback to begin", Duration::from_secs(120), || {
+        c.deployed().filter(|d| d["outcome"] == "rolling_back")
+    })
+    .await;
+    tokio::task::block_in_place(|| a.kill9());
+
+    let d = c.outcome_for("bad-4", Duration::from_secs(180)).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    let job = c.nomad.job("web");
+    assert_eq!(
+        (
+            c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+            job["Meta"]["image_tag"].as_str(),
+            d["tag"].as_str()
+        ),
+        (Some("1.0.0"), Some("1.0.0"), Some("1.0.0")),
+        "I1; job {job}"
+    );
+    assert_eq!(versions_naming(&c, "bad-4"), vec![1], "I3: registered once");
+    assert_eq!(
+        job["Version"], 2,
+        "v1 = bad-4, v2 = the one revert, never a second"
+    );
+    let log = b.log_text();
+    assert!(log.contains("resuming an unfinished rollout"), "{log}");
+    let (status, _) = tokio::task::block_in_place(|| b.terminate());
+    assert!(status.success());
+}
+
+/// Consul (a server with a data dir) restarted mid-rollout: the leader
+/// keeps its lock or takes it again, the rollout completes once (I3), the
+/// acknowledged webhook is kept (I5), and the settled state satisfies I1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consul_restart_mid_rollout_is_waited_out() {
+    let mut c = Cluster::start_with(false, true);
+    c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    poll(
+        "the rollout to be in flight",
+        Duration::from_secs(60),
+        || {
+            c.deployed()
+                .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
+        },
+    )
+    .await;
+    tokio::task::block_in_place(|| c.consul.restart_durable(Duration::from_secs(2)));
+
+    let d = c.outcome_for("1.1.0", Duration::from_secs(180)).await;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    assert_eq!(versions_naming(&c, "1.1.0"), vec![1], "I3: registered once");
+    let job = c.nomad.job("web");
+    assert_eq!(
+        (
+            c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+            job["Meta"]["image_tag"].as_str(),
+        ),
+        (Some("1.1.0"), Some("1.1.0")),
+        "I1"
+    );
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    let h = c.consul.history("web");
+    assert_eq!(
+        events(&h),
+        [
+            ("deployed".into(), "1.1.0".into()),
+            ("received".into(), "1.1.0".into())
+        ],
+        "I5: the acknowledged webhook is kept; one outcome"
+    );
+    tb.stop().await;
+}
+
+/// An operator scales the job mid-rollout of a good tag (by running the
+/// edited job: Nomad refuses the scale API during a deployment). Their
+/// version still names our tag, so the rollout follows its deployment and
+/// completes (I1), and the new count survives (I4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_scale_mid_rollout_is_kept_and_the_rollout_completes() {
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    poll(
+        "the rollout to be in flight",
+        Duration::from_secs(60),
+        || {
+            c.deployed()
+                .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
+        },
+    )
+    .await;
+    let addr = c.nomad.addr();
+    tokio::task::block_in_place(|| {
+        let (status, body) = post_json(
+            &addr,
+            "/v1/job/web/scale",
+            &json!({"Count": 4, "Target": {"Group": "web"}, "Message": "operator scale"}),
+        );
+        // Nomad 1.11 refuses the scale API during a deployment…
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains("active deployment"), "{body}");
+        // …so an operator scales by running the edited job instead.
+        let (_, mut job) = get_json(&addr, "/v1/job/web");
+        job["TaskGroups"][0]["Count"] = json!(4);
+        let (status, body) = post_json(&addr, "/v1/jobs", &json!({ "Job": job }));
+        assert_eq!(status, 200, "{body}");
+    });
+    let d = c.outcome_for("1.1.0", Duration::from_secs(240)).await;
+    assert_eq!(d["outcome"], "deployed", "followed their deployment: {d}");
+    let job = c.nomad.job("web");
+    assert_eq!(
+        job["TaskGroups"][0]["Count"], 4,
+        "I4: the operator's count survives"
+    );
+    assert_eq!(d["job_version"], job["Version"], "{d}");
+    assert_eq!(
+        versions_naming(&c, "1.1.0").len(),
+        2,
+        "ours and the operator's run"
+    );
+    assert_eq!(
+        (
+            c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+            job["Meta"]["image_tag"].as_str(),
+            d["tag"].as_str()
+        ),
+        (Some("1.1.0"), Some("1.1.0"), Some("1.1.0")),
+        "I1"
+    );
+    let tags = poll("four instances on 1.1.0", Duration::from_secs(120), || {
+        let t = c.nomad.running_tags("web");
+        (t == vec!["1.1.0"; 4]).then_some(t)
+    })
+    .await;
+    assert_eq!(tags.len(), 4);
     tb.stop().await;
 }

@@ -616,3 +616,223 @@ fn unmount_leftovers(dir: &Path) {
             .status();
     }
 }
+
+/// A durable Nomad server (its own agent and data dir, restartable on the
+/// same ports) for [`NomadAgent::start_split`]. A combined dev agent cannot
+/// be restarted: it restores allocations before its keyring loads and they
+/// fail with `pre-run hook "group_services" failed: rpc error: Permission
+/// denied`, so the client runs as a separate agent that stays up.
+pub struct NomadServer {
+    proc: Option<Watched>,
+    args: Vec<String>,
+    log: PathBuf,
+    pub http_port: u16,
+    _dir: TempDir,
+}
+
+impl NomadServer {
+    /// Stop the server agent (SIGTERM; its raft data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+    }
+
+    /// Start it again from the same data dir and ports, and wait (≤ 60 s)
+    /// until it has a leader again.
+    pub fn start(&mut self) {
+        assert!(self.proc.is_none(), "already running");
+        self.proc = Some(Watched::spawn(&nomad_bin(), &self.args, &self.log, &[]));
+        let url = format!("http://127.0.0.1:{}/v1/status/leader", self.http_port);
+        let start = Instant::now();
+        while start.elapsed() < READY_WITHIN {
+            if blocking_get(&url).is_ok_and(|b| b.len() > 4) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "nomad server had no leader within 60 s; log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for NomadServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl NomadAgent {
+    /// A server agent with a data dir and a separate client agent, both
+    /// non-dev. The returned [`NomadAgent`] is the client process and talks
+    /// to the server's HTTP API (so `addr()` is the server); drop it before
+    /// the [`NomadServer`].
+    pub fn start_split(consul: &ConsulAgent) -> (Self, NomadServer) {
+        let dir = TempDir::new("nomad-client");
+        let sdir = TempDir::new("nomad-server");
+        let sp = free_ports(3);
+        let cp = free_ports(3);
+        let sdata = sdir.path().join("data");
+        let cdata = dir.path().join("client");
+        std::fs::create_dir_all(&sdata).expect("mkdir server data");
+        std::fs::create_dir_all(&cdata).expect("mkdir client data");
+        static N: AtomicU64 = AtomicU64::new(7);
+        let slot = (u64::from(std::process::id()) + N.fetch_add(1, Ordering::Relaxed)) % 24;
+        let min_port = 20_000 + slot * 500;
+        let consul_block = format!(
+            r#"consul {{
+  address          = "127.0.0.1:{}"
+  auto_advertise   = false
+  server_auto_join = false
+  client_auto_join = false
+}}"#,
+            consul.http_port
+        );
+        let server = format!(
+            r#"data_dir  = "{data}"
+bind_addr = "127.0.0.1"
+log_level = "INFO"
+disable_update_check = true
+ports {{
+  http = {http}
+  rpc  = {rpc}
+  serf = {serf}
+}}
+server {{
+  enabled          = true
+  bootstrap_expect = 1
+}}
+# Non-dev agents refuse to guess an advertise address on loopback.
+advertise {{
+  http = "127.0.0.1"
+  rpc  = "127.0.0.1"
+  serf = "127.0.0.1"
+}}
+{consul_block}
+"#,
+            data = sdata.display(),
+            http = sp[0],
+            rpc = sp[1],
+            serf = sp[2],
+        );
+        let client = format!(
+            r#"data_dir  = "{data}"
+bind_addr = "127.0.0.1"
+log_level = "INFO"
+disable_update_check = true
+ports {{
+  http = {http}
+  rpc  = {rpc}
+  serf = {serf}
+}}
+advertise {{
+  http = "127.0.0.1"
+  rpc  = "127.0.0.1"
+  serf = "127.0.0.1"
+}}
+plugin "raw_exec" {{
+  config {{
+    enabled = true
+  }}
+}}
+client {{
+  enabled          = true
+  servers          = ["127.0.0.1:{server_rpc}"]
+  min_dynamic_port = {min_port}
+  max_dynamic_port = {max_port}
+  options = {{
+    "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
+    "driver.allowlist"     = "raw_exec"
+  }}
+}}
+{consul_block}
+"#,
+            data = cdata.display(),
+            http = cp[0],
+            rpc = cp[1],
+            serf = cp[2],
+            server_rpc = sp[1],
+            max_port = min_port + 499,
+        );
+        let scfg = sdir.write("server.hcl", server);
+        let ccfg = dir.write("client.hcl", client);
+        let slog = sdir.path().join("server.log");
+        let clog = dir.path().join("client.log");
+        let mut srv = NomadServer {
+            proc: None,
+            args: vec!["agent".into(), format!("-config={}", scfg.display())],
+            log: slog,
+            http_port: sp[0],
+            _dir: sdir,
+        };
+        srv.start();
+        let cargs = vec!["agent".to_string(), format!("-config={}", ccfg.display())];
+        let proc = Watched::spawn(&nomad_bin(), &cargs, &clog, &[]);
+        let agent = NomadAgent {
+            http_port: sp[0],
+            ports: sp,
+            proc: Some(proc),
+            log: clog,
+            data_dir: cdata,
+            port_cache: Mutex::new(HashMap::new()),
+            token: None,
+            dir,
+        };
+        agent.wait_ready();
+        (agent, srv)
+    }
+}
+
+impl ConsulAgent {
+    /// A Consul *server* with a data dir (not `-dev`), so a restart keeps
+    /// KV, sessions and locks: [`ConsulAgent::restart_durable`]. (Lives
+    /// here because tests/common/mod.rs is shared by every test; it only
+    /// adds a constructor.)
+    pub fn start_durable() -> Self {
+        let dir = TempDir::new("consul-durable");
+        let ports = free_ports(4);
+        let mut agent = ConsulAgent {
+            http_port: ports[0],
+            ports,
+            proc: None,
+            dir,
+            extra: Vec::new(),
+        };
+        agent.launch_durable();
+        agent
+    }
+
+    fn launch_durable(&mut self) {
+        let p = &self.ports;
+        let data = self.dir.path().join("data");
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "-server".into(),
+            "-bootstrap-expect=1".into(),
+            format!("-data-dir={}", data.display()),
+            "-bind=127.0.0.1".into(),
+            "-client=127.0.0.1".into(),
+            "-log-level=warn".into(),
+            "-dns-port=-1".into(),
+            "-grpc-port=-1".into(),
+            "-grpc-tls-port=-1".into(),
+            format!("-http-port={}", p[0]),
+            format!("-server-port={}", p[1]),
+            format!("-serf-lan-port={}", p[2]),
+            format!("-serf-wan-port={}", p[3]),
+            format!("-node=durable-{}", p[0]),
+        ];
+        let log = self.dir.path().join("consul.log");
+        self.proc = Some(Watched::spawn(&consul_bin(), &args, &log, &[]));
+        self.wait_ready();
+    }
+
+    /// Stop the server, stay down for `down`, start it again from its data.
+    pub fn restart_durable(&mut self, down: Duration) {
+        self.stop();
+        std::thread::sleep(down);
+        self.launch_durable();
+    }
+}

@@ -1,0 +1,513 @@
+//! One service's rollout, staged: register → evaluation → deployment →
+//! allocations, each step a function with a typed outcome.
+//!
+//! The phases live one per file, like Levant's deploy / auto_revert /
+//! failure_inspector: `plan` (deciding what to deploy, registering it),
+//! `watch` (evaluation, deployment, canary gate, failure inspection),
+//! `rollback` (restoring the key and the job), `record` (the fenced
+//! writes of the deployed record, key and history) and `requirements`
+//! (what `check --connect` asks of a job). Nomad and Consul are reached
+//! only through the narrow traits in `ports`, so every decision can be
+//! driven by a scripted fake in unit tests.
+//!
+//! Every step's progress is written to `<state_prefix>/deployed/<service>`
+//! before the next begins, fenced by the leader's lock, so a new leader
+//! resumes exactly where a dead one stopped: it watches the deployment the
+//! dead one started and never starts a second. On failure the KV tag is
+//! restored *before* the job is reverted (template jobs render the key in
+//! every new allocation), and the reason is built from what Nomad says
+//! about the failed allocations: their failing checks and task events.
+
+mod plan;
+pub mod ports;
+mod record;
+mod requirements;
+mod rollback;
+mod watch;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use ports::{ConsulPort, NomadPort};
+use record::Writes;
+pub use requirements::unmet_requirements;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, RolloutConfig, ServiceConfig};
+use crate::consul::{Consul, ConsulError};
+use crate::history::{Deployed, Desired, HistoryEntry};
+use crate::http_client::HttpClient;
+use crate::ingest::Keys;
+use crate::nomad::{Job, Nomad, NomadError};
+use crate::notify::Notifier;
+
+/// A hook run before each register attempt (tests use it to change the
+/// job behind the controller's back, on cue).
+pub type Hook = Arc<dyn Fn(u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// How long the steps that Nomad does not bound may take.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// For the register's evaluation to complete.
+    pub evaluation: Duration,
+    /// For the deployment of a new job version to appear.
+    pub deployment_appears: Duration,
+    /// For one verify_url request.
+    pub verify_request: Duration,
+    /// verify_url attempts before the gate fails.
+    pub verify_attempts: u32,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            evaluation: Duration::from_secs(30),
+            deployment_appears: Duration::from_secs(60),
+            verify_request: Duration::from_secs(5),
+            verify_attempts: 3,
+        }
+    }
+}
+
+/// What a rollout needs from the world.
+#[derive(Clone)]
+pub struct Context {
+    pub consul: Consul,
+    pub nomad: Nomad,
+    pub config: Arc<Config>,
+    pub http: HttpClient,
+    pub notifier: Notifier,
+    /// `(lock key, session)`: every record write checks the lock is ours.
+    pub fence: Option<(String, String)>,
+    /// Cancelled when leadership is lost or the process stops.
+    pub cancel: CancellationToken,
+    pub timings: Timings,
+    pub before_register: Option<Hook>,
+}
+
+/// Why a rollout could not be driven (as opposed to a rollout that ran
+/// and failed, which is a [`Failure`] and ends in a rollback).
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error(transparent)]
+    Nomad(#[from] NomadError),
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+    #[error("stopped: leadership lost or shutting down (the next leader resumes)")]
+    Cancelled,
+    #[error("record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("could not write {0}: it kept changing, or this controller is no longer the leader")]
+    Fenced(String),
+}
+
+/// Why a rollout failed; rendered into history and notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    JobMissing {
+        job: String,
+        namespace: String,
+    },
+    Placement {
+        groups: Vec<String>,
+        description: String,
+    },
+    NoDeployment {
+        version: u64,
+    },
+    Deployment {
+        status: String,
+        description: String,
+        allocs: Vec<AllocFailure>,
+    },
+    Unhealthy {
+        allocs: Vec<AllocFailure>,
+    },
+    Verify {
+        url: String,
+        detail: String,
+    },
+    Timeout {
+        after: Duration,
+        allocs: Vec<AllocFailure>,
+    },
+    Registration(String),
+}
+
+/// What Nomad says about one failed allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocFailure {
+    pub name: String,
+    pub id: String,
+    pub checks: Vec<String>,
+    pub events: Vec<String>,
+}
+
+impl fmt::Display for AllocFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "allocation {} ({})", self.name, short(&self.id))?;
+        if !self.checks.is_empty() {
+            write!(f, ": {}", self.checks.join("; "))?;
+        }
+        if !self.events.is_empty() {
+            write!(f, "; task events: {}", self.events.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+fn allocs_text(allocs: &[AllocFailure]) -> String {
+    allocs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::JobMissing { job, namespace } => {
+                write!(f, "job {job:?} not found in namespace {namespace:?}")
+            }
+            Failure::Placement { groups, description } => {
+                write!(f, "placement failed for group(s) {}: {description}", groups.join(", "))
+            }
+            Failure::NoDeployment { version } => write!(
+                f,
+                "Nomad created no deployment for job version {version} (is the update block missing, or the change not destructive?)"
+            ),
+            Failure::Deployment { status, description, allocs } => {
+                write!(f, "deployment {status}: {description}")?;
+                if !allocs.is_empty() {
+                    write!(f, "; {}", allocs_text(allocs))?;
+                }
+                Ok(())
+            }
+            Failure::Unhealthy { allocs } => {
+                write!(f, "new allocation unhealthy: {}", allocs_text(allocs))
+            }
+            Failure::Verify { url, detail } => write!(f, "verify_url {url} failed: {detail}"),
+            Failure::Timeout { after, allocs } => {
+                write!(f, "rollout timed out after {}s", after.as_secs())?;
+                if !allocs.is_empty() {
+                    write!(f, "; {}", allocs_text(allocs))?;
+                }
+                Ok(())
+            }
+            Failure::Registration(e) => write!(f, "job registration refused: {e}"),
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// What reading a service's records gave.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub desired: Option<Desired>,
+    pub deployed: Option<Deployed>,
+    /// The pin record's target tag (`Some("")` for a pin without one).
+    pub pin: Option<String>,
+    /// ModifyIndex of the desired record as read (0: absent): the start
+    /// of a rollout is committed only if it is unchanged.
+    pub desired_index: u64,
+    /// ModifyIndex of the pin record as read (0: absent).
+    pub pin_index: u64,
+    /// When the rollout in the deployed record started (Unix ms), so a
+    /// resumed rollout keeps its deadline.
+    pub started: Option<u64>,
+}
+
+/// The pin record: present = webhooks are recorded but not deployed; the
+/// controller deploys only `tag` (a rollback's target) while it exists.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PinRecord {
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub at: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Read desired, deployed and pin.
+///
+/// # Errors
+///
+/// Consul failures and unreadable records.
+pub async fn read_state<C: ConsulPort>(consul: &C, keys: &Keys) -> Result<State, RolloutError> {
+    let (desired, deployed, pin) = tokio::try_join!(
+        consul.kv_get(&keys.desired),
+        consul.kv_get(&keys.deployed),
+        consul.kv_get(&keys.pin),
+    )?;
+    fn parse<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, RolloutError> {
+        serde_json::from_slice(v).map_err(|e| RolloutError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
+    }
+    let desired_index = desired.value.as_ref().map_or(0, |kv| kv.modify_index);
+    let pin_index = pin.value.as_ref().map_or(0, |kv| kv.modify_index);
+    let desired = match desired.value {
+        Some(kv) if !kv.value.is_empty() => Some(parse::<Desired>(&keys.desired, &kv.value)?),
+        _ => None,
+    };
+    let (deployed, started) = match deployed.value {
+        Some(kv) if !kv.value.is_empty() => {
+            let raw: serde_json::Value = parse(&keys.deployed, &kv.value)?;
+            let started = raw.get(record::STARTED).and_then(serde_json::Value::as_u64);
+            let d: Deployed = serde_json::from_value(raw).map_err(|e| RolloutError::Corrupt {
+                key: keys.deployed.clone(),
+                reason: e.to_string(),
+            })?;
+            (Some(d), started)
+        }
+        _ => (None, None),
+    };
+    let pin = pin.value.map(|kv| {
+        serde_json::from_slice::<PinRecord>(&kv.value)
+            .ok()
+            .and_then(|p| p.tag)
+            .unwrap_or_default()
+    });
+    Ok(State {
+        desired,
+        deployed,
+        pin,
+        desired_index,
+        pin_index,
+        started,
+    })
+}
+
+/// History entries looked through for the tag a first rollout replaces.
+const PREVIOUS_SCAN: usize = 100;
+
+/// An error a retry may outlast (unreachable, timeout, 5xx, 429).
+pub(crate) trait Transient {
+    fn transient(&self) -> bool;
+}
+
+impl Transient for NomadError {
+    fn transient(&self) -> bool {
+        self.is_transient()
+    }
+}
+
+impl Transient for ConsulError {
+    fn transient(&self) -> bool {
+        self.is_transient()
+    }
+}
+
+impl Transient for RolloutError {
+    fn transient(&self) -> bool {
+        match self {
+            RolloutError::Nomad(e) => e.is_transient(),
+            RolloutError::Consul(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+impl Transient for crate::history_store::HistoryError {
+    fn transient(&self) -> bool {
+        matches!(self, crate::history_store::HistoryError::Consul(e) if e.is_transient())
+    }
+}
+
+impl From<crate::history_store::HistoryError> for RolloutError {
+    fn from(e: crate::history_store::HistoryError) -> Self {
+        match e {
+            crate::history_store::HistoryError::Consul(e) => RolloutError::Consul(e),
+            other => RolloutError::Corrupt {
+                key: "history".into(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Retry delays during an outage: short enough that an answer after the
+/// outage is seen within about half a second, jittered so replicas and
+/// services do not retry in step.
+fn outage_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(400))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// Now as Unix milliseconds (the persisted start of a rollout).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One rollout driver for one service.
+pub struct Driver<'a, N: NomadPort = Nomad, C: ConsulPort = Consul> {
+    ctx: &'a Context,
+    nomad: &'a N,
+    consul: &'a C,
+    svc: &'a ServiceConfig,
+    rc: &'a RolloutConfig,
+    keys: Keys,
+    /// Start of the rollout being driven (Unix ms), written into every
+    /// busy record so a resumed rollout keeps its deadline.
+    started: Mutex<Option<u64>>,
+    /// Until when outages are waited out (the rollout's own deadline, or
+    /// the rollback's).
+    patience: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl<'a> Driver<'a> {
+    /// `None` when the service has no rollout block.
+    pub fn new(ctx: &'a Context, svc: &'a ServiceConfig) -> Option<Self> {
+        Driver::with_ports(ctx, svc, &ctx.nomad, &ctx.consul)
+    }
+}
+
+impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
+    /// A driver that reaches Nomad and Consul through `nomad` and `consul`
+    /// (tests pass a scripted fake); `None` without a rollout block.
+    pub fn with_ports(
+        ctx: &'a Context,
+        svc: &'a ServiceConfig,
+        nomad: &'a N,
+        consul: &'a C,
+    ) -> Option<Self> {
+        Some(Driver {
+            ctx,
+            nomad,
+            consul,
+            svc,
+            rc: svc.rollout.as_ref()?,
+            keys: Keys::new(&ctx.config, svc),
+            started: Mutex::new(None),
+            patience: Mutex::new(None),
+        })
+    }
+
+    /// Bring the service to its desired tag: resume an unfinished rollout,
+    /// then deploy the newest desired tag (tags that arrived meanwhile are
+    /// skipped: they coalesce into the newest).
+    ///
+    /// # Errors
+    ///
+    /// Anything that stopped the driver before an outcome was recorded;
+    /// the records then say where to resume.
+    pub async fn drive(&self) -> Result<(), RolloutError> {
+        // Each pass finishes one desired seq (or re-decides after a lost
+        // race); bounded so a flapping registry cannot keep one task busy
+        // forever.
+        for _ in 0..32 {
+            self.check_cancel()?;
+            let st = self.patient(|| read_state(self.consul, &self.keys)).await?;
+            if let Some(d) = st.deployed.as_ref().filter(|d| d.is_busy()) {
+                tracing::info!(service = %self.svc.name, tag = %d.tag, outcome = %d.outcome, "resuming an unfinished rollout");
+                self.set_started(st.started.unwrap_or_else(unix_ms));
+                self.resume(d.clone()).await?;
+                continue;
+            }
+            let Some(desired) = st.desired.clone() else {
+                return Ok(());
+            };
+            if st.deployed.as_ref().is_some_and(|d| d.seq >= desired.seq) {
+                return Ok(());
+            }
+            if let Some(pin) = &st.pin {
+                if pin != &desired.tag {
+                    tracing::info!(service = %self.svc.name, "pinned: not deploying");
+                    return Ok(());
+                }
+            }
+            self.set_started(unix_ms());
+            self.start(&desired, &st).await?;
+        }
+        Ok(())
+    }
+
+    fn check_cancel(&self) -> Result<(), RolloutError> {
+        if self.ctx.cancel.is_cancelled() {
+            Err(RolloutError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn set_started(&self, at: u64) {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+        let elapsed = Duration::from_millis(unix_ms().saturating_sub(at));
+        self.set_patience(self.rc.timeout.saturating_sub(elapsed));
+    }
+
+    fn started(&self) -> Option<u64> {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_patience(&self, left: Duration) {
+        *self.patience.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now() + left);
+    }
+
+    /// The rollout's deadline (persisted start + timeout).
+    fn deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        match self.started() {
+            Some(at) => {
+                let elapsed = Duration::from_millis(unix_ms().saturating_sub(at));
+                now + self.rc.timeout.saturating_sub(elapsed)
+            }
+            None => now + self.rc.timeout,
+        }
+    }
+
+    /// Run `op`, waiting out outages (transient errors) with jittered
+    /// backoff until the rollout's deadline; cancellation ends it at once.
+    async fn patient<T, E, Fut>(&self, mut op: impl FnMut() -> Fut) -> Result<T, RolloutError>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: Transient + Into<RolloutError> + fmt::Display,
+    {
+        use backon::Retryable as _;
+        let until = self
+            .patience
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|| tokio::time::Instant::now() + self.rc.timeout);
+        let name = &self.svc.name;
+        let attempt = (|| op())
+            .retry(outage_backoff())
+            .sleep(tokio::time::sleep)
+            .when(|e: &E| e.transient() && tokio::time::Instant::now() < until)
+            .notify(|e: &E, after: Duration| {
+                tracing::warn!(service = %name, error = %e, retry_in = ?after, "unreachable; waiting it out");
+            });
+        tokio::select! {
+            () = self.ctx.cancel.cancelled() => Err(RolloutError::Cancelled),
+            r = attempt => r.map_err(Into::into),
+        }
+    }
+
+    async fn job(&self) -> Result<Option<Job>, RolloutError> {
+        self.patient(|| self.nomad.job(&self.rc.namespace, &self.rc.job))
+            .await
+    }
+}

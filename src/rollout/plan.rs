@@ -1,0 +1,348 @@
+//! Planning and register: which tag to deploy and what it replaces, the
+//! record written before Nomad is touched (conditioned on the desired and
+//! pin records it was decided from), and the register itself
+//! (EnforceIndex; a lost race is re-read, never overwritten; a version
+//! this attempt already made is adopted, never registered twice).
+
+use backon::BackoffBuilder as _;
+
+use super::record::{Committed, Guard, KeyWrite};
+use super::*;
+use crate::clock::now_rfc3339;
+use crate::history::Event;
+use crate::nomad::Deployment;
+
+/// The tag a rollback of a rollout starting now goes back to: what the
+/// last rollout left running. After a failed one the key may name a tag
+/// that never ran, so the job's own meta (the version a revert restores)
+/// comes first. Then what the key held before this tag arrived (its
+/// `received` entry), then the key itself unless it already names the tag
+/// being deployed. `None` only when none of them names another tag: the
+/// key did not exist, and a rollback deletes it again.
+pub fn plan_previous(
+    deploying: &str,
+    prev: Option<&Deployed>,
+    meta_now: Option<&str>,
+    received_previous: Option<&str>,
+    key_now: Option<&str>,
+) -> Option<String> {
+    let meta_now = meta_now.filter(|m| !m.is_empty()).map(str::to_string);
+    match prev {
+        Some(p) if p.outcome == Deployed::FAILED => meta_now.or(p.previous.clone()),
+        Some(p) => Some(p.tag.clone()).or(meta_now),
+        None => meta_now,
+    }
+    .filter(|t| !t.is_empty())
+    .or_else(|| received_previous.map(str::to_string))
+    .filter(|t| !t.is_empty())
+    .or_else(|| key_now.filter(|k| *k != deploying).map(str::to_string))
+    .filter(|t| !t.is_empty())
+}
+
+/// I3: the job version this rollout attempt already registered, if any:
+/// the newest version above `prior` (the version the attempt started
+/// from) whose meta names `tag`. A dead leader's register, or ours whose
+/// answer was lost, is adopted instead of registered again.
+pub fn adoptable(versions: &[Job], meta_key: &str, tag: &str, prior: u64) -> Option<u64> {
+    versions
+        .iter()
+        .filter(|j| j.version > prior && j.meta(meta_key) == Some(tag))
+        .map(|j| j.version)
+        .max()
+}
+
+/// What a register attempt left.
+enum Registered {
+    New { version: u64, eval: String },
+    Adopted(u64),
+}
+
+impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
+    /// Start a rollout of `desired`, decided from `st`; returns without
+    /// doing anything when `st` went stale meanwhile (the caller re-reads).
+    pub(super) async fn start(&self, desired: &Desired, st: &State) -> Result<(), RolloutError> {
+        let prev = st.deployed.as_ref();
+        let guard = Some(Guard {
+            desired_index: st.desired_index,
+            pin_index: st.pin_index,
+        });
+        let Some(job) = self.job().await? else {
+            let failure = Failure::JobMissing {
+                job: self.rc.job.clone(),
+                namespace: self.rc.namespace.clone(),
+            };
+            let rec = Deployed {
+                tag: prev.map(|p| p.tag.clone()).unwrap_or_default(),
+                digest: None,
+                seq: desired.seq,
+                job_version: None,
+                deployment: None,
+                at: now_rfc3339(),
+                outcome: Deployed::FAILED.into(),
+                previous: prev.map(|p| p.tag.clone()),
+                prior_version: None,
+                detail: Some(failure.to_string()),
+            };
+            return self
+                .finish_failed(rec, &desired.tag, failure.to_string())
+                .await;
+        };
+        let received = self
+            .patient(|| {
+                self.consul
+                    .history_recent(&self.keys.history, PREVIOUS_SCAN)
+            })
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.tag == desired.tag && matches!(e.event, Event::Received | Event::Manual))
+            .and_then(|e| e.previous);
+        let key_now = self
+            .patient(|| self.consul.kv_get(&self.keys.tag))
+            .await?
+            .value
+            .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
+        let previous = plan_previous(
+            &desired.tag,
+            prev,
+            job.meta(&self.rc.meta_key),
+            received.as_deref(),
+            key_now.as_deref(),
+        );
+        tracing::info!(service = %self.svc.name, tag = %desired.tag, previous = ?previous, job_version = job.version, "rollout starting");
+        let rec = Deployed {
+            tag: desired.tag.clone(),
+            digest: desired.digest.clone(),
+            seq: desired.seq,
+            job_version: None,
+            deployment: None,
+            at: now_rfc3339(),
+            outcome: Deployed::IN_PROGRESS.into(),
+            previous,
+            prior_version: Some(job.version),
+            detail: None,
+        };
+        // The key carries the tag being deployed (template jobs render it
+        // in every allocation placed from now on).
+        let w = Writes {
+            deployed: rec.clone(),
+            key: KeyWrite::Set(desired.tag.clone()),
+            history: None,
+        };
+        match self.commit_guarded(w, guard).await? {
+            Committed::Yes => self.proceed(rec).await,
+            Committed::Stale => Ok(()),
+        }
+    }
+
+    pub(super) async fn resume(&self, rec: Deployed) -> Result<(), RolloutError> {
+        if rec.outcome == Deployed::ROLLING_BACK {
+            let reason = rec
+                .detail
+                .clone()
+                .unwrap_or_else(|| "rollback resumed".into());
+            self.rollback_steps(rec, reason).await
+        } else {
+            self.proceed(rec).await
+        }
+    }
+
+    /// Register (unless already done), then evaluation, deployment, watch.
+    pub(super) async fn proceed(&self, mut rec: Deployed) -> Result<(), RolloutError> {
+        let Some(job) = self.job().await? else {
+            let f = Failure::JobMissing {
+                job: self.rc.job.clone(),
+                namespace: self.rc.namespace.clone(),
+            };
+            return self.rollback(rec, f).await;
+        };
+        let prior = rec.prior_version.unwrap_or(job.version);
+        let mut eval = None;
+        let version = match rec.job_version {
+            Some(v) => v,
+            None => match self.register(&rec, prior).await? {
+                Ok(Registered::New { version, eval: e }) => {
+                    eval = Some(e);
+                    version
+                }
+                Ok(Registered::Adopted(v)) => {
+                    tracing::info!(service = %self.svc.name, tag = %rec.tag, job_version = v, "adopting the job version this rollout already registered");
+                    v
+                }
+                Err(f) => return self.rollback(rec, f).await,
+            },
+        };
+        if rec.job_version != Some(version) {
+            rec.job_version = Some(version);
+            rec.at = now_rfc3339();
+            self.commit(Writes {
+                deployed: rec.clone(),
+                key: KeyWrite::Keep,
+                history: None,
+            })
+            .await?;
+        }
+        if let Some(eval_id) = eval.filter(|e| !e.is_empty()) {
+            if let Err(f) = self.evaluation(&eval_id).await? {
+                return self.rollback(rec, f).await;
+            }
+        }
+        let (mut dep, mut version) = match rec.deployment.clone() {
+            Some(d) => (d, version),
+            None => {
+                let found = match self.deployment_for(version).await? {
+                    Some(d) => Some(d),
+                    // Run again on top of ours before ours had one.
+                    None => self.successor(&rec.tag, version).await?,
+                };
+                let Some(d) = found else {
+                    return self.rollback(rec, Failure::NoDeployment { version }).await;
+                };
+                rec.job_version = Some(d.job_version);
+                rec.deployment = Some(d.id.clone());
+                self.commit(Writes {
+                    deployed: rec.clone(),
+                    key: KeyWrite::Keep,
+                    history: None,
+                })
+                .await?;
+                (d.id, d.job_version)
+            }
+        };
+        // Someone ran the job again on top of ours (an edit, a scale):
+        // Nomad cancels our deployment, but when their version still names
+        // our tag its deployment is this rollout's gate now (bounded: a job
+        // re-run in a loop ends in a rollback).
+        for _ in 0..3 {
+            let failure = match self
+                .watch(&dep, true, Some(version), self.deadline())
+                .await?
+            {
+                Ok(()) => return self.finish_deployed(rec).await,
+                Err(f) => f,
+            };
+            let cancelled =
+                matches!(&failure, Failure::Deployment { status, .. } if status == "cancelled");
+            let next = match cancelled {
+                true => self.successor(&rec.tag, version).await?,
+                false => None,
+            };
+            let Some(d) = next else {
+                return self.rollback(rec, failure).await;
+            };
+            tracing::info!(service = %self.svc.name, tag = %rec.tag, job_version = d.job_version, "the job was run again with this tag on top of ours; following its deployment");
+            (dep, version) = (d.id.clone(), d.job_version);
+            rec.job_version = Some(version);
+            rec.deployment = Some(dep.clone());
+            rec.at = now_rfc3339();
+            self.commit(Writes {
+                deployed: rec.clone(),
+                key: KeyWrite::Keep,
+                history: None,
+            })
+            .await?;
+        }
+        self.rollback(
+            rec,
+            Failure::Registration("the job kept being run again during the rollout".into()),
+        )
+        .await
+    }
+
+    /// The deployment of a version someone registered on top of `ours`
+    /// that still names `tag` (so it carries this rollout), if any.
+    async fn successor(&self, tag: &str, ours: u64) -> Result<Option<Deployment>, RolloutError> {
+        match self.job().await? {
+            Some(j) if j.version > ours && j.meta(&self.rc.meta_key) == Some(tag) => {
+                self.deployment_for(j.version).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The version this attempt already registered, if the job has moved
+    /// past `prior` at all (one more read only then).
+    async fn adopt(&self, job: &Job, tag: &str, prior: u64) -> Result<Option<u64>, RolloutError> {
+        if job.version <= prior {
+            return Ok(None);
+        }
+        if job.meta(&self.rc.meta_key) == Some(tag) {
+            return Ok(Some(job.version));
+        }
+        let versions = self
+            .patient(|| self.nomad.job_versions(&self.rc.namespace, &self.rc.job))
+            .await?;
+        Ok(adoptable(&versions, &self.rc.meta_key, tag, prior))
+    }
+
+    /// Set the meta key and register under EnforceIndex; a lost race is
+    /// answered by re-reading (keeping the other writer's change), never
+    /// by overwriting it. A transport error leaves it unknown whether the
+    /// register happened: the next attempt's re-read adopts it if so.
+    async fn register(
+        &self,
+        rec: &Deployed,
+        prior: u64,
+    ) -> Result<Result<Registered, Failure>, RolloutError> {
+        let tag = rec.tag.as_str();
+        let mut last = String::new();
+        let mut conflicts = 0u32;
+        let mut outage = outage_backoff().build();
+        for attempt in 0u32.. {
+            self.check_cancel()?;
+            let Some(mut job) = self.job().await? else {
+                return Ok(Err(Failure::JobMissing {
+                    job: self.rc.job.clone(),
+                    namespace: self.rc.namespace.clone(),
+                }));
+            };
+            if let Some(v) = self.adopt(&job, tag, prior).await? {
+                return Ok(Ok(Registered::Adopted(v)));
+            }
+            let index = job.job_modify_index;
+            job.set_meta(&self.rc.meta_key, tag);
+            // Every rollout is a real change to Nomad, even when the tag is
+            // the one the job already names (a re-pushed tag with a new
+            // digest, a rollback to the running tag): Nomad ignores a
+            // register that changes nothing and would start no deployment.
+            job.set_meta(&format!("{}_seq", self.rc.meta_key), &rec.seq.to_string());
+            if let Some(hook) = &self.ctx.before_register {
+                hook(attempt).await;
+            }
+            // Right before the write: a leader that lost its term must not
+            // touch Nomad any more.
+            self.check_cancel()?;
+            match self.nomad.register(&job, index).await {
+                Ok(resp) => {
+                    // EnforceIndex held, so ours is the next version.
+                    let version = job.version + 1;
+                    tracing::info!(service = %self.svc.name, tag, job_version = version, eval = %resp.eval_id, "job registered");
+                    return Ok(Ok(Registered::New {
+                        version,
+                        eval: resp.eval_id,
+                    }));
+                }
+                Err(e) if e.is_enforce_index_conflict() => {
+                    tracing::info!(service = %self.svc.name, attempt, "job changed since it was read; re-reading it");
+                    last = e.to_string();
+                    conflicts += 1;
+                    if conflicts >= 5 {
+                        break;
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    let wait = match outage.next() {
+                        Some(d) if tokio::time::Instant::now() + d < self.deadline() => d,
+                        _ => return Err(e.into()),
+                    };
+                    tracing::warn!(service = %self.svc.name, error = %e, "register unanswered; re-reading before trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Ok(Err(Failure::Registration(e.to_string()))),
+            }
+        }
+        Ok(Err(Failure::Registration(format!(
+            "the job kept changing: {last}"
+        ))))
+    }
+}

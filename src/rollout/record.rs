@@ -1,0 +1,338 @@
+//! Recording: the deployed record, the key and a history entry written in
+//! one transaction fenced by the leader's lock, and the notifications
+//! that follow an outcome.
+//!
+//! The start of a rollout is additionally conditioned on the desired and
+//! pin records it was decided from: a webhook or a `rollback` pin that
+//! lands between the decision and the commit makes the commit fail, and
+//! the driver decides again instead of re-applying a stale decision.
+
+use backon::BackoffBuilder as _;
+
+use super::*;
+use crate::clock::now_rfc3339;
+use crate::consul::{TxnOp, TxnOutcome};
+use crate::history::Event;
+use crate::history_store;
+use crate::notify::Notice;
+
+/// The field of a busy deployed record that holds when its rollout
+/// started (Unix ms). Readers of [`Deployed`] ignore it.
+pub(super) const STARTED: &str = "started";
+
+/// What to do with the service's key in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum KeyWrite {
+    Keep,
+    Set(String),
+    /// Restore "no key": the rollout replaced a key that did not exist.
+    Delete,
+}
+
+/// What a rollout's start was decided from: the commit holds only if both
+/// records are unchanged.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Guard {
+    pub desired_index: u64,
+    pub pin_index: u64,
+}
+
+/// Whether a guarded commit happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Committed {
+    Yes,
+    /// The desired or pin record changed since the decision: decide again.
+    Stale,
+}
+
+/// What to write, together, in one fenced transaction.
+pub(super) struct Writes {
+    pub deployed: Deployed,
+    pub key: KeyWrite,
+    pub history: Option<HistoryEntry>,
+}
+
+impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
+    pub(super) async fn finish_deployed(&self, mut rec: Deployed) -> Result<(), RolloutError> {
+        rec.outcome = Deployed::DEPLOYED.into();
+        rec.at = now_rfc3339();
+        rec.detail = None;
+        let detail = format!(
+            "job {} version {}, deployment {}",
+            self.rc.job,
+            rec.job_version.unwrap_or_default(),
+            rec.deployment.as_deref().map(short).unwrap_or("-")
+        );
+        let entry = self.entry(
+            Event::Deployed,
+            &rec.tag,
+            rec.previous.clone(),
+            Some(detail.clone()),
+        );
+        self.commit(Writes {
+            deployed: rec.clone(),
+            key: KeyWrite::Keep,
+            history: Some(entry),
+        })
+        .await?;
+        tracing::info!(service = %self.svc.name, tag = %rec.tag, "deployed");
+        self.notify("deployed", &rec.tag, rec.previous.clone(), Some(detail));
+        Ok(())
+    }
+
+    pub(super) async fn finish_rolled_back(
+        &self,
+        rec: Deployed,
+        target: Option<String>,
+        version: Option<u64>,
+        deployment: Option<String>,
+        reason: String,
+    ) -> Result<(), RolloutError> {
+        let failed_tag = rec.tag.clone();
+        let tag = target.clone().unwrap_or_default();
+        let out = Deployed {
+            tag: tag.clone(),
+            digest: None,
+            seq: rec.seq,
+            job_version: version,
+            deployment,
+            at: now_rfc3339(),
+            outcome: Deployed::ROLLED_BACK.into(),
+            previous: Some(failed_tag.clone()),
+            prior_version: rec.prior_version,
+            detail: Some(reason.clone()),
+        };
+        let entry = self.entry(
+            Event::RolledBack,
+            &tag,
+            Some(failed_tag.clone()),
+            Some(reason.clone()),
+        );
+        self.commit(Writes {
+            deployed: out,
+            key: KeyWrite::Keep,
+            history: Some(entry),
+        })
+        .await?;
+        tracing::warn!(service = %self.svc.name, failed = %failed_tag, restored = %tag, reason = %reason, "rolled back");
+        self.notify("rolled_back", &tag, Some(failed_tag), Some(reason));
+        Ok(())
+    }
+
+    pub(super) async fn finish_failed(
+        &self,
+        rec: Deployed,
+        failed_tag: &str,
+        reason: String,
+    ) -> Result<(), RolloutError> {
+        let out = Deployed {
+            outcome: Deployed::FAILED.into(),
+            at: now_rfc3339(),
+            detail: Some(reason.clone()),
+            ..rec.clone()
+        };
+        let entry = self.entry(
+            Event::Failed,
+            failed_tag,
+            rec.previous.clone(),
+            Some(reason.clone()),
+        );
+        self.commit(Writes {
+            deployed: out,
+            key: KeyWrite::Keep,
+            history: Some(entry),
+        })
+        .await?;
+        tracing::error!(service = %self.svc.name, tag = failed_tag, reason = %reason, "rollout failed");
+        self.notify("failed", failed_tag, rec.previous, Some(reason));
+        Ok(())
+    }
+
+    pub(super) fn entry(
+        &self,
+        event: Event,
+        tag: &str,
+        previous: Option<String>,
+        detail: Option<String>,
+    ) -> HistoryEntry {
+        HistoryEntry {
+            at: now_rfc3339(),
+            event,
+            tag: tag.to_string(),
+            previous,
+            digest: None,
+            source: Some("controller".into()),
+            delivery: None,
+            actor: Some("tagbridge".into()),
+            detail,
+        }
+    }
+
+    pub(super) fn notify(
+        &self,
+        event: &'static str,
+        tag: &str,
+        previous: Option<String>,
+        detail: Option<String>,
+    ) {
+        self.ctx.notifier.send(Notice {
+            event,
+            service: self.svc.name.clone(),
+            tag: tag.to_string(),
+            previous,
+            detail,
+            at: now_rfc3339(),
+        });
+    }
+
+    /// Write the deployed record (and the key, and a history entry) in one
+    /// transaction, fenced by the leader lock; lost CAS → re-read, retry.
+    pub(super) async fn commit(&self, w: Writes) -> Result<(), RolloutError> {
+        self.commit_guarded(w, None).await.map(|_| ())
+    }
+
+    /// [`Self::commit`], and only if the desired and pin records are still
+    /// the ones `guard` was read with ([`Committed::Stale`] otherwise).
+    ///
+    /// A lost check-session means someone else holds (or deleted) the
+    /// lock: the term is cancelled at once, so this replica stops driving
+    /// and campaigns again.
+    ///
+    /// Longer than most functions on purpose: reading, building the one
+    /// transaction and telling its three kinds of conflict apart (lock
+    /// lost, decision stale, plain CAS race) belong together.
+    pub(super) async fn commit_guarded(
+        &self,
+        w: Writes,
+        guard: Option<Guard>,
+    ) -> Result<Committed, RolloutError> {
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(20))
+            .with_max_delay(std::time::Duration::from_millis(200))
+            .with_jitter()
+            .with_max_times(16)
+            .build();
+        loop {
+            self.check_cancel()?;
+            let history = match &w.history {
+                Some(_) => Some(
+                    self.patient(|| {
+                        self.consul
+                            .history_head(&self.keys.history, self.svc.history_keep)
+                    })
+                    .await?,
+                ),
+                None => None,
+            };
+            let (key, deployed) = self
+                .patient(|| async {
+                    tokio::try_join!(
+                        self.consul.kv_get(&self.keys.tag),
+                        self.consul.kv_get(&self.keys.deployed),
+                    )
+                })
+                .await?;
+            let mut ops = Vec::with_capacity(8);
+            let mut value =
+                serde_json::to_value(&w.deployed).map_err(|e| RolloutError::Corrupt {
+                    key: self.keys.deployed.clone(),
+                    reason: e.to_string(),
+                })?;
+            if let (true, Some(at), Some(obj)) =
+                (w.deployed.is_busy(), self.started(), value.as_object_mut())
+            {
+                obj.insert(STARTED.into(), at.into());
+            }
+            ops.push(TxnOp::Cas {
+                key: self.keys.deployed.clone(),
+                value: serde_json::to_vec(&value).unwrap_or_default(),
+                index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
+            });
+            let current = key
+                .value
+                .as_ref()
+                .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
+            let key_index = key.value.as_ref().map_or(0, |kv| kv.modify_index);
+            match &w.key {
+                KeyWrite::Set(tag) if current.as_deref() != Some(tag.as_str()) => {
+                    ops.push(TxnOp::Cas {
+                        key: self.keys.tag.clone(),
+                        value: tag.as_bytes().to_vec(),
+                        index: key_index,
+                    });
+                }
+                KeyWrite::Delete if current.is_some() => ops.push(TxnOp::DeleteCas {
+                    key: self.keys.tag.clone(),
+                    index: key_index,
+                }),
+                _ => {}
+            }
+            if let Some(g) = guard {
+                ops.push(check_index(&self.keys.desired, g.desired_index));
+                ops.push(check_index(&self.keys.pin, g.pin_index));
+            }
+            if let (Some(entry), Some(head)) = (&w.history, &history) {
+                let (history_ops, _) = history_store::append_ops(
+                    &self.keys.history,
+                    head,
+                    entry,
+                    self.svc.history_keep,
+                );
+                ops.extend(history_ops);
+            }
+            if let Some((lock, session)) = &self.ctx.fence {
+                ops.push(TxnOp::CheckSession {
+                    key: lock.clone(),
+                    session: session.clone(),
+                });
+            }
+            // The write itself is not retried blindly on a transport error:
+            // the loop re-reads and builds it again.
+            let outcome = self.patient(|| self.consul.txn(&ops)).await?;
+            let TxnOutcome::Conflict(errors) = outcome else {
+                return Ok(Committed::Yes);
+            };
+            tracing::debug!(service = %self.svc.name, ?errors, "record write lost a race");
+            if self.lock_lost().await? {
+                tracing::error!(service = %self.svc.name, "the leader lock is no longer ours: stopping this term");
+                self.ctx.cancel.cancel();
+                return Err(RolloutError::Cancelled);
+            }
+            if let Some(g) = guard {
+                let st = self.patient(|| read_state(self.consul, &self.keys)).await?;
+                if st.desired_index != g.desired_index || st.pin_index != g.pin_index {
+                    tracing::info!(service = %self.svc.name, "desired or pin changed since the decision; deciding again");
+                    return Ok(Committed::Stale);
+                }
+            }
+            match delays.next() {
+                Some(d) => tokio::time::sleep(d).await,
+                None => return Err(RolloutError::Fenced(self.keys.deployed.clone())),
+            }
+        }
+    }
+
+    /// Whether the fence's lock key no longer names our session (deleted,
+    /// overwritten, or taken by another replica).
+    async fn lock_lost(&self) -> Result<bool, RolloutError> {
+        let Some((lock, session)) = &self.ctx.fence else {
+            return Ok(false);
+        };
+        let read = self.patient(|| self.consul.kv_get(lock)).await?;
+        Ok(read.value.and_then(|kv| kv.session).as_deref() != Some(session.as_str()))
+    }
+}
+
+/// Fail the transaction unless `key` is still at `index` (0: absent).
+fn check_index(key: &str, index: u64) -> TxnOp {
+    if index == 0 {
+        TxnOp::CheckNotExists {
+            key: key.to_string(),
+        }
+    } else {
+        TxnOp::CheckIndex {
+            key: key.to_string(),
+            index,
+        }
+    }
+}
