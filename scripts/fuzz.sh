@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Long fuzzing run (NOT part of scripts/test.sh): every cargo-fuzz target
+# for RUNS inputs (default 10 million), then one summary line per target:
+# inputs run, exec/s, peak RSS, crashes.
+#
+#   scripts/fuzz.sh [-r RUNS] [-t MAX_SECONDS_PER_TARGET] [TARGET...]
+#
+# Every target runs with -rss_limit_mb and -malloc_limit_mb, so an
+# unbounded allocation is reported as a failure (an `oom-*` artifact)
+# rather than swapping the machine; -timeout makes a hang one too. Crash,
+# oom and timeout inputs land in fuzz/artifacts/<target>/; minimise one
+# with `cargo fuzz tmin -s none <target> <file>` and copy it into
+# fuzz/regressions/<target>/ so `cargo test --test props` replays it.
+#
+# Works on the stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its
+# -Z flags, and `-s none` skips the sanitizers (they need nightly's std).
+# Exit status: 0 when no target failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=10000000
+MAX_SECONDS=14400 # a safety bound per target; 10M runs take far less
+while getopts r:t: opt; do
+  case $opt in
+  r) RUNS=$OPTARG ;;
+  t) MAX_SECONDS=$OPTARG ;;
+  *) exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+
+bash scripts/install-cargo-tools.sh fuzz
+export RUSTC_BOOTSTRAP=1
+# Outside the work tree by default, so CI's fresh clone finds a warm build.
+export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tagbridge/fuzz-target}
+
+mapfile -t all < <(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^tagbridge-fuzz$')
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
+
+echo "== cargo fuzz build (${#targets[@]} targets)" >&2
+cargo fuzz build -s none --release --debug-assertions >&2
+
+# The config target opens whatever file paths the text names; run every
+# target from an empty directory so a relative path finds nothing.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+logs=fuzz/logs
+mkdir -p "$logs"
+
+failed=0
+summary=()
+for t in "${targets[@]}"; do
+  mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t" "fuzz/seeds/$t" "fuzz/regressions/$t"
+  echo "== $t: $RUNS runs" >&2
+  status=0
+  marker="$scratch/started-$t"
+  touch "$marker"
+  # Absolute paths: the fuzzer runs in $scratch.
+  (cd "$scratch" && "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/$t" \
+    -runs="$RUNS" -max_total_time="$MAX_SECONDS" \
+    -rss_limit_mb=1024 -malloc_limit_mb=128 -timeout=10 -max_len=16384 \
+    -print_final_stats=1 -artifact_prefix="$OLDPWD/fuzz/artifacts/$t/" \
+    "$OLDPWD/fuzz/corpus/$t" "$OLDPWD/fuzz/seeds/$t" "$OLDPWD/fuzz/regressions/$t") \
+    >"$logs/$t.log" 2>&1 || status=$?
+  stat() { sed -n "s/^stat::$1: *//p" "$logs/$t.log" | tail -1; }
+  # libFuzzer stops at the first crash, oom or timeout and saves it.
+  crashes=$(find "fuzz/artifacts/$t" -type f -newer "$marker" | wc -l)
+  line=$(printf '%-22s inputs=%-9s exec/s=%-7s peak_rss_mb=%-5s crashes=%s exit=%s' \
+    "$t" "$(stat number_of_executed_units)" "$(stat average_exec_per_sec)" \
+    "$(stat peak_rss_mb)" "$crashes" "$status")
+  echo "$line" >&2
+  summary+=("$line")
+  [ "$status" = 0 ] || failed=1
+done
+
+echo "== summary (logs in $logs/)"
+printf '%s\n' "${summary[@]}"
+exit $failed
