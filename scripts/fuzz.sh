@@ -34,7 +34,7 @@ export RUSTC_BOOTSTRAP=1
 # Outside the work tree by default, so CI's fresh clone finds a warm build.
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tagbridge/fuzz-target}
 
-mapfile -t all < <(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^tagbridge-fuzz$')
+mapfile -t all < <(sed -n '/^\[\[bin\]\]$/{n;s/^name = "\(.*\)"$/\1/p}' fuzz/Cargo.toml)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
@@ -56,6 +56,7 @@ for t in "${targets[@]}"; do
   status=0
   marker="$scratch/started-$t"
   touch "$marker"
+  start=$(date +%s.%N)
   # Absolute paths: the fuzzer runs in $scratch.
   (cd "$scratch" && "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/$t" \
     -runs="$RUNS" -max_total_time="$MAX_SECONDS" \
@@ -63,12 +64,15 @@ for t in "${targets[@]}"; do
     -print_final_stats=1 -artifact_prefix="$OLDPWD/fuzz/artifacts/$t/" \
     "$OLDPWD/fuzz/corpus/$t" "$OLDPWD/fuzz/seeds/$t" "$OLDPWD/fuzz/regressions/$t") \
     >"$logs/$t.log" 2>&1 || status=$?
+  secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
   stat() { sed -n "s/^stat::$1: *//p" "$logs/$t.log" | tail -1; }
+  inputs=$(stat number_of_executed_units)
+  # libFuzzer's own figure is whole runs per whole second (0 under 1 s).
+  rate=$(awk -v n="${inputs:-0}" -v s="$secs" 'BEGIN { printf "%d", (s > 0 ? n / s : 0) }')
   # libFuzzer stops at the first crash, oom or timeout and saves it.
   crashes=$(find "fuzz/artifacts/$t" -type f -newer "$marker" | wc -l)
-  line=$(printf '%-22s inputs=%-9s exec/s=%-7s peak_rss_mb=%-5s crashes=%s exit=%s' \
-    "$t" "$(stat number_of_executed_units)" "$(stat average_exec_per_sec)" \
-    "$(stat peak_rss_mb)" "$crashes" "$status")
+  line=$(printf '%-20s inputs=%-9s seconds=%-6.0f exec/s=%-7s peak_rss_mb=%-5s crashes=%s exit=%s' \
+    "$t" "$inputs" "$secs" "$rate" "$(stat peak_rss_mb)" "$crashes" "$status")
   echo "$line" >&2
   summary+=("$line")
   [ "$status" = 0 ] || failed=1

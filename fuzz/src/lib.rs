@@ -14,6 +14,7 @@
 
 use std::cmp::Ordering;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tagbridge::config::{self, Config, Purpose};
@@ -67,7 +68,8 @@ pub fn header_map(block: &[u8]) -> HeaderMap {
         };
         let name = line[..colon].trim_ascii();
         let value = line[colon + 1..].trim_ascii();
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
         {
             headers.append(name, value);
         }
@@ -182,20 +184,38 @@ pub fn webhook_case(source: Source, data: &[u8]) {
 }
 
 /// Adds the credential `source` expects, computed from the public helper.
-fn add_credential(source: Source, headers: &mut HeaderMap, body: &[u8], secret: &[u8], variant: bool) {
+fn add_credential(
+    source: Source,
+    headers: &mut HeaderMap,
+    body: &[u8],
+    secret: &[u8],
+    variant: bool,
+) {
     let value = match source {
         Source::Github | Source::Generic => {
             let hex = expected_hex(secret, body);
-            let hex = if variant { hex.to_ascii_uppercase() } else { hex };
+            let hex = if variant {
+                hex.to_ascii_uppercase()
+            } else {
+                hex
+            };
             (HUB_SIGNATURE_256, format!("sha256={hex}").into_bytes())
         }
         Source::Artifactory => {
             let hex = expected_hex(secret, body);
-            let hex = if variant { hex.to_ascii_uppercase() } else { hex };
+            let hex = if variant {
+                hex.to_ascii_uppercase()
+            } else {
+                hex
+            };
             (JFROG_AUTH, hex.into_bytes())
         }
         Source::Harbor => {
-            let v = if variant { secret.trim_ascii_end() } else { secret };
+            let v = if variant {
+                secret.trim_ascii_end()
+            } else {
+                secret
+            };
             (AUTHORIZATION, v.to_vec())
         }
         Source::DockerHub | Source::Quay | Source::Acr => return,
@@ -246,10 +266,17 @@ pub fn signature_case(data: &[u8]) {
     };
     let got = verify(&headers);
     let expected = authentic(source, &headers, body, Some(secret));
-    assert_eq!(got.is_ok(), expected, "{source}: {got:?} for secret {secret:?}");
+    assert_eq!(
+        got.is_ok(),
+        expected,
+        "{source}: {got:?} for secret {secret:?}"
+    );
     if let Err(e) = &got {
         assert!(
-            matches!(e, WebhookError::SignatureMismatch | WebhookError::SignatureMissing(_)),
+            matches!(
+                e,
+                WebhookError::SignatureMismatch | WebhookError::SignatureMissing(_)
+            ),
             "{e:?}"
         );
         assert_reason("signature error", &e.to_string());
@@ -302,7 +329,10 @@ pub fn config_case(data: &[u8]) {
     let no_env = |_: &str| None;
     match Config::parse(Path::new("fuzz.hcl"), &text, purpose, &no_env) {
         Ok(cfg) => {
-            assert!(!cfg.services.is_empty(), "accepted a config without services");
+            assert!(
+                !cfg.services.is_empty(),
+                "accepted a config without services"
+            );
             let _ = config::fingerprint(&text, &cfg);
         }
         Err(e) => {
@@ -325,6 +355,21 @@ fn policy_filters(control: u8) -> (Option<&'static str>, Vec<String>) {
         2 => (Some("."), vec!["\\.sig$".to_owned(), "^latest$".to_owned()]),
         _ => (None, vec!["[^\\x00-\\x7f]".to_owned()]),
     }
+}
+
+/// Every (filters, order) policy, compiled once: regex compilation per
+/// input would spend the fuzzer's time in the regex crate.
+fn policies() -> &'static [TagPolicy] {
+    static POLICIES: OnceLock<Vec<TagPolicy>> = OnceLock::new();
+    POLICIES.get_or_init(|| {
+        (0..16u8)
+            .map(|control| {
+                let (include, exclude) = policy_filters(control);
+                let order = Order::ALL[usize::from(control & 0b11)];
+                TagPolicy::new(include, &exclude, order).expect("fixed filters compile")
+            })
+            .collect()
+    })
 }
 
 /// `decide(a, current = b)` as an ordering of `a` against `b`, when the
@@ -359,12 +404,15 @@ pub fn policy_case(data: &[u8]) {
     // A missing line is an unknown digest; an empty one is still a value.
     let (d1, d2) = (parts.next(), parts.next());
     let order = Order::ALL[usize::from(control & 0b11)];
-    let (include, exclude) = policy_filters(control);
-    let p = TagPolicy::new(include, &exclude, order).expect("fixed filters compile");
+    let p = &policies()[usize::from(control & 0b1111)];
 
     for tag in [a, b, c] {
         let alone = p.decide(tag, d1, None, None);
-        assert_eq!(alone.reason().is_none(), alone == Decision::Apply, "{alone:?}");
+        assert_eq!(
+            alone.reason().is_none(),
+            alone == Decision::Apply,
+            "{alone:?}"
+        );
         if let Some(r) = alone.reason() {
             assert_reason("policy reason", &r);
         }
@@ -378,7 +426,10 @@ pub fn policy_case(data: &[u8]) {
         } else {
             Decision::Unchanged
         };
-        assert_eq!(again, want, "{order}: same tag {tag:?}, digests {d1:?} {d2:?}");
+        assert_eq!(
+            again, want,
+            "{order}: same tag {tag:?}, digests {d1:?} {d2:?}"
+        );
     }
 
     // Only tags the policy accepts on their own take part in the order.
@@ -391,12 +442,12 @@ pub fn policy_case(data: &[u8]) {
             if x == y {
                 continue;
             }
-            let xy = rank(&p, x, y).expect("accepted tags are ranked");
+            let xy = rank(p, x, y).expect("accepted tags are ranked");
             if order == Order::Pushed {
                 assert_eq!(xy, Ordering::Greater, "pushed: {x:?} over {y:?}");
                 continue;
             }
-            let yx = rank(&p, y, x).expect("accepted tags are ranked");
+            let yx = rank(p, y, x).expect("accepted tags are ranked");
             assert_eq!(xy, yx.reverse(), "{order}: antisymmetry {x:?} {y:?}");
         }
     }
@@ -406,13 +457,17 @@ pub fn policy_case(data: &[u8]) {
             if x == y {
                 Ordering::Equal
             } else {
-                rank(&p, x, y).expect("accepted tags are ranked")
+                rank(p, x, y).expect("accepted tags are ranked")
             }
         };
         for (x, y, z) in permutations(&accepted) {
             let (xy, yz, xz) = (cmp(x, y), cmp(y, z), cmp(x, z));
             if xy != Ordering::Less && yz != Ordering::Less {
-                assert_ne!(xz, Ordering::Less, "{order}: transitivity {x:?} {y:?} {z:?}");
+                assert_ne!(
+                    xz,
+                    Ordering::Less,
+                    "{order}: transitivity {x:?} {y:?} {z:?}"
+                );
             }
             if xy == Ordering::Equal && yz == Ordering::Equal {
                 assert_eq!(xz, Ordering::Equal, "{order}: equality {x:?} {y:?} {z:?}");
