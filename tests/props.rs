@@ -317,3 +317,63 @@ fn config_line() -> impl Strategy<Value = String> {
         .prop_map(str::to_owned),
     ]
 }
+
+/// Found by the `config` fuzz target: a `notify` label is used unchecked
+/// in field names, so `notify "a\nb" {}` prints a problem over two lines
+/// (a second, forged "problem" in logs). Ignored until src/config.rs
+/// validates notify labels like service names (then also set
+/// `NOTIFY_NAMES_UNCHECKED` in fuzz/src/lib.rs to false).
+#[test]
+#[ignore = "known bug in src/config.rs: notify labels are not validated"]
+fn notify_label_with_a_newline_prints_on_one_line() {
+    use tagbridge::config::{Config, Purpose};
+    for text in ["notify \"a\\nb\" {}\n", "notify \"a\nb\" {}\n"] {
+        let no_env = |_: &str| None;
+        let err = Config::parse(Path::new("t.hcl"), text, Purpose::Client, &no_env)
+            .expect_err("a notify block without url_file and no service is rejected");
+        for p in &err.0 {
+            assert!(!p.to_string().contains('\n'), "{p}");
+        }
+    }
+}
+
+/// The harness's own credential must open the door, or the fuzzer never
+/// gets past the signature check to the JSON: every signed seed parses
+/// into a push (or a ping), never a signature error.
+#[test]
+fn harness_credentials_reach_the_parser() {
+    use tagbridge::webhook::{self, Parsed, Request};
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    for (source, seed) in [
+        (Source::Github, "webhook_github/package"),
+        (Source::Github, "webhook_github/registry_package"),
+        (Source::Generic, "webhook_generic/push"),
+        (Source::Artifactory, "webhook_artifactory/signed"),
+        (Source::Harbor, "webhook_harbor/push"),
+        (Source::Harbor, "webhook_harbor/trimmed"),
+    ] {
+        let data = std::fs::read(seeds.join(seed)).unwrap();
+        let (headers, body, secret) = oracles::webhook_inputs(source, &data).unwrap();
+        assert!(secret.is_some(), "{seed}: signed seeds carry a secret");
+        let req = Request {
+            headers: &headers,
+            body,
+            signing_secret: secret,
+        };
+        let parsed = webhook::parse(source, &req);
+        assert!(
+            matches!(parsed, Ok(Parsed::Push(ref p)) if !p.is_empty()),
+            "{seed}: {parsed:?}"
+        );
+        // And the same bytes without the credential are refused.
+        let mut unsigned = data.clone();
+        unsigned[0] &= !0b100;
+        let (headers, body, secret) = oracles::webhook_inputs(source, &unsigned).unwrap();
+        let req = Request {
+            headers: &headers,
+            body,
+            signing_secret: secret,
+        };
+        assert!(webhook::parse(source, &req).is_err(), "{seed} unsigned");
+    }
+}
