@@ -387,11 +387,19 @@ impl Collector {
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
             .join(" ");
+        // SECURITY: a problem is printed as one log line; a control
+        // character from the file (a lone `\r`, a label with a newline)
+        // must not forge a second one.
+        let one_line = |s: &str| -> String {
+            s.chars()
+                .map(|ch| if ch.is_control() { ' ' } else { ch })
+                .collect()
+        };
         self.problems.push(Problem {
             file: self.file.clone(),
-            service: service.map(str::to_string),
-            field: field.to_string(),
-            message,
+            service: service.map(one_line),
+            field: one_line(field),
+            message: one_line(&message),
         });
     }
 }
@@ -444,7 +452,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn read_secret_file(path: &str) -> Result<Secret, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    use std::io::Read as _;
+    // SECURITY: a secret is a few hundred bytes at most. A path to a
+    // device (`/dev/zero`) or a FIFO would otherwise grow memory without
+    // bound or hang `check` and `serve`.
+    const MAX_SECRET_FILE: u64 = 64 * 1024;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {path}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{path} is not a regular file"));
+    }
+    let mut data = Vec::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read {path}: {e}"))?;
+    if data.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!("{path} is over {MAX_SECRET_FILE} bytes"));
+    }
     // Files written by `echo` end with a newline that is not part of the
     // secret.
     let trimmed = data.trim_ascii_end();
@@ -777,7 +803,17 @@ impl Config {
 
         let mut notify = Vec::new();
         for (name, n) in raw.notify.unwrap_or_default() {
-            let field = |f: &str| format!("notify.{name}.{f}");
+            let shown = if valid_name(&name) {
+                name.clone()
+            } else {
+                c.add(
+                    None,
+                    &format!("notify {name:?}"),
+                    "notify names use only a-z, 0-9, '-' and '_'",
+                );
+                format!("{name:?}")
+            };
+            let field = |f: &str| format!("notify.{shown}.{f}");
             let format = match n.format.as_deref() {
                 None | Some("slack") => NotifyFormat::Slack,
                 Some("json") => NotifyFormat::Json,

@@ -318,13 +318,11 @@ fn config_line() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Found by the `config` fuzz target: a `notify` label is used unchecked
-/// in field names, so `notify "a\nb" {}` prints a problem over two lines
-/// (a second, forged "problem" in logs). Ignored until src/config.rs
-/// validates notify labels like service names (then also set
-/// `NOTIFY_NAMES_UNCHECKED` in fuzz/src/lib.rs to false).
+/// Found by the `config` fuzz target: a `notify` label was used unchecked
+/// in field names, so `notify "a\nb" {}` printed a problem over two lines
+/// (a second, forged "problem" in logs). Labels are now validated like
+/// service names, and every problem is kept to one line.
 #[test]
-#[ignore = "known bug in src/config.rs: notify labels are not validated"]
 fn notify_label_with_a_newline_prints_on_one_line() {
     use tagbridge::config::{Config, Purpose};
     for text in ["notify \"a\\nb\" {}\n", "notify \"a\nb\" {}\n"] {

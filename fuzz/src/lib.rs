@@ -317,13 +317,10 @@ pub fn signature_case(data: &[u8]) {
 /// secret-file reads.
 const SPECIAL_PATH_HINTS: [&str; 7] = ["dev", "proc", "sys", "run", "\\u", "\\U", "${"];
 
-/// A known bug, reported and awaiting a fix in src/config.rs: `notify`
-/// block labels are not validated, and the field name is built from the
-/// raw label (`notify.{name}.format`), so a label holding a newline
-/// (`notify "a\nb" {}`) splits its problem over two lines and forges a
-/// second one. Skipped here so long runs keep exploring; set to `false`
-/// once labels are checked (tests/props.rs has the strict, ignored test).
-pub const NOTIFY_NAMES_UNCHECKED: bool = true;
+/// Was a known bug in src/config.rs (notify labels unvalidated, so a label
+/// holding a newline split its problem over two lines); fixed, so the
+/// check is strict again. Set to `true` only to explore past a regression.
+pub const NOTIFY_NAMES_UNCHECKED: bool = false;
 
 /// Config case: `control` byte (bit 0: serve or client purpose), then the
 /// HCL text (lossily decoded: `Config::load` reads UTF-8 text).
@@ -360,11 +357,11 @@ pub fn config_case(data: &[u8]) {
                     continue;
                 }
                 let shown = p.to_string();
-                // Only `\n` breaks the documented one-per-line shape. A
-                // lone `\r` from the text can survive in an HCL excerpt
-                // (reported: Collector::add keeps control characters).
+                // One printable line per problem: no `\n`, and no lone
+                // `\r` from the text either (Collector::add replaces every
+                // control character).
                 assert!(
-                    !shown.contains('\n'),
+                    !shown.chars().any(char::is_control),
                     "a problem must print on one line: {shown:?}"
                 );
             }
