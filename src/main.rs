@@ -39,13 +39,10 @@ fn main() -> ExitCode {
             )?))
         };
         match cli.command {
-            Command::Serve => {
-                if serve(cfg(Purpose::Serve)?, &cli.config).await? {
-                    reexec()
-                } else {
-                    Ok(())
-                }
-            }
+            Command::Serve => match serve(cfg(Purpose::Serve)?, &cli.config).await? {
+                Some(listener) => reexec(listener),
+                None => Ok(()),
+            },
             Command::Check { connect } => Ok(cli::check(&cli.config, connect, &mut out).await?),
             Command::Secret => Ok(cli::secret(&mut out)?),
             Command::History {
@@ -121,23 +118,74 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The environment variable through which a re-executed tagbridge
+/// inherits its webhook listener.
+const LISTEN_FD: &str = "TAGBRIDGE_LISTEN_FD";
+
 /// Replace this process with a fresh `tagbridge` with the same arguments
-/// (same PID, so Nomad and systemd see one long-lived task). Sockets are
-/// close-on-exec; the old listeners are already closed.
-fn reexec() -> anyhow::Result<()> {
+/// (same PID, so Nomad and systemd see one long-lived task).
+///
+/// The webhook listener is handed over open: connections that arrive
+/// while the old image drains and the new one starts wait in the kernel's
+/// backlog instead of being refused, so a registry never sees a reload.
+/// Every other socket is close-on-exec.
+fn reexec(listener: std::net::TcpListener) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
     use std::os::unix::process::CommandExt as _;
     let exe = std::env::current_exe().context("locating the running binary")?;
+    let fd = listener.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this process owns (the listener stays
+    // alive until exec replaces the image); it only clears FD_CLOEXEC.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+        anyhow::bail!(
+            "handing the listener over: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
+        .env(LISTEN_FD, fd.to_string())
         .exec();
     Err(anyhow::anyhow!(
         "re-executing after a configuration change: {err}"
     ))
 }
 
-/// Serve until SIGTERM/SIGINT (`Ok(false)`) or until SIGHUP brought a
-/// changed, valid configuration (`Ok(true)`: the caller re-executes).
-async fn serve(cfg: Arc<Config>, path: &std::path::Path) -> anyhow::Result<bool> {
+/// The webhook listener: the one a previous image handed over (when it
+/// still listens on the configured address), else a fresh bind.
+async fn webhook_listener(addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd as _;
+    let inherited = std::env::var(LISTEN_FD)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
+    std::env::remove_var(LISTEN_FD);
+    if let Some(fd) = inherited {
+        // SAFETY: the variable is set only by `reexec` of the image this
+        // process replaced, naming a descriptor it left open for us and
+        // that nothing else in this process owns. Anything that is not a
+        // listening socket fails `local_addr` and is closed below.
+        let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        match l.local_addr() {
+            Ok(at) if at.ip() == addr.ip() && (addr.port() == 0 || at.port() == addr.port()) => {
+                l.set_nonblocking(true)?;
+                return Ok(l);
+            }
+            _ => drop(l),
+        }
+    }
+    let l = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    Ok(l.into_std()?)
+}
+
+/// Serve until SIGTERM/SIGINT (`Ok(None)`) or until SIGHUP brought a
+/// changed, valid configuration (`Ok(Some(listener))`: the caller
+/// re-executes, handing the still-open webhook listener over).
+async fn serve(
+    cfg: Arc<Config>,
+    path: &std::path::Path,
+) -> anyhow::Result<Option<std::net::TcpListener>> {
     init_tracing(cfg.log_format);
     let loaded_text = std::fs::read_to_string(path).unwrap_or_default();
     let loaded = config::fingerprint(&loaded_text, &cfg);
@@ -159,9 +207,12 @@ async fn serve(cfg: Arc<Config>, path: &std::path::Path) -> anyhow::Result<bool>
         Some(certs.clone()),
     ));
 
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
+    let listener = webhook_listener(cfg.listen).await?;
+    // A second descriptor of the same socket: it keeps the socket listening
+    // (connections queue in its backlog) after the server stops accepting,
+    // for the hand-over to the next image on a reload.
+    let kept = listener.try_clone().context("keeping the listener")?;
+    let listener = TcpListener::from_std(listener)?;
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("binding {}", cfg.admin_listen))?;
@@ -228,7 +279,7 @@ async fn serve(cfg: Arc<Config>, path: &std::path::Path) -> anyhow::Result<bool>
     }
     let restart = restart.load(std::sync::atomic::Ordering::SeqCst);
     tracing::info!(restart, "stopped");
-    Ok(restart)
+    Ok(restart.then_some(kept))
 }
 
 /// Whether the file at `path` now holds a valid configuration that differs

@@ -618,3 +618,89 @@ fn operator_retries_and_repeated_rollbacks_on_a_rollout_service() {
     assert_eq!(desired["seq"], 7);
     assert_eq!(consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("v3"));
 }
+
+/// A reload with a changed configuration hands the listening socket to
+/// the re-executed image: signed deliveries sent continuously, each on a
+/// new connection, all get an answer (no refused or reset connection), and
+/// every acknowledged change is in Consul.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_refuses_no_delivery_and_loses_none() {
+    let consul = ConsulAgent::start();
+    let dir = TempDir::new("cli-reload-load");
+    let tls = TestTls::new(&dir);
+    let cfg = write_config(&dir, &tls, "");
+    let tb = serve(&cfg, &consul, dir.path().join("serve.log"));
+    let pid = tb.pid();
+    let base = tb.url("");
+    // A new connection for every request, so each one goes through the
+    // listener, as registries' deliveries do.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap())
+        .pool_max_idle_per_host(0)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let (secret, _) = secret_pair("gen");
+    let sender = {
+        let (client, base, secret) = (client.clone(), base.clone(), secret.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut answers = Vec::new();
+            // Bounded in count and time.
+            for i in 1..=300u32 {
+                if started.elapsed() > std::time::Duration::from_secs(60) {
+                    break;
+                }
+                let body = generic_body(&i.to_string());
+                let r = client
+                    .post(format!("{base}/hooks/{secret}"))
+                    .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
+                    .body(body)
+                    .send()
+                    .await;
+                answers.push(match r {
+                    Ok(resp) => Ok(resp.status().as_u16()),
+                    Err(e) => Err(format!("{e:?}")),
+                });
+            }
+            answers
+        })
+    };
+    // Reload with a changed configuration while deliveries flow.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let changed = good.replace(
+        "key                 = \"configs/gen/IMAGE_TAG\"",
+        "key                 = \"configs/gen/IMAGE_TAG\"\n  history_keep        = 50",
+    );
+    assert_ne!(changed, good);
+    std::fs::write(&cfg, changed).unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
+    let answers = sender.await.unwrap();
+
+    let log = tb.log_text();
+    assert!(
+        log.matches("tagbridge serving").count() >= 2,
+        "the reload did not happen during the run:\n{log}"
+    );
+    let failed: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "deliveries failed across the reload: {failed:?}"
+    );
+    let acknowledged = answers.iter().filter(|a| matches!(a, Ok(200))).count();
+    assert_eq!(acknowledged, answers.len(), "{answers:?}");
+    // Every acknowledged change is durable: one desired seq per change.
+    let desired: Value =
+        serde_json::from_str(&consul.kv("tagbridge/desired/gen").unwrap()).unwrap();
+    assert_eq!(desired["seq"].as_u64(), Some(acknowledged as u64));
+    assert_eq!(
+        consul.kv("configs/gen/IMAGE_TAG"),
+        Some(answers.len().to_string())
+    );
+    assert_eq!(tb.pid(), pid);
+    let (status, _) = tokio::task::block_in_place(|| tb.terminate());
+    assert!(status.success());
+}

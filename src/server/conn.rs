@@ -25,6 +25,15 @@ use super::guard::AddrKey;
 /// answers the GOAWAY's PING would otherwise keep it.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a connection that has not yet sent its first request may
+/// still send it once the server stops. A client whose connection was
+/// accepted just before a reload or shutdown began is mid-handshake or
+/// about to send; cutting it would fail a delivery the next image (or the
+/// peer replica) would have served. Bounded, and never past the
+/// connection's own first-request deadline, so silent connections still
+/// cannot hold the drain.
+pub const STOP_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
 /// Open connections per peer address.
 ///
 /// SECURITY: the map only holds addresses with a connection open, so it
@@ -191,7 +200,13 @@ where
             }
             () = activity.first.notified(), if waiting_first => {
                 waiting_first = false;
-                timer.as_mut().reset(Instant::now() + idle);
+                if closing.is_some() {
+                    // Stopping: this first request is answered, then the
+                    // connection closes.
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    timer.as_mut().reset(Instant::now() + idle);
+                }
             }
             () = &mut timer => {
                 let now = Instant::now();
@@ -215,10 +230,17 @@ where
                 }
             }
             () = stopping.cancelled(), if closing.is_none() => {
-                conn.as_mut().graceful_shutdown();
                 closing = Some(End::Shutdown);
-                // The server's own grace bounds this one (hard_stop).
-                timer.as_mut().reset(Instant::now() + Duration::from_secs(86_400));
+                if waiting_first && !activity.seen.load(Ordering::Acquire) {
+                    // Let the first request in (briefly), then close after
+                    // answering it; see STOP_FIRST_REQUEST_GRACE.
+                    let until = first_deadline.min(Instant::now() + STOP_FIRST_REQUEST_GRACE);
+                    timer.as_mut().reset(until);
+                } else {
+                    conn.as_mut().graceful_shutdown();
+                    // The server's own grace bounds this one (hard_stop).
+                    timer.as_mut().reset(Instant::now() + Duration::from_secs(86_400));
+                }
             }
             () = hard_stop.cancelled() => return End::Shutdown,
         }

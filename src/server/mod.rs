@@ -510,24 +510,34 @@ async fn serve_one(
     stopping: &CancellationToken,
     hard_stop: &CancellationToken,
 ) -> conn::End {
-    let deadline = accepted_at + state.limits.first_request;
-    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
-    // Cancelled when shutdown starts: connections still in their TLS
-    // handshake (or silent, like a TCP health check) give up at once
-    // instead of holding the drain.
-    let tls = tokio::select! {
-        r = handshake => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return conn::End::Done;
+    let mut deadline = accepted_at + state.limits.first_request;
+    let handshake = acceptor.accept(tcp);
+    tokio::pin!(handshake);
+    // When shutdown starts, a handshake in progress gets a short grace
+    // (a client accepted just before a reload is served, not cut), while a
+    // silent connection, like a TCP health check, cannot hold the drain.
+    let mut stop_seen = false;
+    let tls = loop {
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, handshake.as_mut()) => break match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return conn::End::Done;
+                }
+                Err(_) if stop_seen => return conn::End::Shutdown,
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not done by the first-request deadline");
+                    return conn::End::FirstRequestTimeout;
+                }
+            },
+            () = stopping.cancelled(), if !stop_seen => {
+                stop_seen = true;
+                deadline = deadline.min(
+                    tokio::time::Instant::now() + conn::STOP_FIRST_REQUEST_GRACE,
+                );
             }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake not done by the first-request deadline");
-                return conn::End::FirstRequestTimeout;
-            }
-        },
-        () = stopping.cancelled() => return conn::End::Shutdown,
+        }
     };
     let activity = conn::Activity::new();
     let svc = {
