@@ -1139,7 +1139,17 @@ async fn a_consul_restart_mid_rollout_is_waited_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_scale_mid_rollout_is_kept_and_the_rollout_completes() {
     let c = Cluster::start();
-    c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
+    // Generous health deadlines: a healthy tag must not fail on a loaded
+    // 2-core machine (four instances start one after another).
+    c.run_job(
+        "web-template",
+        "1.0.0",
+        &[
+            ("warmup", "3"),
+            ("healthy_deadline", "90s"),
+            ("progress_deadline", "5m"),
+        ],
+    );
     let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
     assert_eq!(tb.push("1.1.0").await.0, 202);
     poll(
