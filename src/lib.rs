@@ -1,8 +1,36 @@
 //! tagbridge: registry webhooks → Consul KV → rolling, health-gated Nomad deploys.
 //!
 //! The library owns the logic; `main` owns the world (signals, files,
-//! sockets). Modules follow the data path: `config` → `server` →
-//! `webhook::<source>` → `policy` → `ingest` → `consul` → `history`.
+//! sockets, re-exec). Modules follow the data path: `config` → `server` →
+//! `webhook::<source>` → `policy` → `ingest` → `consul` → `history_store`,
+//! then `controller` → `rollout` → `nomad`.
+//!
+//! # Layout
+//!
+//! * `config` — `tagbridge.hcl` and the environment, validated once.
+//! * `server` — the HTTPS webhook listener: `conn` (a connection's
+//!   deadlines, per-address caps), `guard` (secret matching, client
+//!   address, failed-attempt limit), `reject_log` (rejections summarised),
+//!   `admin` (health, readiness, metrics).
+//! * `webhook` — one file per registry source, normalised to `ImagePush`;
+//!   `grammar` (the input grammar), `signature` (authenticity checks),
+//!   `decode` (JSON decoding and client-facing messages).
+//! * `policy` — include/exclude filters and tag order.
+//! * `ingest` — one change, one Consul transaction.
+//! * `history` — the records' shapes (history entry, desired, deployed);
+//!   `history_store` — history as one key per entry: writes, paged reads,
+//!   migration of the old layout.
+//! * `controller` — the leader lock and one rollout driver per service.
+//! * `rollout` — the rollout, one file per phase (`plan`, `watch`,
+//!   `rollback`, `record`, `requirements`), Nomad and Consul behind the
+//!   narrow traits of `ports`.
+//! * `consul`, `nomad`, `http_client` — thin typed clients on one hyper /
+//!   rustls (ring) stack.
+//! * `notify` — Slack-compatible and JSON notices of rollout outcomes.
+//! * `metrics` — the Prometheus registry.
+//! * `tls` — the serving certificate and its reloads; `x509` — its expiry.
+//! * `clock` — RFC 3339 timestamps.
+//! * `cli` — the operator commands.
 
 pub mod cli;
 pub mod clock;
