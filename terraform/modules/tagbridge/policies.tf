@@ -7,10 +7,14 @@
 # `s.name`, `s.job` (null = KV only) and `s.namespace` of a service are read.
 #
 # Consul: tagbridge reads and writes
-#   * each service's `key` (ingest writes the tag; rollback restores it),
-#   * everything under `<state_prefix>/`: history/, desired/, deployed/,
-#     pin/, and the controller's lock `<state_prefix>/leader` (acquire and
-#     release are key writes with ?acquire/?release or txn verbs);
+#   * each service's `key` (ingest writes the tag of KV-only services; the
+#     controller writes it for rollout services and restores it on rollback),
+#   * everything under `<state_prefix>/`: history/<svc>/<seq> entries and
+#     history/<svc>/head (one key per entry; writes also delete the oldest,
+#     and the first one deletes an old single-value history/<svc>),
+#     desired/, deployed/, pin/, and the controller's lock
+#     `<state_prefix>/leader` (acquire and release are key writes with
+#     ?acquire/?release or txn verbs);
 #   * /v1/txn needs only the key rules of the keys it touches;
 #   * /v1/status/leader needs no ACL.
 # It creates, renews and destroys one session for the leader lock. Consul
