@@ -1137,9 +1137,9 @@ async fn a_consul_restart_mid_rollout_is_waited_out() {
 /// version still names our tag, so the rollout follows its deployment and
 /// completes (I1), and the new count survives (I4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails since ingest stopped writing a rollout service's key (I2): the operator's \
-            version-2 allocation web[0] runs but Nomad reports it unhealthy ('Task not running \
-            by healthy_deadline'), so the rollout is rolled back; under investigation"]
+#[ignore = "flaky (about half the runs): an allocation of the operator's version that runs \
+            and listens (TAG 1.1.0, its log says so) is reported unhealthy by Nomad ('Task not \
+            running by healthy_deadline'), and the rollout is then rolled back; not understood yet"]
 async fn an_operator_scale_mid_rollout_is_kept_and_the_rollout_completes() {
     let c = Cluster::start();
     // Generous health deadlines: a healthy tag must not fail on a loaded
