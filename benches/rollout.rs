@@ -306,7 +306,7 @@ impl Bridge {
         let server = InProcess::start(&c.config(rollout), &c.dir).await;
         let cancel = CancellationToken::new();
         let controller = rollout.then(|| {
-            let ctx = tagbridge::cli::rollout_context(&server.state.config).expect("context");
+            let ctx = tagbridge::clients::rollout_context(&server.state.config).expect("context");
             tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()))
         });
         Bridge {

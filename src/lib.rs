@@ -30,9 +30,12 @@
 //! * `metrics` — the Prometheus registry.
 //! * `tls` — the serving certificate and its reloads; `x509` — its expiry.
 //! * `clock` — RFC 3339 timestamps.
+//! * `clients` — the Consul and Nomad clients (and the rollout context) a
+//!   configuration describes.
 //! * `cli` — the operator commands.
 
 pub mod cli;
+pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod consul;

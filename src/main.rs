@@ -196,7 +196,7 @@ async fn serve(
         .context("a tls block is required to serve")?;
     let certs = CertStore::load(&tls_files).context("loading the TLS certificate")?;
     let tls = certs.server_config().context("TLS configuration")?;
-    let consul = cli::consul_client(&cfg).context("Consul client")?;
+    let consul = tagbridge::clients::consul_client(&cfg).context("Consul client")?;
     let metrics = Arc::new(Metrics::new());
     metrics.tls_not_after.set(certs.not_after());
     let ingest = Ingest::new(consul, cfg.clone(), metrics.clone());
@@ -257,7 +257,7 @@ async fn serve(
     tokio::spawn(certs.clone().watch(Duration::from_secs(5), cancel.clone()));
 
     let controller = if cfg.services.iter().any(|s| s.rollout.is_some()) {
-        let ctx = cli::rollout_context(&cfg).context("Nomad client")?;
+        let ctx = tagbridge::clients::rollout_context(&cfg).context("Nomad client")?;
         tracing::info!(nomad = %cfg.nomad.address, "rollout controller enabled");
         let notifier = ctx.notifier.clone();
         let task = tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()));

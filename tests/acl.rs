@@ -231,7 +231,7 @@ service "web" {{
         signing = signing.display(),
     );
     let server = InProcess::start(&config, &dir).await;
-    let ctx = tagbridge::cli::rollout_context(&server.state.config).unwrap();
+    let ctx = tagbridge::clients::rollout_context(&server.state.config).unwrap();
     let cancel = CancellationToken::new();
     let controller = tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()));
 

@@ -202,7 +202,7 @@ struct Tagbridge {
 impl Tagbridge {
     async fn start(c: &Cluster, config: &str, hook: Option<tagbridge::rollout::Hook>) -> Self {
         let server = InProcess::start(config, &c.dir).await;
-        let mut ctx = tagbridge::cli::rollout_context(&server.state.config).expect("context");
+        let mut ctx = tagbridge::clients::rollout_context(&server.state.config).expect("context");
         ctx.before_register = hook;
         let cancel = CancellationToken::new();
         let controller = tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()));

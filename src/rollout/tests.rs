@@ -72,7 +72,7 @@ impl World {
     /// record says so.
     fn new(tag: &str) -> Self {
         let cfg = config();
-        let ctx = crate::cli::rollout_context(&cfg).expect("context");
+        let ctx = crate::clients::rollout_context(&cfg).expect("context");
         let w = World {
             ctx,
             nomad: FakeNomad::new(tag, by_name),

@@ -459,7 +459,7 @@ impl InProcess {
         );
         let certs = CertStore::load(cfg.tls.as_ref().expect("tls")).expect("certs");
         let tls = certs.server_config().expect("server config");
-        let consul = tagbridge::cli::consul_client(&cfg).expect("consul client");
+        let consul = tagbridge::clients::consul_client(&cfg).expect("consul client");
         let metrics = Arc::new(Metrics::new());
         let ingest = Ingest::new(consul, cfg.clone(), metrics.clone());
         let mut state = AppState::new(cfg, ingest, metrics, Some(certs));
