@@ -710,7 +710,9 @@ pub async fn rollback(
             }
         }
         let history = crate::history_store::recent(&consul, &keys.history, ROLLBACK_SCAN).await?;
-        let deployed = read_deployed(&consul, &keys).await?;
+        // From the snapshot, so the transaction below can check it: a
+        // controller write in between is a conflict, not a stale target.
+        let deployed = snap.deployed.clone();
         let running = match (&svc.rollout, &deployed) {
             (Some(_), Some(d)) => Some(d.tag.clone()),
             _ => snap.tag.clone(),
@@ -720,8 +722,13 @@ pub async fn rollback(
             None => rollback_target(&history, running.as_deref())
                 .or_else(|| deployed.as_ref().and_then(|d| d.previous.clone()))
                 .or_else(|| {
+                    // A tag that was applied: not one recorded only as
+                    // older than current, or while pinned.
                     history
                         .iter()
+                        .filter(|e| {
+                            e.detail.is_none() || e.event != crate::history::Event::Received
+                        })
                         .map(|e| e.tag.clone())
                         .find(|t| Some(t) != running.as_ref())
                 })
@@ -729,6 +736,16 @@ pub async fn rollback(
                     CliError::Other(format!("{name}: no earlier tag in history; use --to <tag>"))
                 })?,
         };
+        // The same grammar as every other way into the key (it feeds env
+        // files), and the service's own filters.
+        crate::webhook::grammar::check_tag(&target).map_err(CliError::Other)?;
+        if let crate::policy::Decision::Filtered(why) =
+            svc.policy.policy.decide(&target, None, None, None)
+        {
+            return Err(CliError::Other(format!(
+                "{name}: tag {target:?} refused: {why}"
+            )));
+        }
         let at = crate::clock::now_rfc3339();
         let pin = crate::rollout::PinRecord {
             tag: Some(target.clone()),
@@ -778,6 +795,17 @@ pub async fn rollback(
                 key: keys.tag.clone(),
                 value: target.as_bytes().to_vec(),
                 index: snap.key_index,
+            });
+        } else {
+            // `running` and the target came from the deployed record.
+            ops.push(match snap.deployed_index {
+                0 => TxnOp::CheckNotExists {
+                    key: keys.deployed.clone(),
+                },
+                i => TxnOp::CheckIndex {
+                    key: keys.deployed.clone(),
+                    index: i,
+                },
             });
         }
         match consul.txn(&ops).await? {

@@ -49,9 +49,13 @@ const BLOCK: u64 = 100;
 /// old layout.
 pub const MAX_FIELD_BYTES: usize = 1024;
 
-/// Consul's limit on the entries of one migration transaction (its
-/// `/v1/txn` takes at most 64 operations); one op is kept for the head.
+/// Entries in one migration transaction: Consul's `/v1/txn` takes at most
+/// 64 operations, two of which guard the chunk.
 const MIGRATE_CHUNK: usize = 60;
+
+/// Bytes of entries (base64, as sent) in one migration transaction, well
+/// under Consul's 512 KiB request limit.
+const MIGRATE_BYTES: usize = 256 * 1024;
 
 /// Where one service's history lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +230,13 @@ pub fn append_ops(
             key: keys.entry(old),
         });
     }
+    if read.index == 0 {
+        // Creating the head: an old single-value history that appeared
+        // since (an older replica) must be migrated first, not orphaned.
+        ops.push(TxnOp::CheckNotExists {
+            key: keys.legacy.clone(),
+        });
+    }
     (ops, head)
 }
 
@@ -258,19 +269,47 @@ pub async fn migrate(
         // Newest first in the old value: the oldest kept gets seq 1.
         entries.reverse();
         let n = entries.len() as u64;
-        for (chunk_no, chunk) in entries.chunks(MIGRATE_CHUNK).enumerate() {
-            let base = (chunk_no * MIGRATE_CHUNK) as u64 + 1;
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, e)| TxnOp::Set {
-                    key: keys.entry(base + i as u64),
-                    value: serde_json::to_vec(&bounded(e.clone())).unwrap_or_default(),
-                })
-                .collect();
-            if let TxnOutcome::Conflict(errors) = consul.txn(&ops).await? {
-                return Err(corrupt(&keys.dir, format!("{errors:?}")));
+        // Every chunk is guarded by "no head yet, old value unchanged": a
+        // migrator that stalled while another finished (and writers went
+        // on appending) must not overwrite newer entries with old ones.
+        let guard = [
+            TxnOp::CheckNotExists {
+                key: keys.head.clone(),
+            },
+            TxnOp::CheckIndex {
+                key: keys.legacy.clone(),
+                index: kv.modify_index,
+            },
+        ];
+        let mut ops: Vec<TxnOp> = guard.to_vec();
+        let mut bytes = 0usize;
+        let mut raced = false;
+        for (i, e) in entries.iter().enumerate() {
+            let value = serde_json::to_vec(&bounded(e.clone())).unwrap_or_default();
+            // Base64 in the request: 4/3 of the value, plus the key.
+            let cost = value.len() * 4 / 3 + 96;
+            if ops.len() > guard.len()
+                && (ops.len() >= MIGRATE_CHUNK + guard.len() || bytes + cost > MIGRATE_BYTES)
+            {
+                if let TxnOutcome::Conflict(_) = consul.txn(&ops).await? {
+                    raced = true;
+                    break;
+                }
+                ops = guard.to_vec();
+                bytes = 0;
             }
+            ops.push(TxnOp::Set {
+                key: keys.entry(i as u64 + 1),
+                value,
+            });
+            bytes += cost;
+        }
+        if !raced && ops.len() > guard.len() {
+            raced = matches!(consul.txn(&ops).await?, TxnOutcome::Conflict(_));
+        }
+        if raced {
+            // Someone else migrated, or the old value changed: read again.
+            continue;
         }
         let head = Head { seq: n, oldest: 1 };
         let ops = [
@@ -301,7 +340,12 @@ pub async fn recent(
     keys: &HistoryKeys,
     limit: usize,
 ) -> Result<Vec<HistoryEntry>, HistoryError> {
-    let read = read_head(consul, keys).await?;
+    let mut read = read_head(consul, keys).await?;
+    if read.index == 0 && read.legacy.is_none() {
+        // The two reads are not atomic: a migration that committed between
+        // them leaves neither in view. Look at the head once more.
+        read = read_head(consul, keys).await?;
+    }
     if read.index == 0 {
         if read.legacy.is_none() {
             return Ok(Vec::new());
@@ -405,11 +449,13 @@ mod tests {
         let (ops, head) = append_ops(&k, &read, &entry("t"), 10);
         assert_eq!(ops.len(), 2 + TRIM_PER_WRITE as usize);
         assert_eq!(head.oldest, 1 + TRIM_PER_WRITE);
-        // The first write creates the head (index 0 = only if absent).
+        // The first write creates the head (index 0 = only if absent), and
+        // only while no old single-value history exists.
         let (ops, head) = append_ops(&k, &HeadRead::default(), &entry("t"), 10);
         assert_eq!(head, Head { seq: 1, oldest: 1 });
         assert!(matches!(&ops[0], TxnOp::Cas { index: 0, .. }));
-        assert_eq!(ops.len(), 2);
+        assert!(matches!(&ops[2], TxnOp::CheckNotExists { key } if key == &k.legacy));
+        assert_eq!(ops.len(), 3);
     }
 
     #[test]

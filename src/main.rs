@@ -236,18 +236,30 @@ async fn serve(
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); cancel.cancel(); return; }
-                    _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); cancel.cancel(); return; }
+                    _ = sigterm.recv() => {
+                        tracing::info!("SIGTERM: shutting down");
+                        restart.store(false, std::sync::atomic::Ordering::SeqCst);
+                        cancel.cancel();
+                        return;
+                    }
+                    _ = sigint.recv() => {
+                        tracing::info!("SIGINT: shutting down");
+                        restart.store(false, std::sync::atomic::Ordering::SeqCst);
+                        cancel.cancel();
+                        return;
+                    }
                     _ = sighup.recv() => {
                         match certs.reload() {
                             Ok(()) => tracing::info!(not_after = certs.not_after(), "SIGHUP: TLS certificate reloaded"),
                             Err(e) => tracing::warn!(error = %e, "SIGHUP: new TLS pair refused; still serving the previous certificate"),
                         }
-                        if config_changed(&path, loaded) {
+                        if config_changed(&path, loaded) && !cancel.is_cancelled() {
                             tracing::info!("SIGHUP: configuration changed; draining, then restarting with it");
                             restart.store(true, std::sync::atomic::Ordering::SeqCst);
                             cancel.cancel();
-                            return;
+                            // Keep listening: a SIGTERM during the drain
+                            // (`nomad stop`) must end the process, not
+                            // restart it.
                         }
                     }
                 }
@@ -272,14 +284,21 @@ async fn serve(
     ));
     server::run(listener, tls, state, cancel.clone().cancelled_owned()).await?;
     cancel.cancel();
+    // Not restarting: close the socket now, so new connections are refused
+    // at once (and retried elsewhere) instead of queueing in a backlog that
+    // no one will accept from.
+    let kept = restart
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .then_some(kept);
     let _ = admin_task.await;
     if let Some((task, notifier)) = controller {
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         notifier.drain(Duration::from_secs(5)).await;
     }
-    let restart = restart.load(std::sync::atomic::Ordering::SeqCst);
-    tracing::info!(restart, "stopped");
-    Ok(restart.then_some(kept))
+    // A SIGTERM during the drain cancels the restart.
+    let kept = kept.filter(|_| restart.load(std::sync::atomic::Ordering::SeqCst));
+    tracing::info!(restart = kept.is_some(), "stopped");
+    Ok(kept)
 }
 
 /// Whether the file at `path` now holds a valid configuration that differs

@@ -617,6 +617,22 @@ fn operator_retries_and_repeated_rollbacks_on_a_rollout_service() {
         serde_json::from_str(&consul.kv("tagbridge/desired/web").unwrap()).unwrap();
     assert_eq!(desired["seq"], 7);
     assert_eq!(consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("v3"));
+
+    // `rollback --to` holds its tag to the same grammar as a webhook: the
+    // key of a KV-only service feeds env files.
+    let before = consul.fingerprint();
+    let (code, _, err) = run(
+        &cfg,
+        &consul,
+        &["rollback", "gen", "--to", "1.0\nLD_PRELOAD=/x.so"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("tag"), "{err}");
+    assert_eq!(
+        consul.fingerprint(),
+        before,
+        "a refused rollback wrote something"
+    );
 }
 
 /// A reload with a changed configuration hands the listening socket to

@@ -211,3 +211,47 @@ async fn old_single_value_history_is_read_then_migrated_on_first_write() {
     assert_eq!(cli_history(&cfg, 2)[1]["tag"], "150");
     tb.stop().await;
 }
+
+/// The jammed histories the migration exists for: an old value near
+/// Consul's 512 KiB limit, every entry near its field bounds, migrated in
+/// transactions Consul accepts (a 60-entry chunk of these would not be).
+#[tokio::test]
+async fn a_jammed_old_history_is_migrated_in_chunks_consul_accepts() {
+    let consul = ConsulAgent::start();
+    let dir = TempDir::new("history");
+    let tls = TestTls::new(&dir);
+    let client = tls.client();
+    let text = config(&consul, &tls, 100);
+    let wide = |c: char| c.to_string().repeat(1000);
+    let old: Vec<Value> = (1..=60u32)
+        .rev()
+        .map(|i| {
+            json!({"at": wide('a'), "event": "received", "tag": i.to_string(),
+                   "previous": wide('p'), "digest": wide('d'), "source": wide('s'),
+                   "delivery": wide('x'), "actor": wide('y'), "detail": wide('z')})
+        })
+        .collect();
+    let old = serde_json::to_string(&old).unwrap();
+    assert!(
+        old.len() > 400 * 1024 && old.len() < 512 * 1024,
+        "{}",
+        old.len()
+    );
+    consul.put("tagbridge/history/web", &old);
+    consul.put("configs/web/IMAGE_TAG", "60");
+
+    let tb = InProcess::start(&text, &dir).await;
+    let (status, body) = post(&client, &tb, worst_case_push("61")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        consul.kv("tagbridge/history/web"),
+        None,
+        "old value removed"
+    );
+    let h = consul.history("web");
+    assert_eq!(h.len(), 61);
+    assert_eq!(h[0]["tag"], "61");
+    assert_eq!(h[1]["tag"], "60");
+    assert_eq!(h[60]["tag"], "1");
+    tb.stop().await;
+}
