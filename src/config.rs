@@ -1019,55 +1019,29 @@ fn listener_settings(
         }
         Some(n) => n,
     };
-    let http2_max_concurrent_streams = match raw.http2_max_concurrent_streams {
-        None => d.http2_max_concurrent_streams,
-        Some(n @ 1..=1000) => n,
-        Some(n) => {
-            c.add(
-                None,
-                "http2_max_concurrent_streams",
-                format!("{n} is not between 1 and 1000"),
-            );
-            d.http2_max_concurrent_streams
-        }
-    };
+    let http2_max_concurrent_streams = within(
+        c,
+        "http2_max_concurrent_streams",
+        raw.http2_max_concurrent_streams,
+        1..=1000,
+        d.http2_max_concurrent_streams,
+    );
     // hyper refuses (panics on) an HTTP/1.1 buffer under 8 KiB.
-    let max_header_bytes = match raw.max_header_bytes {
-        None => d.max_header_bytes,
-        Some(n @ 8192..=1_048_576) => n,
-        Some(n) => {
-            c.add(
-                None,
-                "max_header_bytes",
-                format!("{n} is not between 8192 and 1048576"),
-            );
-            d.max_header_bytes
-        }
-    };
-    let max_headers = match raw.max_headers {
-        None => d.max_headers,
-        Some(n @ 8..=1000) => n,
-        Some(n) => {
-            c.add(
-                None,
-                "max_headers",
-                format!("{n} is not between 8 and 1000"),
-            );
-            d.max_headers
-        }
-    };
-    let failed_attempts_max_addresses = match raw.failed_attempts_max_addresses {
-        None => d.failed_attempts_max_addresses,
-        Some(n @ 1..=16_777_216) => n,
-        Some(n) => {
-            c.add(
-                None,
-                "failed_attempts_max_addresses",
-                format!("{n} is not between 1 and 16777216"),
-            );
-            d.failed_attempts_max_addresses
-        }
-    };
+    let max_header_bytes = within(
+        c,
+        "max_header_bytes",
+        raw.max_header_bytes,
+        8192..=1_048_576,
+        d.max_header_bytes,
+    );
+    let max_headers = within(c, "max_headers", raw.max_headers, 8..=1000, d.max_headers);
+    let failed_attempts_max_addresses = within(
+        c,
+        "failed_attempts_max_addresses",
+        raw.failed_attempts_max_addresses,
+        1..=16_777_216,
+        d.failed_attempts_max_addresses,
+    );
     ListenerSettings {
         first_request_timeout,
         idle_timeout,
@@ -1076,6 +1050,29 @@ fn listener_settings(
         max_header_bytes,
         max_headers,
         failed_attempts_max_addresses,
+    }
+}
+
+/// `value` when it is set and inside `range`; otherwise the default, and
+/// a problem when it was set outside the range.
+fn within<T: PartialOrd + Copy + fmt::Display>(
+    c: &mut Collector,
+    field: &str,
+    value: Option<T>,
+    range: std::ops::RangeInclusive<T>,
+    default: T,
+) -> T {
+    match value {
+        None => default,
+        Some(n) if range.contains(&n) => n,
+        Some(n) => {
+            c.add(
+                None,
+                field,
+                format!("{n} is not between {} and {}", range.start(), range.end()),
+            );
+            default
+        }
     }
 }
 
