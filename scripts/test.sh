@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need curl curl
 need openssl openssl
+# One build per clone: incremental state would only double target/ on disk.
+export CARGO_INCREMENTAL=0
+echo "== disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
 
 echo "== agents"
 bash scripts/install-agents.sh all
