@@ -59,10 +59,11 @@ fn alloc_ids(nomad: &NomadAgent, job: &str) -> Vec<String> {
 /// the rollout strategies rely on (nomad/README.md).
 fn check_example_jobs(nomad: &NomadAgent) {
     for (file, id, change_mode, canary, meta) in [
-        ("web-template", "web", Some("noop"), 0, Some("")),
-        ("web-canary", "web-canary", Some("noop"), 1, Some("")),
-        ("web-jobspec", "web-jobspec", None, 0, Some("1.0.0")),
-        ("web-classic", "web-classic", Some("restart"), 0, None),
+        ("web-template", "web", &["noop"][..], 0, Some("")),
+        ("web-canary", "web-canary", &["noop"], 1, Some("")),
+        ("web-jobspec", "web-jobspec", &[], 0, Some("1.0.0")),
+        ("web-classic", "web-classic", &["restart"], 0, None),
+        ("web-prefix", "web-prefix", &["restart", "noop"], 0, Some("")),
     ] {
         let job = nomad.parse_job(&job_file(file), &[]);
         assert_eq!(job["ID"], id, "{file}");
@@ -97,7 +98,7 @@ fn check_example_jobs(nomad: &NomadAgent) {
             .flatten()
             .filter_map(|t| t["ChangeMode"].as_str())
             .collect();
-        assert_eq!(modes, change_mode.into_iter().collect::<Vec<_>>(), "{file}");
+        assert_eq!(modes, change_mode, "{file}");
     }
     // The jobspec job's auto_revert is a variable.
     let job = nomad.parse_job(&job_file("web-jobspec"), &[("auto_revert", "true")]);

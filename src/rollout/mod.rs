@@ -6,7 +6,8 @@
 //! `watch` (evaluation, deployment, canary gate, failure inspection),
 //! `rollback` (restoring the key and the job), `record` (the fenced
 //! writes of the deployed record, key and history) and `requirements`
-//! (what `check --connect` asks of a job). Nomad and Consul are reached
+//! (what `check --connect` asks of a job, with `template_reads` telling
+//! which keys a task template reads). Nomad and Consul are reached
 //! only through the narrow traits in `ports`, so every decision can be
 //! driven by a scripted fake in unit tests.
 //!
@@ -23,6 +24,7 @@ pub mod ports;
 mod record;
 mod requirements;
 mod rollback;
+mod template_reads;
 mod watch;
 
 #[cfg(test)]
@@ -32,7 +34,7 @@ mod tests;
 
 pub use ports::{ConsulPort, NomadPort};
 use record::Writes;
-pub use requirements::unmet_requirements;
+pub use requirements::{review, unmet_requirements, Review};
 
 use std::fmt;
 use std::future::Future;
