@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly what CI runs (.ci/run calls this file).
 #
-# Installs the pinned Consul, Nomad and OpenTofu (cached after the first
+# Installs the pinned Consul, Nomad, crane and OpenTofu (cached after the first
 # build),
 # checks formatting, lints and the dependency policy (deny.toml), runs
 # every test against real agents, a short bounded fuzzing pass over every
@@ -18,6 +18,7 @@ echo "== disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
 
 echo "== agents"
 bash scripts/install-agents.sh all
+bash scripts/install-crane.sh >/dev/null
 
 echo "== tofu fmt -check (terraform/)"
 eval "$(bash scripts/install-tofu.sh)"

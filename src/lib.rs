@@ -26,6 +26,8 @@
 //!   narrow traits of `ports`.
 //! * `consul`, `nomad`, `http_client` — thin typed clients on one hyper /
 //!   rustls (ring) stack.
+//! * `registry` — the OCI distribution API: a tag's digest and a
+//!   repository's tags, with the registry's token authentication.
 //! * `notify` — Slack-compatible and JSON notices of rollout outcomes.
 //! * `metrics` — the Prometheus registry.
 //! * `tls` — the serving certificate and its reloads; `x509` — its expiry.
@@ -48,6 +50,7 @@ pub mod metrics;
 pub mod nomad;
 pub mod notify;
 pub mod policy;
+pub mod registry;
 pub mod rollout;
 pub mod server;
 pub mod tls;

@@ -63,7 +63,13 @@ fn check_example_jobs(nomad: &NomadAgent) {
         ("web-canary", "web-canary", &["noop"], 1, Some("")),
         ("web-jobspec", "web-jobspec", &[], 0, Some("1.0.0")),
         ("web-classic", "web-classic", &["restart"], 0, None),
-        ("web-prefix", "web-prefix", &["restart", "noop"], 0, Some("")),
+        (
+            "web-prefix",
+            "web-prefix",
+            &["restart", "noop"],
+            0,
+            Some(""),
+        ),
     ] {
         let job = nomad.parse_job(&job_file(file), &[]);
         assert_eq!(job["ID"], id, "{file}");

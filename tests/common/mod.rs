@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod nomad;
+pub mod registry;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};

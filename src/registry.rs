@@ -1,0 +1,694 @@
+//! The OCI distribution API, as far as tagbridge needs it: the digest a tag
+//! names (`HEAD /v2/<name>/manifests/<tag>`) and a repository's tags
+//! (`GET /v2/<name>/tags/list`, paginated).
+//!
+//! Docker Hub and Quay payloads carry no digest, so a re-pushed mutable tag
+//! looks unchanged unless the registry is asked; and a lost delivery is
+//! only made good by listing the tags. Both talk to a registry the operator
+//! named, through the same rustls stack (ring) as every other client, with
+//! a bounded timeout per request and caps on what is read.
+//!
+//! Authentication follows the distribution spec: a request answered 401
+//! with `WWW-Authenticate: Bearer realm=…,service=…,scope=…` is retried
+//! with a token fetched from the realm (anonymously, or with the
+//! configured username and password); `Basic` challenges get the
+//! username and password directly; a configured token is sent as a bearer
+//! token from the start.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, LINK, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+
+use crate::http_client::{HttpClient, RequestError, Response};
+use crate::webhook::grammar;
+
+/// Manifest media types asked for, so the registry answers with the digest
+/// of what it stores (an index or a manifest) instead of converting it.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json";
+
+/// Tags asked for per page.
+pub const PAGE_SIZE: usize = 1000;
+/// The most tags one listing keeps; the tag policy refuses more anyway.
+pub const MAX_TAGS: usize = 20_000;
+/// The most pages one listing fetches, whatever the registry's links say.
+const MAX_PAGES: usize = 100;
+/// A token answer is small; anything larger is refused unread.
+const MAX_TOKEN_BYTES: usize = 64 * 1024;
+/// A listing page of `PAGE_SIZE` tags of at most 128 bytes each, with room.
+const MAX_PAGE_BYTES: usize = 512 * 1024;
+/// The longest we wait on a `Retry-After` before giving up for now.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// How tagbridge proves itself to the registry.
+#[derive(Clone, Default)]
+pub enum RegistryAuth {
+    /// No credentials: public repositories, anonymous bearer tokens.
+    #[default]
+    Anonymous,
+    /// A username and password (or access token used as one).
+    Basic { username: String, password: String },
+    /// A ready bearer token, sent as it is.
+    Token(String),
+}
+
+// SECURITY: credentials never reach a log line or an error, even through
+// `{:?}` of a settings value.
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RegistryAuth::Anonymous => "Anonymous",
+            RegistryAuth::Basic { .. } => "Basic(<redacted>)",
+            RegistryAuth::Token(_) => "Token(<redacted>)",
+        })
+    }
+}
+
+/// Where the registry is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// `https://host[:port]` (or `http://` for an internal registry), no
+    /// path.
+    pub address: String,
+    pub auth: RegistryAuth,
+    /// Bound on each request, token fetches included.
+    pub timeout: Duration,
+}
+
+/// Why the registry gave no usable answer. Never holds a credential or a
+/// token.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {op}: {source}")]
+    Request {
+        op: &'static str,
+        #[source]
+        source: RequestError,
+    },
+    #[error("registry {op}: status {status}{code}")]
+    Status {
+        op: &'static str,
+        status: u16,
+        /// The registry's error code (` (NAME_UNKNOWN)`), when it gave one.
+        code: String,
+    },
+    #[error("registry {op}: credentials refused (status {status})")]
+    Unauthorized { op: &'static str, status: u16 },
+    #[error("registry {op}: rate limited{}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
+    RateLimited {
+        op: &'static str,
+        retry_after: Option<Duration>,
+    },
+    #[error("registry {op}: {reason}")]
+    Protocol { op: &'static str, reason: String },
+}
+
+/// One repository's tags, and what it took to list them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagList {
+    pub tags: Vec<String>,
+    /// HTTP requests made, token fetches included.
+    pub requests: u32,
+    /// The listing stopped at [`MAX_TAGS`] or [`MAX_PAGES`].
+    pub truncated: bool,
+}
+
+/// A bearer token for one scope, until it expires.
+struct CachedToken {
+    scope: String,
+    token: String,
+    until: Instant,
+}
+
+/// A client for one registry.
+pub struct Registry {
+    http: HttpClient,
+    settings: RegistrySettings,
+    token: Mutex<Option<CachedToken>>,
+}
+
+impl Registry {
+    pub fn new(http: HttpClient, settings: RegistrySettings) -> Self {
+        Registry {
+            http,
+            settings: RegistrySettings {
+                address: settings.address.trim_end_matches('/').to_string(),
+                ..settings
+            },
+            token: Mutex::new(None),
+        }
+    }
+
+    /// The digest `repository:tag` names now, or `None` when the registry
+    /// does not know the tag.
+    ///
+    /// # Errors
+    ///
+    /// Unreachable registry, refused credentials, rate limiting, or a
+    /// digest header that is missing or not a digest.
+    pub async fn digest(
+        &self,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        const OP: &str = "manifest";
+        let path = format!("/v2/{repository}/manifests/{tag}");
+        let mut requests = 0;
+        let resp = self
+            .call(
+                OP,
+                Method::HEAD,
+                &path,
+                repository,
+                MAX_PAGE_BYTES,
+                &mut requests,
+            )
+            .await?;
+        if resp.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status.is_success() {
+            return Err(status_error(OP, &resp));
+        }
+        let digest = resp
+            .headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(RegistryError::Protocol {
+                op: OP,
+                reason: "no Docker-Content-Digest header in the answer".into(),
+            })?;
+        // SECURITY: the digest becomes a KV value and a rollout input; it
+        // is held to the same grammar as a payload's digest.
+        grammar::check_digest(digest)
+            .map_err(|reason| RegistryError::Protocol { op: OP, reason })?;
+        Ok(Some(digest.to_string()))
+    }
+
+    /// Every tag of `repository`, page by page, up to [`MAX_TAGS`].
+    ///
+    /// Pages follow the registry's `Link: <…>; rel="next"` header when it
+    /// sends one (its path and query only: the origin stays the configured
+    /// registry), or else continue after the last tag of a full page. A
+    /// page that does not move forward ends the listing: some registries
+    /// answer a `last` past their final tag with the first page again.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Registry::digest`], and an unknown repository (404).
+    pub async fn tags(&self, repository: &str) -> Result<TagList, RegistryError> {
+        const OP: &str = "tags";
+        let mut requests = 0;
+        let mut tags: Vec<String> = Vec::new();
+        let mut next = Some(format!("/v2/{repository}/tags/list?n={PAGE_SIZE}"));
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            if pages == MAX_PAGES || tags.len() >= MAX_TAGS {
+                tags.truncate(MAX_TAGS);
+                return Ok(TagList {
+                    tags,
+                    requests,
+                    truncated: true,
+                });
+            }
+            pages += 1;
+            let resp = self
+                .call(
+                    OP,
+                    Method::GET,
+                    &path,
+                    repository,
+                    MAX_PAGE_BYTES,
+                    &mut requests,
+                )
+                .await?;
+            if !resp.status.is_success() {
+                return Err(status_error(OP, &resp));
+            }
+            let page = parse_page(&resp.body)
+                .map_err(|reason| RegistryError::Protocol { op: OP, reason })?;
+            let last = tags.last().cloned();
+            let fresh: Vec<String> = page
+                .into_iter()
+                .filter(|t| last.as_ref().is_none_or(|l| t > l) && grammar::check_tag(t).is_ok())
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            let full = fresh.len() >= PAGE_SIZE;
+            tags.extend(fresh);
+            next = match link_next(&resp, repository) {
+                Some(p) => Some(p),
+                None if full => Some(format!(
+                    "/v2/{repository}/tags/list?n={PAGE_SIZE}&last={}",
+                    percent_encoding::utf8_percent_encode(
+                        tags.last().map_or("", String::as_str),
+                        QUERY
+                    )
+                )),
+                None => None,
+            };
+        }
+        Ok(TagList {
+            tags,
+            requests,
+            truncated: false,
+        })
+    }
+
+    /// One request with the registry's authentication dance: send, and on
+    /// a 401 challenge fetch what it asks for and send once more.
+    async fn call(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        repository: &str,
+        cap: usize,
+        requests: &mut u32,
+    ) -> Result<Response, RegistryError> {
+        let url = format!("{}{path}", self.settings.address);
+        let first = self.authorization(repository);
+        *requests += 1;
+        let resp = self.send(op, &method, &url, first.as_deref(), cap).await?;
+        if resp.status != StatusCode::UNAUTHORIZED {
+            return check_common(op, resp);
+        }
+        let challenge = resp
+            .headers
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(Challenge::parse)
+            .ok_or(RegistryError::Unauthorized { op, status: 401 })?;
+        let auth = match challenge {
+            Challenge::Basic => match &self.settings.auth {
+                RegistryAuth::Basic { username, password } => basic(username, password),
+                _ => return Err(RegistryError::Unauthorized { op, status: 401 }),
+            },
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let scope = scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
+                let token = self
+                    .fetch_token(op, &realm, service.as_deref(), &scope, requests)
+                    .await?;
+                format!("Bearer {token}")
+            }
+            Challenge::Other => return Err(RegistryError::Unauthorized { op, status: 401 }),
+        };
+        *requests += 1;
+        let resp = self.send(op, &method, &url, Some(&auth), cap).await?;
+        if resp.status == StatusCode::UNAUTHORIZED || resp.status == StatusCode::FORBIDDEN {
+            return Err(RegistryError::Unauthorized {
+                op,
+                status: resp.status.as_u16(),
+            });
+        }
+        check_common(op, resp)
+    }
+
+    /// The Authorization header to send first: a configured token, or a
+    /// cached bearer token for this repository's pull scope.
+    fn authorization(&self, repository: &str) -> Option<String> {
+        if let RegistryAuth::Token(t) = &self.settings.auth {
+            return Some(format!("Bearer {t}"));
+        }
+        let scope = format!("repository:{repository}:pull");
+        let cached = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        cached
+            .as_ref()
+            .filter(|c| c.scope == scope && c.until > Instant::now())
+            .map(|c| format!("Bearer {}", c.token))
+    }
+
+    /// Ask the challenge's realm for a pull token.
+    async fn fetch_token(
+        &self,
+        op: &'static str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        requests: &mut u32,
+    ) -> Result<String, RegistryError> {
+        // SECURITY: the realm comes from the registry's answer, and our
+        // credentials go to it. Only https, or the configured registry's
+        // own origin, may receive them; anything else is refused.
+        if !realm.starts_with("https://") && !same_origin(realm, &self.settings.address) {
+            return Err(RegistryError::Protocol {
+                op,
+                reason: "the token realm is neither https nor the registry itself".into(),
+            });
+        }
+        let mut url = format!("{realm}{}", if realm.contains('?') { '&' } else { '?' });
+        if let Some(s) = service {
+            url.push_str(&format!(
+                "service={}&",
+                percent_encoding::utf8_percent_encode(s, QUERY)
+            ));
+        }
+        url.push_str(&format!(
+            "scope={}",
+            percent_encoding::utf8_percent_encode(scope, QUERY)
+        ));
+        let auth = match &self.settings.auth {
+            RegistryAuth::Basic { username, password } => Some(basic(username, password)),
+            _ => None,
+        };
+        *requests += 1;
+        let resp = self
+            .send(op, &Method::GET, &url, auth.as_deref(), MAX_TOKEN_BYTES)
+            .await?;
+        if resp.status == StatusCode::UNAUTHORIZED || resp.status == StatusCode::FORBIDDEN {
+            return Err(RegistryError::Unauthorized {
+                op,
+                status: resp.status.as_u16(),
+            });
+        }
+        let resp = check_common(op, resp)?;
+        if !resp.status.is_success() {
+            return Err(status_error(op, &resp));
+        }
+        let answer: TokenAnswer =
+            serde_json::from_slice(&resp.body).map_err(|e| RegistryError::Protocol {
+                op,
+                reason: format!("token answer is not JSON: {e}"),
+            })?;
+        let token = answer
+            .token
+            .or(answer.access_token)
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or(RegistryError::Protocol {
+                op,
+                reason: "token answer holds no usable token".into(),
+            })?;
+        // Reuse it a little less long than granted (60 s when unsaid, as
+        // the spec says), so it never expires in flight.
+        let life = Duration::from_secs(answer.expires_in.unwrap_or(60).clamp(10, 3600) - 5);
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedToken {
+            scope: scope.to_string(),
+            token: token.clone(),
+            until: Instant::now() + life,
+        });
+        Ok(token)
+    }
+
+    async fn send(
+        &self,
+        op: &'static str,
+        method: &Method,
+        url: &str,
+        auth: Option<&str>,
+        cap: usize,
+    ) -> Result<Response, RegistryError> {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .header(ACCEPT, MANIFEST_TYPES);
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| RegistryError::Protocol {
+                op,
+                reason: format!("bad request URL: {e}"),
+            })?;
+        let resp = self
+            .http
+            .send(req, self.settings.timeout)
+            .await
+            .map_err(|source| RegistryError::Request { op, source })?;
+        if resp.body.len() > cap {
+            return Err(RegistryError::Request {
+                op,
+                source: RequestError::TooLarge(cap),
+            });
+        }
+        Ok(resp)
+    }
+}
+
+/// Characters escaped in a query value.
+const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct Page {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+/// The tags of one listing page (`"tags": null` is an empty repository).
+fn parse_page(body: &[u8]) -> Result<Vec<String>, String> {
+    let page: Page =
+        serde_json::from_slice(body).map_err(|e| format!("tag list is not JSON: {e}"))?;
+    Ok(page.tags.unwrap_or_default())
+}
+
+/// Rate limits answer the same way on every call.
+fn check_common(op: &'static str, resp: Response) -> Result<Response, RegistryError> {
+    if resp.status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = resp
+            .headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+        return Err(RegistryError::RateLimited { op, retry_after });
+    }
+    Ok(resp)
+}
+
+fn status_error(op: &'static str, resp: &Response) -> RegistryError {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorItem>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorItem {
+        code: String,
+    }
+    // Only the registry's error code is kept: it names the problem
+    // (NAME_UNKNOWN, DENIED) without echoing anything else it sent.
+    let code = serde_json::from_slice::<Errors>(&resp.body)
+        .ok()
+        .and_then(|e| e.errors.into_iter().next())
+        .map(|e| e.code)
+        .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        .map(|c| format!(" ({c})"))
+        .unwrap_or_default();
+    RegistryError::Status {
+        op,
+        status: resp.status.as_u16(),
+        code,
+    }
+}
+
+fn basic(username: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let raw = format!("{username}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+/// The next page's path and query from a `Link: <…>; rel="next"` header,
+/// when it points into the same repository's listing.
+fn link_next(resp: &Response, repository: &str) -> Option<String> {
+    let value = resp.headers.get(LINK)?.to_str().ok()?;
+    value.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        if !params
+            .split(';')
+            .map(str::trim)
+            .any(|p| p == "rel=\"next\"" || p == "rel=next")
+        {
+            return None;
+        }
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        // SECURITY: an absolute link keeps only its path and query: the
+        // registry may not send our credentials to another origin.
+        let path = match target.find("://") {
+            Some(i) => &target[i + 3..][target[i + 3..].find('/')?..],
+            None => target,
+        };
+        path.starts_with(&format!("/v2/{repository}/tags/list?"))
+            .then(|| path.to_string())
+    })
+}
+
+/// `url` is on the same scheme, host and port as `base`.
+fn same_origin(url: &str, base: &str) -> bool {
+    let origin = |u: &str| -> Option<String> {
+        let (scheme, rest) = u.split_once("://")?;
+        let host = rest.split(['/', '?']).next()?;
+        Some(format!(
+            "{}://{}",
+            scheme.to_ascii_lowercase(),
+            host.to_ascii_lowercase()
+        ))
+    };
+    origin(url).is_some() && origin(url) == origin(base)
+}
+
+/// A `WWW-Authenticate` challenge, as far as tagbridge answers one.
+#[derive(Debug, PartialEq, Eq)]
+enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+    Other,
+}
+
+impl Challenge {
+    /// `Bearer realm="…",service="…",scope="…"` (quoted values with
+    /// backslash escapes), `Basic realm="…"`, anything else.
+    fn parse(header: &str) -> Challenge {
+        let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Challenge::Basic;
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Challenge::Other;
+        }
+        let mut realm = None;
+        let mut service = None;
+        let mut scope = None;
+        for (k, v) in auth_params(params) {
+            match k.to_ascii_lowercase().as_str() {
+                "realm" => realm = Some(v),
+                "service" => service = Some(v),
+                "scope" => scope = Some(v),
+                _ => {}
+            }
+        }
+        match realm {
+            Some(realm) if !realm.is_empty() => Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            },
+            _ => Challenge::Other,
+        }
+    }
+}
+
+/// `key=value` or `key="value"` pairs separated by commas.
+fn auth_params(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            return out;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        out.push((key.trim().to_string(), value.trim().to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_docker_hub_challenge_is_read_whole() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#,
+        );
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/nginx:pull".into()),
+            }
+        );
+        assert_eq!(Challenge::parse("Basic realm=\"x\""), Challenge::Basic);
+        assert_eq!(Challenge::parse("Bearer service=\"x\""), Challenge::Other);
+        assert_eq!(Challenge::parse("Negotiate"), Challenge::Other);
+    }
+
+    #[test]
+    fn challenge_values_may_be_unquoted_or_escaped() {
+        let c = Challenge::parse(r#"bearer realm=https://r/t, scope="a\"b""#);
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://r/t".into(),
+                service: None,
+                scope: Some("a\"b".into()),
+            }
+        );
+        for s in ["", "Bearer", "Bearer ,,,", "Bearer realm=\"", "Bearer =x"] {
+            let _ = Challenge::parse(s);
+        }
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        assert!(same_origin(
+            "http://127.0.0.1:5000/token?x",
+            "http://127.0.0.1:5000"
+        ));
+        assert!(!same_origin(
+            "http://127.0.0.1:5001/token",
+            "http://127.0.0.1:5000"
+        ));
+        assert!(!same_origin("http://evil/token", "https://evil"));
+        assert!(!same_origin("nonsense", "nonsense"));
+    }
+
+    #[test]
+    fn credentials_are_redacted_in_debug_output() {
+        let a = RegistryAuth::Basic {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{a:?}").contains("hunter2"));
+        assert!(!format!("{:?}", RegistryAuth::Token("tok-123".into())).contains("tok-123"));
+    }
+}

@@ -1,0 +1,271 @@
+//! The OCI distribution client (`tagbridge::registry`) against a real
+//! registry: `crane registry serve`, with images pushed by crane. Token
+//! authentication is staged by a small front on loopback that speaks the
+//! distribution spec's Bearer flow and forwards to the real registry.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::registry::CraneRegistry;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use tagbridge::http_client::{ClientTlsFiles, HttpClient};
+use tagbridge::registry::{Registry, RegistryAuth, RegistryError, RegistrySettings, PAGE_SIZE};
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json";
+
+fn client(address: &str, auth: RegistryAuth) -> Registry {
+    let http = HttpClient::new(&ClientTlsFiles::default()).expect("client");
+    Registry::new(
+        http,
+        RegistrySettings {
+            address: address.to_string(),
+            auth,
+            timeout: Duration::from_secs(10),
+        },
+    )
+}
+
+/// Give `repository` the extra tags `names`, all naming the image of
+/// `from`, by PUTting its manifest under each (crane would spawn once per
+/// tag).
+async fn add_tags(reg: &CraneRegistry, repository: &str, from: &str, names: &[String]) {
+    let http = reqwest::Client::new();
+    let url = |t: &str| format!("{}/v2/{repository}/manifests/{t}", reg.addr());
+    let got = http
+        .get(url(from))
+        .header("Accept", MANIFEST_TYPES)
+        .send()
+        .await
+        .expect("get manifest");
+    let media = got.headers()["content-type"].to_str().unwrap().to_string();
+    let body = got.bytes().await.expect("manifest body");
+    for t in names {
+        let put = http
+            .put(url(t))
+            .header("Content-Type", &media)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("put manifest");
+        assert!(put.status().is_success(), "PUT {t}: {}", put.status());
+    }
+}
+
+#[tokio::test]
+async fn the_digest_of_a_tag_follows_a_repush_and_an_unknown_tag_is_none() {
+    let reg = CraneRegistry::start();
+    let first = reg.push_empty("acme/web", "prod");
+    let r = client(&reg.addr(), RegistryAuth::Anonymous);
+    assert_eq!(
+        r.digest("acme/web", "prod").await.unwrap(),
+        Some(first.clone())
+    );
+    let second = reg.repush("acme/web", "prod", "2");
+    assert_ne!(first, second, "a mutated image has a new digest");
+    assert_eq!(r.digest("acme/web", "prod").await.unwrap(), Some(second));
+    assert_eq!(r.digest("acme/web", "nope").await.unwrap(), None);
+    assert_eq!(r.digest("acme/other", "prod").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn every_tag_is_listed_across_pages_and_the_listing_ends() {
+    let reg = CraneRegistry::start();
+    reg.push_empty("acme/web", "1.0.0");
+    // 2 * PAGE_SIZE tags in all: the last page is full, and this registry
+    // answers `last=<its final tag>` with the first page again. The
+    // listing must notice and stop, not loop.
+    let names: Vec<String> = (1..2 * PAGE_SIZE).map(|i| format!("2.0.{i}")).collect();
+    add_tags(&reg, "acme/web", "1.0.0", &names).await;
+    let r = client(&reg.addr(), RegistryAuth::Anonymous);
+    let list = r.tags("acme/web").await.unwrap();
+    assert_eq!(list.tags.len(), 2 * PAGE_SIZE);
+    assert!(!list.truncated);
+    let mut sorted = list.tags.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), list.tags.len(), "no tag twice");
+    assert!(list.tags.contains(&"1.0.0".to_string()));
+    assert_eq!(list.requests, 3, "two full pages and the one that ends it");
+
+    // One more tag: the third page is partial and ends the listing itself.
+    add_tags(&reg, "acme/web", "1.0.0", &["9.9.9".to_string()]).await;
+    let list = r.tags("acme/web").await.unwrap();
+    assert_eq!(list.tags.len(), 2 * PAGE_SIZE + 1);
+    assert_eq!(list.requests, 3);
+
+    match r.tags("acme/none").await {
+        Err(RegistryError::Status {
+            status: 404, code, ..
+        }) => assert_eq!(code, " (NAME_UNKNOWN)"),
+        other => panic!("an unknown repository: {other:?}"),
+    }
+}
+
+/// A token front for the real registry: `/token` hands out a token for
+/// the right Basic credentials; `/v2/…` without it gets the Bearer
+/// challenge, with it is forwarded to crane.
+struct Front {
+    addr: String,
+    tokens_issued: Arc<AtomicU32>,
+}
+
+impl Front {
+    async fn start(backend: String, username: &'static str, password: &'static str) -> Front {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let tokens_issued = Arc::new(AtomicU32::new(0));
+        let (issued, realm) = (tokens_issued.clone(), format!("{addr}/token"));
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            // Bounded: a test makes far fewer connections than this.
+            for _ in 0..10_000 {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (http, backend, issued, realm) =
+                    (http.clone(), backend.clone(), issued.clone(), realm.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (http, backend, issued, realm) =
+                                (http.clone(), backend.clone(), issued.clone(), realm.clone());
+                            async move {
+                                Ok::<_, Infallible>(
+                                    front(
+                                        req, &http, &backend, &issued, &realm, username, password,
+                                    )
+                                    .await,
+                                )
+                            }
+                        });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        Front {
+            addr,
+            tokens_issued,
+        }
+    }
+}
+
+async fn front(
+    req: Request<hyper::body::Incoming>,
+    http: &reqwest::Client,
+    backend: &str,
+    issued: &AtomicU32,
+    realm: &str,
+    username: &str,
+    password: &str,
+) -> Response<Full<Bytes>> {
+    use base64::Engine as _;
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let reply = |status: u16, body: String| {
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    if path.starts_with("/token?") {
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+        );
+        if auth != want || !path.contains("scope=repository%3Aacme%2Fweb%3Apull") {
+            return reply(401, "{}".into());
+        }
+        let n = issued.fetch_add(1, Ordering::SeqCst);
+        return reply(200, format!(r#"{{"token":"tok-{n}","expires_in":300}}"#));
+    }
+    if !auth.starts_with("Bearer tok-") {
+        let mut r = reply(401, r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#.into());
+        r.headers_mut().insert(
+            "www-authenticate",
+            format!(r#"Bearer realm="{realm}",service="front",scope="repository:acme/web:pull""#)
+                .parse()
+                .unwrap(),
+        );
+        return r;
+    }
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
+    let accept = req.headers().get("accept").cloned();
+    let _ = req.into_body().collect().await;
+    let mut fwd = http.request(method, format!("{backend}{path}"));
+    if let Some(a) = accept {
+        fwd = fwd.header("accept", a.to_str().unwrap());
+    }
+    let got = fwd.send().await.expect("forward to crane");
+    let mut r = Response::builder().status(got.status().as_u16());
+    for (k, v) in got.headers() {
+        r = r.header(k.as_str(), v.as_bytes());
+    }
+    r.body(Full::new(got.bytes().await.unwrap_or_default()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_bearer_flow_fetches_one_token_and_reuses_it() {
+    let reg = CraneRegistry::start();
+    let digest = reg.push_empty("acme/web", "1.0.0");
+    let front = Front::start(reg.addr(), "ci", "s3cret-pass").await;
+    let r = client(
+        &front.addr,
+        RegistryAuth::Basic {
+            username: "ci".into(),
+            password: "s3cret-pass".into(),
+        },
+    );
+    assert_eq!(r.digest("acme/web", "1.0.0").await.unwrap(), Some(digest));
+    let list = r.tags("acme/web").await.unwrap();
+    assert_eq!(list.tags, vec!["1.0.0".to_string()]);
+    assert_eq!(list.requests, 1, "the cached token is sent at once");
+    assert_eq!(front.tokens_issued.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn refused_credentials_are_a_clear_error_that_names_no_secret() {
+    let reg = CraneRegistry::start();
+    reg.push_empty("acme/web", "1.0.0");
+    let front = Front::start(reg.addr(), "ci", "s3cret-pass").await;
+    let wrong = client(
+        &front.addr,
+        RegistryAuth::Basic {
+            username: "ci".into(),
+            password: "wrong-pass".into(),
+        },
+    );
+    let e = wrong.digest("acme/web", "1.0.0").await.unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e:?}");
+    let text = format!("{e} {e:?}");
+    assert!(
+        !text.contains("wrong-pass") && !text.contains("ci:"),
+        "{text}"
+    );
+    // Anonymous gets the challenge and no token either.
+    let anon = client(&front.addr, RegistryAuth::Anonymous);
+    assert!(matches!(
+        anon.tags("acme/web").await,
+        Err(RegistryError::Unauthorized { .. })
+    ));
+    assert_eq!(front.tokens_issued.load(Ordering::SeqCst), 0);
+}
