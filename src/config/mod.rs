@@ -387,6 +387,19 @@ mod tests {
 
     const SHA: &str = "9f2c1e6b8a0d4c3b2a19f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3";
 
+    /// A valid `service "web"` block for `source`, `extra` lines inside.
+    fn web(source: &str, extra: &str) -> String {
+        format!(
+            r#"service "web" {{
+                 secret_sha256 = "{SHA}"
+                 source = "{source}"
+                 repository = "acme/web"
+                 key = "configs/web/IMAGE_TAG"
+                 {extra}
+               }}"#
+        )
+    }
+
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("t.hcl"), text, Purpose::Client, &no_env)
     }
@@ -406,15 +419,12 @@ mod tests {
             err.0[0]
         );
         // Brackets inside strings do not count; ordinary nesting passes.
-        let regex = format!(
-            r#"service "web" {{
-                 secret_sha256 = "{SHA}"
-                 source = "dockerhub"
-                 repository = "acme/web"
-                 key = "configs/web/IMAGE_TAG"
-                 tags {{ include = "^{}[0-9]{{14}}$" }}
-               }}"#,
-            "{[(".repeat(30)
+        let regex = web(
+            "dockerhub",
+            &format!(
+                r#"tags {{ include = "^{}[0-9]{{14}}$" }}"#,
+                "{[(".repeat(30)
+            ),
         );
         assert!(nesting_within(&regex, MAX_NESTING).is_ok());
         assert!(nesting_within(&"{".repeat(21), MAX_NESTING).is_err());
@@ -423,15 +433,7 @@ mod tests {
 
     #[test]
     fn minimal_service_gets_defaults() {
-        let cfg = parse(&format!(
-            r#"service "web" {{
-                 secret_sha256 = "{SHA}"
-                 source = "dockerhub"
-                 repository = "acme/web"
-                 key = "configs/web/IMAGE_TAG"
-               }}"#
-        ))
-        .expect("valid");
+        let cfg = parse(&web("dockerhub", "")).expect("valid");
         assert_eq!(cfg.state_prefix, "tagbridge");
         assert_eq!(cfg.consul.address, "http://127.0.0.1:8500");
         let s = &cfg.services[0];
@@ -442,14 +444,7 @@ mod tests {
 
     #[test]
     fn listener_limits_default_and_every_bad_one_is_reported() {
-        let svc = format!(
-            r#"service "web" {{
-                 secret_sha256 = "{SHA}"
-                 source = "dockerhub"
-                 repository = "acme/web"
-                 key = "configs/web/IMAGE_TAG"
-               }}"#
-        );
+        let svc = web("dockerhub", "");
         let cfg = parse(&svc).expect("valid");
         assert_eq!(cfg.listener, ListenerSettings::DEFAULT);
         assert_eq!(cfg.max_connections, 1024);
@@ -565,20 +560,8 @@ mod tests {
             "NOMAD_ADDR" => Some("https://nomad:4646".to_string()),
             _ => None,
         };
-        let cfg = Config::parse(
-            Path::new("t.hcl"),
-            &format!(
-                r#"service "web" {{
-                 secret_sha256 = "{SHA}"
-                 source = "quay"
-                 repository = "acme/web"
-                 key = "configs/web/IMAGE_TAG"
-               }}"#
-            ),
-            Purpose::Client,
-            &env,
-        )
-        .expect("valid");
+        let cfg = Config::parse(Path::new("t.hcl"), &web("quay", ""), Purpose::Client, &env)
+            .expect("valid");
         assert_eq!(cfg.consul.address, "http://127.0.0.1:18500");
         assert_eq!(
             cfg.consul.token.as_ref().map(Secret::expose),
@@ -605,14 +588,7 @@ mod tests {
     fn serve_requires_tls() {
         let err = Config::parse(
             Path::new("t.hcl"),
-            &format!(
-                r#"service "web" {{
-                 secret_sha256 = "{SHA}"
-                 source = "quay"
-                 repository = "acme/web"
-                 key = "configs/web/IMAGE_TAG"
-               }}"#
-            ),
+            &web("quay", ""),
             Purpose::Serve,
             &no_env,
         )
@@ -625,17 +601,7 @@ mod tests {
     /// string checks did.
     #[test]
     fn closed_sets_name_the_field_and_the_allowed_words() {
-        let svc = |rollout: &str| {
-            format!(
-                r#"service "web" {{
-                 secret_sha256 = "{SHA}"
-                 source = "dockerhub"
-                 repository = "acme/web"
-                 key = "configs/web/IMAGE_TAG"
-                 {rollout}
-               }}"#
-            )
-        };
+        let svc = |rollout: &str| web("dockerhub", rollout);
         let cfg = parse(&format!(
             r#"log_format = "pretty"
                notify "ops" {{
@@ -696,17 +662,9 @@ mod tests {
     #[test]
     fn durations_are_bounded_per_field() {
         let svc = |timeout: &str| {
-            format!(
-                r#"service "web" {{
-                 secret_sha256 = "{SHA}"
-                 source = "dockerhub"
-                 repository = "acme/web"
-                 key = "configs/web/IMAGE_TAG"
-                 rollout {{
-                   job = "web"
-                   {timeout}
-                 }}
-               }}"#
+            web(
+                "dockerhub",
+                &format!("rollout {{\n job = \"web\"\n {timeout}\n }}"),
             )
         };
         let cfg = parse(&svc("")).expect("valid");
