@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use crate::clients::{consul_client, nomad_client};
 use crate::config::{Config, ConfigError, Purpose, ServiceConfig};
 use crate::consul::Consul;
-use crate::history::{Deployed, HistoryEntry};
+use crate::history::{Deployed, HistoryEntry, RolloutState};
 use crate::http_client::ClientBuildError;
 use crate::ingest::{read_for_write, read_snapshot, Change, Ingest, IngestError, Keys};
 use crate::metrics::Metrics;
@@ -630,7 +630,7 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
             if let Some(detail) = &d.detail {
                 writeln!(out, "{name}: {}: {detail}", d.outcome)?;
             }
-            return if d.outcome == Deployed::DEPLOYED {
+            return if d.outcome == RolloutState::Deployed {
                 Ok(())
             } else {
                 Err(CliError::Other(format!(

@@ -83,8 +83,8 @@ pub struct Deployed {
     #[serde(default)]
     pub deployment: Option<String>,
     pub at: String,
-    /// `in_progress`, `rolling_back`, `deployed`, `rolled_back`, `failed`.
-    pub outcome: String,
+    /// Where the rollout stands.
+    pub outcome: RolloutState,
     /// The tag that ran before this rollout (the rollback target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
@@ -97,15 +97,46 @@ pub struct Deployed {
 }
 
 impl Deployed {
-    pub const IN_PROGRESS: &'static str = "in_progress";
-    pub const ROLLING_BACK: &'static str = "rolling_back";
-    pub const DEPLOYED: &'static str = "deployed";
-    pub const ROLLED_BACK: &'static str = "rolled_back";
-    pub const FAILED: &'static str = "failed";
-
     /// A rollout or rollback is under way: the controller owns the key.
     pub fn is_busy(&self) -> bool {
-        self.outcome == Self::IN_PROGRESS || self.outcome == Self::ROLLING_BACK
+        self.outcome.is_busy()
+    }
+}
+
+/// The `outcome` of a deployed record: under way (`in_progress`,
+/// `rolling_back`) or final (`deployed`, `rolled_back`, `failed`). Stored
+/// as its snake_case name, the spelling records have always had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    InProgress,
+    RollingBack,
+    Deployed,
+    RolledBack,
+    Failed,
+}
+
+impl RolloutState {
+    /// A rollout or rollback is under way: the controller owns the key.
+    pub fn is_busy(self) -> bool {
+        matches!(self, RolloutState::InProgress | RolloutState::RollingBack)
+    }
+
+    /// The stored spelling, for operators' output and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::InProgress => "in_progress",
+            RolloutState::RollingBack => "rolling_back",
+            RolloutState::Deployed => "deployed",
+            RolloutState::RolledBack => "rolled_back",
+            RolloutState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -156,5 +187,56 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(back[0].event, Event::RolledBack);
+    }
+
+    /// Deployed records written while `outcome` was a plain string still
+    /// parse, and are written back byte for byte.
+    #[test]
+    fn old_deployed_records_round_trip() {
+        let cases = [
+            (
+                r#"{"tag":"1.1","digest":null,"seq":3,"job_version":7,"deployment":"d1","at":"2026-11-25T00:00:00Z","outcome":"in_progress","previous":"1.0","prior_version":6}"#,
+                RolloutState::InProgress,
+            ),
+            (
+                r#"{"tag":"1.1","digest":null,"seq":3,"job_version":8,"deployment":"d1","at":"x","outcome":"rolling_back","previous":"1.0","prior_version":6,"detail":"unhealthy"}"#,
+                RolloutState::RollingBack,
+            ),
+            (
+                r#"{"tag":"1.1","digest":"sha256:ab","seq":3,"job_version":7,"deployment":"d1","at":"x","outcome":"deployed","previous":"1.0"}"#,
+                RolloutState::Deployed,
+            ),
+            (
+                r#"{"tag":"1.0","digest":null,"seq":3,"job_version":9,"deployment":null,"at":"x","outcome":"rolled_back","previous":"1.1","prior_version":6,"detail":"unhealthy"}"#,
+                RolloutState::RolledBack,
+            ),
+            (
+                r#"{"tag":"1.1","digest":null,"seq":3,"job_version":null,"deployment":null,"at":"x","outcome":"failed","detail":"job not found"}"#,
+                RolloutState::Failed,
+            ),
+        ];
+        for (old, state) in cases {
+            let rec: Deployed = serde_json::from_str(old).expect(old);
+            assert_eq!(rec.outcome, state);
+            assert_eq!(rec.is_busy(), state.is_busy());
+            assert_eq!(serde_json::to_string(&rec).unwrap(), old);
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        // A busy record carries `started`, which readers ignore.
+        let busy: Deployed = serde_json::from_str(
+            r#"{"tag":"1.1","seq":3,"at":"x","outcome":"in_progress","started":1764460800000}"#,
+        )
+        .unwrap();
+        assert!(busy.is_busy());
+        // The set is closed: an outcome no tagbridge writes is refused,
+        // naming the field's allowed values.
+        let err =
+            serde_json::from_str::<Deployed>(r#"{"tag":"t","seq":1,"at":"x","outcome":"done"}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("unknown variant `done`") && err.contains("`rolled_back`"),
+            "{err}"
+        );
     }
 }

@@ -607,7 +607,7 @@ fn manual_is_noop(svc: &ServiceConfig, snap: &Snapshot, tag: &str) -> bool {
         Some(d) => {
             d.seq == want.seq
                 && d.tag == tag
-                && (d.outcome == crate::history::Deployed::DEPLOYED || d.is_busy())
+                && (d.outcome == crate::history::RolloutState::Deployed || d.is_busy())
         }
     }
 }
@@ -644,7 +644,7 @@ fn committed_snapshot(
 mod tests {
     use super::*;
     use crate::config::Purpose;
-    use crate::history::Deployed;
+    use crate::history::{Deployed, RolloutState};
 
     fn service(rollout: bool) -> ServiceConfig {
         let text = format!(
@@ -672,7 +672,7 @@ mod tests {
         cfg.services[0].clone()
     }
 
-    fn snap(desired: Option<(&str, u64)>, deployed: Option<(&str, u64, &str)>) -> Snapshot {
+    fn snap(desired: Option<(&str, u64)>, deployed: Option<(&str, u64, RolloutState)>) -> Snapshot {
         Snapshot {
             tag: deployed.map(|d| d.0.to_string()),
             desired: desired.map(|(tag, seq)| Desired {
@@ -688,7 +688,7 @@ mod tests {
                 job_version: None,
                 deployment: None,
                 at: "t".into(),
-                outcome: outcome.into(),
+                outcome,
                 previous: None,
                 prior_version: None,
                 detail: None,
@@ -701,24 +701,34 @@ mod tests {
     fn a_rolled_back_tag_can_be_deployed_again() {
         let svc = service(true);
         // Rolled back: the desired record still names bad-1.
-        let s = snap(Some(("bad-1", 4)), Some(("v3", 4, Deployed::ROLLED_BACK)));
+        let s = snap(
+            Some(("bad-1", 4)),
+            Some(("v3", 4, RolloutState::RolledBack)),
+        );
         assert!(!manual_is_noop(&svc, &s, "bad-1"));
-        let s = snap(Some(("bad-1", 4)), Some(("v3", 4, Deployed::FAILED)));
+        let s = snap(Some(("bad-1", 4)), Some(("v3", 4, RolloutState::Failed)));
         assert!(!manual_is_noop(&svc, &s, "bad-1"));
         // Deployed, being deployed, or still queued: nothing to do.
-        let s = snap(Some(("bad-1", 4)), Some(("bad-1", 4, Deployed::DEPLOYED)));
+        let s = snap(
+            Some(("bad-1", 4)),
+            Some(("bad-1", 4, RolloutState::Deployed)),
+        );
         assert!(manual_is_noop(&svc, &s, "bad-1"));
         let s = snap(
             Some(("bad-1", 4)),
-            Some(("bad-1", 4, Deployed::IN_PROGRESS)),
+            Some(("bad-1", 4, RolloutState::InProgress)),
         );
         assert!(manual_is_noop(&svc, &s, "bad-1"));
-        let s = snap(Some(("bad-1", 5)), Some(("v3", 4, Deployed::DEPLOYED)));
+        let s = snap(Some(("bad-1", 5)), Some(("v3", 4, RolloutState::Deployed)));
         assert!(manual_is_noop(&svc, &s, "bad-1"));
         assert!(!manual_is_noop(&svc, &s, "v3"));
         // KV-only services compare with the key.
         let kv = service(false);
-        assert!(manual_is_noop(&kv, &snap(None, Some(("v3", 0, ""))), "v3"));
+        assert!(manual_is_noop(
+            &kv,
+            &snap(None, Some(("v3", 0, RolloutState::Deployed))),
+            "v3"
+        ));
     }
 
     #[test]
@@ -726,6 +736,9 @@ mod tests {
         assert_eq!(next_seq(&snap(None, None)), 1);
         assert_eq!(next_seq(&snap(Some(("a", 4)), None)), 5);
         // desired/<svc> deleted by hand after the controller answered seq 6.
-        assert_eq!(next_seq(&snap(None, Some(("a", 6, Deployed::DEPLOYED)))), 7);
+        assert_eq!(
+            next_seq(&snap(None, Some(("a", 6, RolloutState::Deployed)))),
+            7
+        );
     }
 }

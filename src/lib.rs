@@ -7,7 +7,10 @@
 //!
 //! # Layout
 //!
-//! * `config` — `tagbridge.hcl` and the environment, validated once.
+//! * `config` — `tagbridge.hcl` and the environment, validated once, one
+//!   file per block: `listener` (top level and `tls`), `cluster` (`consul`,
+//!   `nomad`), `notify`, `service` (with `tags` and `rollout`); `raw` (the
+//!   file's shape), `fields` (the checks the blocks share).
 //! * `server` — the HTTPS webhook listener: `conn` (a connection's
 //!   deadlines, per-address caps), `guard` (secret matching, client
 //!   address, failed-attempt limit), `reject_log` (rejections summarised),
@@ -17,7 +20,8 @@
 //!   `decode` (JSON decoding and client-facing messages).
 //! * `policy` — include/exclude filters and tag order.
 //! * `ingest` — one change, one Consul transaction.
-//! * `history` — the records' shapes (history entry, desired, deployed);
+//! * `history` — the records' shapes (history entry, desired, deployed,
+//!   and the closed sets `Event` and `RolloutState`);
 //!   `history_store` — history as one key per entry: writes, paged reads,
 //!   migration of the old layout.
 //! * `controller` — the leader lock and one rollout driver per service.

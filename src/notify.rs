@@ -17,12 +17,15 @@ use serde_json::json;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{NotifyConfig, NotifyFormat};
+use crate::history::Event;
 use crate::http_client::HttpClient;
 
 /// What a notification says.
 #[derive(Debug, Clone)]
 pub struct Notice {
-    pub event: &'static str,
+    /// `Deployed`, `RolledBack` or `Failed`: the outcomes a target can ask
+    /// for.
+    pub event: Event,
     pub service: String,
     pub tag: String,
     pub previous: Option<String>,
@@ -33,8 +36,8 @@ pub struct Notice {
 impl Notice {
     fn text(&self) -> String {
         let mut s = match self.event {
-            "deployed" => format!(":white_check_mark: {} deployed {}", self.service, self.tag),
-            "rolled_back" => format!(
+            Event::Deployed => format!(":white_check_mark: {} deployed {}", self.service, self.tag),
+            Event::RolledBack => format!(
                 ":leftwards_arrow_with_hook: {} rolled back to {}",
                 self.service, self.tag
             ),
@@ -85,7 +88,7 @@ impl Notifier {
     /// Queue a notice; returns at once.
     pub fn send(&self, notice: Notice) {
         for target in self.targets.iter() {
-            if !target.events.iter().any(|e| e == notice.event) {
+            if !target.events.contains(&notice.event) {
                 continue;
             }
             let Some(url) = target.url.clone() else {
@@ -105,7 +108,7 @@ impl Notifier {
             let http = self.http.clone();
             let name = target.name.clone();
             let (attempts, backoff) = (self.attempts, self.backoff);
-            let event = notice.event;
+            let event = notice.event.as_str();
             self.tracker.spawn(async move {
                 let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
                 let once = || {

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RolloutConfig, ServiceConfig};
 use crate::consul::{Consul, ConsulError};
-use crate::history::{Deployed, Desired, HistoryEntry};
+use crate::history::{Deployed, Desired, HistoryEntry, RolloutState};
 use crate::http_client::HttpClient;
 use crate::ingest::Keys;
 use crate::nomad::{Job, Nomad, NomadError};

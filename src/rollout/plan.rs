@@ -28,7 +28,7 @@ pub fn plan_previous(
 ) -> Option<String> {
     let meta_now = meta_now.filter(|m| !m.is_empty()).map(str::to_string);
     match prev {
-        Some(p) if p.outcome == Deployed::FAILED => meta_now.or(p.previous.clone()),
+        Some(p) if p.outcome == RolloutState::Failed => meta_now.or(p.previous.clone()),
         Some(p) => Some(p.tag.clone()).or(meta_now),
         None => meta_now,
     }
@@ -78,7 +78,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 job_version: None,
                 deployment: None,
                 at: now_rfc3339(),
-                outcome: Deployed::FAILED.into(),
+                outcome: RolloutState::Failed,
                 previous: prev.map(|p| p.tag.clone()),
                 prior_version: None,
                 detail: Some(failure.to_string()),
@@ -117,7 +117,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             job_version: None,
             deployment: None,
             at: now_rfc3339(),
-            outcome: Deployed::IN_PROGRESS.into(),
+            outcome: RolloutState::InProgress,
             previous,
             prior_version: Some(job.version),
             detail: None,
@@ -136,7 +136,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     }
 
     pub(super) async fn resume(&self, rec: Deployed) -> Result<(), RolloutError> {
-        if rec.outcome == Deployed::ROLLING_BACK {
+        if rec.outcome == RolloutState::RollingBack {
             let reason = rec
                 .detail
                 .clone()

@@ -54,7 +54,7 @@ pub(super) struct Writes {
 
 impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     pub(super) async fn finish_deployed(&self, mut rec: Deployed) -> Result<(), RolloutError> {
-        rec.outcome = Deployed::DEPLOYED.into();
+        rec.outcome = RolloutState::Deployed;
         rec.at = now_rfc3339();
         rec.detail = None;
         let detail = format!(
@@ -76,7 +76,12 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         })
         .await?;
         tracing::info!(service = %self.svc.name, tag = %rec.tag, "deployed");
-        self.notify("deployed", &rec.tag, rec.previous.clone(), Some(detail));
+        self.notify(
+            Event::Deployed,
+            &rec.tag,
+            rec.previous.clone(),
+            Some(detail),
+        );
         Ok(())
     }
 
@@ -97,7 +102,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             job_version: version,
             deployment,
             at: now_rfc3339(),
-            outcome: Deployed::ROLLED_BACK.into(),
+            outcome: RolloutState::RolledBack,
             previous: Some(failed_tag.clone()),
             prior_version: rec.prior_version,
             detail: Some(reason.clone()),
@@ -115,7 +120,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         })
         .await?;
         tracing::warn!(service = %self.svc.name, failed = %failed_tag, restored = %tag, reason = %reason, "rolled back");
-        self.notify("rolled_back", &tag, Some(failed_tag), Some(reason));
+        self.notify(Event::RolledBack, &tag, Some(failed_tag), Some(reason));
         Ok(())
     }
 
@@ -126,7 +131,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         reason: String,
     ) -> Result<(), RolloutError> {
         let out = Deployed {
-            outcome: Deployed::FAILED.into(),
+            outcome: RolloutState::Failed,
             at: now_rfc3339(),
             detail: Some(reason.clone()),
             ..rec.clone()
@@ -144,7 +149,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         })
         .await?;
         tracing::error!(service = %self.svc.name, tag = failed_tag, reason = %reason, "rollout failed");
-        self.notify("failed", failed_tag, rec.previous, Some(reason));
+        self.notify(Event::Failed, failed_tag, rec.previous, Some(reason));
         Ok(())
     }
 
@@ -170,7 +175,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
 
     pub(super) fn notify(
         &self,
-        event: &'static str,
+        event: Event,
         tag: &str,
         previous: Option<String>,
         detail: Option<String>,

@@ -115,7 +115,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     ) -> Result<(), RolloutError> {
         let reason = failure.to_string();
         tracing::warn!(service = %self.svc.name, tag = %rec.tag, reason = %reason, "rollout failed; rolling back");
-        rec.outcome = Deployed::ROLLING_BACK.into();
+        rec.outcome = RolloutState::RollingBack;
         rec.detail = Some(reason.clone());
         rec.at = now_rfc3339();
         self.commit(Writes {

@@ -17,6 +17,9 @@
 //! `package_version.package_url` (`ghcr.io/<owner>/<name>:<tag>`), the two
 //! must name the same repository, or the delivery is refused.
 
+use std::ops::ControlFlow;
+
+use http::HeaderMap;
 use serde::Deserialize;
 
 use super::decode::{decode_json, delivery_header, empty, missing, non_empty, quote};
@@ -91,35 +94,10 @@ struct Account {
 /// [`WebhookError::Malformed`] when the event header is missing or the
 /// body is not a package event.
 pub fn parse(req: &Request<'_>) -> Result<Parsed, WebhookError> {
-    // SECURITY: GitHub deliveries are only trusted when signed. Config
-    // validation guarantees a secret for this source, but if one is absent
-    // anyway we fail closed, reporting the same error as a missing header
-    // so callers cannot probe how tagbridge is configured.
-    let secret = req
-        .signing_secret
-        .ok_or(WebhookError::SignatureMissing(HUB_SIGNATURE_256))?;
-    // SECURITY: verify over the raw bytes before looking at headers or
-    // JSON, so unauthenticated callers learn nothing about what parses.
-    verify_hub_signature_256(req.headers, req.body, secret)?;
-
-    let event = req
-        .headers
-        .get("X-GitHub-Event")
-        .ok_or_else(|| missing(SOURCE, "header X-GitHub-Event"))?
-        .to_str()
-        .map_err(|_| {
-            WebhookError::Malformed(format!("{SOURCE}: header X-GitHub-Event is not text"))
-        })?;
-    let key = match event {
-        "ping" => return Ok(Parsed::Ping),
-        "package" => "package",
-        "registry_package" => "registry_package",
-        other => {
-            return Ok(Parsed::Ignored(format!(
-                "github event {} is not a package event",
-                quote(other)
-            )))
-        }
+    authenticate(req)?;
+    let key = match package_event(req.headers)? {
+        ControlFlow::Continue(key) => key,
+        ControlFlow::Break(answer) => return Ok(answer),
     };
 
     let p: Payload = decode_json(SOURCE, req.body)?;
@@ -152,16 +130,7 @@ pub fn parse(req: &Request<'_>) -> Result<Parsed, WebhookError> {
     let version = pkg
         .package_version
         .ok_or_else(|| missing(SOURCE, &format!("{key}.package_version")))?;
-    let tag = version
-        .container_metadata
-        .ok_or_else(|| missing(SOURCE, &format!("{key}.package_version.container_metadata")))?
-        .tag
-        .ok_or_else(|| {
-            missing(
-                SOURCE,
-                &format!("{key}.package_version.container_metadata.tag"),
-            )
-        })?;
+    let tag = container_tag(key, version.container_metadata)?;
     let tag_name = tag.name.ok_or_else(|| {
         missing(
             SOURCE,
@@ -172,18 +141,7 @@ pub fn parse(req: &Request<'_>) -> Result<Parsed, WebhookError> {
         return Ok(Parsed::Ignored("untagged manifest (empty tag)".into()));
     }
 
-    let name = pkg
-        .name
-        .ok_or_else(|| missing(SOURCE, &format!("{key}.name")))?;
-    if name.is_empty() {
-        return Err(empty(SOURCE, &format!("{key}.name")));
-    }
-    let owner = non_empty(pkg.owner.and_then(|o| o.login))
-        .ok_or_else(|| missing(SOURCE, &format!("{key}.owner.login")))?;
-    // GHCR paths are lowercase whatever case the owner displays in; the
-    // grammar check in `webhook::parse` would lowercase too, but the
-    // cross-check below must compare like with like.
-    let repository = normalise_repository(&format!("{owner}/{name}"));
+    let repository = repository(key, pkg.name, pkg.owner)?;
     if let Some(url) = non_empty(version.package_url) {
         check_package_url(key, &url, &repository)?;
     }
@@ -195,6 +153,72 @@ pub fn parse(req: &Request<'_>) -> Result<Parsed, WebhookError> {
         actor: non_empty(p.sender.and_then(|s| s.login)),
         delivery: delivery_header(SOURCE, req.headers, "X-GitHub-Delivery")?,
     }]))
+}
+
+/// Check the delivery's signature.
+fn authenticate(req: &Request<'_>) -> Result<(), WebhookError> {
+    // SECURITY: GitHub deliveries are only trusted when signed. Config
+    // validation guarantees a secret for this source, but if one is absent
+    // anyway we fail closed, reporting the same error as a missing header
+    // so callers cannot probe how tagbridge is configured.
+    let secret = req
+        .signing_secret
+        .ok_or(WebhookError::SignatureMissing(HUB_SIGNATURE_256))?;
+    // SECURITY: verify over the raw bytes before looking at headers or
+    // JSON, so unauthenticated callers learn nothing about what parses.
+    verify_hub_signature_256(req.headers, req.body, secret)
+}
+
+/// The payload key of a package event (`package`, `registry_package`),
+/// or the answer for any other event (`ping`, ignored).
+fn package_event(headers: &HeaderMap) -> Result<ControlFlow<Parsed, &'static str>, WebhookError> {
+    let event = headers
+        .get("X-GitHub-Event")
+        .ok_or_else(|| missing(SOURCE, "header X-GitHub-Event"))?
+        .to_str()
+        .map_err(|_| {
+            WebhookError::Malformed(format!("{SOURCE}: header X-GitHub-Event is not text"))
+        })?;
+    Ok(match event {
+        "ping" => ControlFlow::Break(Parsed::Ping),
+        "package" => ControlFlow::Continue("package"),
+        "registry_package" => ControlFlow::Continue("registry_package"),
+        other => ControlFlow::Break(Parsed::Ignored(format!(
+            "github event {} is not a package event",
+            quote(other)
+        ))),
+    })
+}
+
+/// `package_version.container_metadata.tag`, required.
+fn container_tag(key: &str, metadata: Option<ContainerMetadata>) -> Result<Tag, WebhookError> {
+    metadata
+        .ok_or_else(|| missing(SOURCE, &format!("{key}.package_version.container_metadata")))?
+        .tag
+        .ok_or_else(|| {
+            missing(
+                SOURCE,
+                &format!("{key}.package_version.container_metadata.tag"),
+            )
+        })
+}
+
+/// `owner.login/name`, lowercased.
+fn repository(
+    key: &str,
+    name: Option<String>,
+    owner: Option<Account>,
+) -> Result<String, WebhookError> {
+    let name = name.ok_or_else(|| missing(SOURCE, &format!("{key}.name")))?;
+    if name.is_empty() {
+        return Err(empty(SOURCE, &format!("{key}.name")));
+    }
+    let owner = non_empty(owner.and_then(|o| o.login))
+        .ok_or_else(|| missing(SOURCE, &format!("{key}.owner.login")))?;
+    // GHCR paths are lowercase whatever case the owner displays in; the
+    // grammar check in `webhook::parse` would lowercase too, but the
+    // cross-check of `package_url` must compare like with like.
+    Ok(normalise_repository(&format!("{owner}/{name}")))
 }
 
 /// Refuse a delivery whose `package_url` names another repository than
