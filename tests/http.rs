@@ -413,22 +413,6 @@ async fn body_over_one_mib_is_413_declared_or_streamed() {
     tb.stop().await;
 }
 
-fn futures_stream(
-    items: Vec<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    struct S(std::vec::IntoIter<Result<Vec<u8>, std::io::Error>>);
-    impl futures_core::Stream for S {
-        type Item = Result<Vec<u8>, std::io::Error>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            std::task::Poll::Ready(self.0.next())
-        }
-    }
-    S(items.into_iter())
-}
-
 #[tokio::test]
 async fn repeated_failures_from_one_ip_get_429_with_retry_after() {
     let env = Env::new("http");
