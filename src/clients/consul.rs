@@ -651,6 +651,39 @@ impl Consul {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
+
+    fn client(token: Option<&[u8]>) -> Consul {
+        let http = HttpClient::new(&Default::default()).expect("client");
+        Consul::new(
+            http,
+            ConsulSettings {
+                address: "http://127.0.0.1:1".into(),
+                token: token.map(|t| Secret::new(t.to_vec())),
+                datacenter: Some("dc 1".into()),
+                timeout: Duration::from_secs(1),
+            },
+        )
+    }
+
+    #[test]
+    fn urls_carry_the_query_then_the_datacenter() {
+        let c = client(None);
+        let q = [("recurse", String::new()), ("index", "5".into())];
+        assert_eq!(
+            c.url("/v1/kv/a", &q),
+            "http://127.0.0.1:1/v1/kv/a?recurse&index=5&dc=dc%201"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_that_cannot_be_a_header_is_refused_without_its_bytes() {
+        let c = client(Some(b"s3cr3t\ntoken"));
+        let e = c.leader().await.unwrap_err();
+        assert!(matches!(e, ConsulError::Decode { .. }), "{e}");
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+    }
 
     #[test]
     fn keys_are_percent_encoded_but_keep_slashes() {

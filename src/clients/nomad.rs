@@ -756,6 +756,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn urls_carry_namespace_and_region_first() {
+        let http = HttpClient::new(&Default::default()).expect("client");
+        let n = Nomad::new(
+            http,
+            NomadSettings {
+                address: "http://127.0.0.1:1".into(),
+                token: None,
+                region: Some("eu".into()),
+                timeout: Duration::from_secs(1),
+            },
+        );
+        assert_eq!(
+            n.url("/v1/job/web", Some("team a"), &[("index", "3".into())]),
+            "http://127.0.0.1:1/v1/job/web?namespace=team%20a&region=eu&index=3"
+        );
+    }
+
+    #[test]
     fn conflicts_are_recognised_from_nomads_text() {
         let e = NomadError::Status {
             op: "job_register",
