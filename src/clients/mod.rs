@@ -16,10 +16,10 @@ pub mod nomad;
 
 use std::sync::Arc;
 
+use self::consul::{Consul, ConsulSettings};
+use self::http::{ClientBuildError, ClientTlsFiles, HttpClient};
+use self::nomad::{Nomad, NomadSettings};
 use crate::config::Config;
-use consul::{Consul, ConsulSettings};
-use http::{ClientBuildError, ClientTlsFiles, HttpClient};
-use nomad::{Nomad, NomadSettings};
 
 /// Build the Consul client a configuration describes.
 ///
