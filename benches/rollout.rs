@@ -43,18 +43,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::nomad::{job_file, probe, testsvc_bin, NomadAgent, TERMINAL_DEPLOYMENT};
-use common::{blocking_get_status, hub_sig, secret_pair, ConsulAgent, InProcess, TempDir, TestTls};
-use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
+use common::cluster::{rollout_config, run_example_job, Site, Tagbridge, KEY};
+use common::nomad::{probe, NomadAgent, TERMINAL_DEPLOYMENT};
+use common::{blocking_get_status, ConsulAgent, TempDir, TestTls};
+use serde_json::Value;
+use tagbridge::consul::BlockingIndex;
 
 const JOB: &str = "web";
-const KEY: &str = "configs/web/IMAGE_TAG";
 const OLD_TAG: &str = "1.0.0";
 const NEW_TAG: &str = "1.1.0";
 const INSTANCES: usize = 3;
 const WARMUP: &str = "8";
-const SIGNING: &str = "rollout-bench-signing-key";
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// From the webhook until the deploy must have settled.
@@ -222,61 +221,19 @@ impl Cluster {
     /// Write the key, register the example job at `tag` (3 instances,
     /// warm-up 8 s), wait until its deployment is successful.
     fn run_job(&self, file: &str, tag: &str) {
-        self.consul.put(KEY, tag);
-        let testsvc = testsvc_bin();
-        let vars = [
-            ("testsvc", testsvc.to_str().expect("utf-8 path")),
-            ("count", "3"),
-            ("job_name", JOB),
-            ("warmup", WARMUP),
-            ("tag_key", KEY),
-        ];
-        let mut job = self.nomad.parse_job(&job_file(file), &vars);
-        job["Meta"]["image_tag"] = json!(tag);
-        self.nomad.register(&job);
-        let d = self
-            .nomad
-            .wait_deployment_terminal(JOB, Duration::from_secs(120));
-        assert_eq!(d["Status"], "successful", "initial deployment: {d}");
+        let vars = [("warmup", WARMUP), ("tag_key", KEY)];
+        let limit = Duration::from_secs(120);
+        run_example_job(&self.consul, &self.nomad, file, tag, &vars, |_| {}, limit);
     }
 
     fn config(&self, rollout: bool) -> String {
-        let signing = self.dir.write("web.hmac", SIGNING);
-        let (_, hash) = secret_pair("web");
-        let rollout = if rollout {
-            "rollout {\n    job      = \"web\"\n    strategy = \"template\"\n    timeout  = \"5m\"\n  }"
-        } else {
-            ""
-        };
-        format!(
-            r#"
-listen       = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-log_format   = "pretty"
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-consul {{
-  address = "{consul}"
-}}
-nomad {{
-  address = "{nomad}"
-}}
-service "web" {{
-  secret_sha256       = "{hash}"
-  source              = "generic"
-  repository          = "acme/web"
-  key                 = "{KEY}"
-  signing_secret_file = "{signing}"
-  {rollout}
-}}
-"#,
-            cert = self.tls.cert_file.display(),
-            key = self.tls.key_file.display(),
-            consul = self.consul.addr(),
-            nomad = self.nomad.addr(),
-            signing = signing.display(),
+        let block = "job      = \"web\"\n    strategy = \"template\"\n    timeout  = \"5m\"";
+        rollout_config(
+            self,
+            &self.consul,
+            &self.nomad,
+            "",
+            rollout.then_some(block),
         )
     }
 
@@ -292,60 +249,26 @@ service "web" {{
     }
 }
 
-/// tagbridge in this process: the webhook listener, and the controller when
-/// the configuration has a rollout block (as `tagbridge serve` does).
-struct Bridge {
-    server: Option<InProcess>,
-    cancel: CancellationToken,
-    controller: Option<tokio::task::JoinHandle<()>>,
-    client: reqwest::Client,
+impl Site for Cluster {
+    fn dir(&self) -> &TempDir {
+        &self.dir
+    }
+    fn tls(&self) -> &TestTls {
+        &self.tls
+    }
 }
 
-impl Bridge {
-    async fn start(c: &Cluster, rollout: bool) -> Self {
-        let server = InProcess::start(&c.config(rollout), &c.dir).await;
-        let cancel = CancellationToken::new();
-        let controller = rollout.then(|| {
-            let ctx = tagbridge::clients::rollout_context(&server.state.config).expect("context");
-            tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()))
-        });
-        Bridge {
-            server: Some(server),
-            cancel,
-            controller,
-            client: c.tls.client(),
-        }
-    }
-
-    /// Send the signed webhook; the wall-clock time just before it was
-    /// sent, its answer, and how long the answer took.
-    async fn push(&self, tag: &str) -> (SystemTime, Instant, u16, Value, Duration) {
-        let body =
-            serde_json::to_vec(&json!({"repository": "acme/web", "tag": tag})).expect("JSON body");
-        let server = self.server.as_ref().expect("running");
-        let request = self
-            .client
-            .post(server.url(&format!("/hooks/{}", secret_pair("web").0)))
-            .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
-            .body(body);
-        let wall = SystemTime::now();
-        let sent = Instant::now();
-        let resp = request.send().await.expect("webhook request");
-        let took = sent.elapsed();
-        let status = resp.status().as_u16();
-        let answer = resp.json().await.unwrap_or(Value::Null);
-        (wall, sent, status, answer, took)
-    }
-
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(c) = self.controller.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), c).await;
-        }
-        if let Some(s) = self.server.take() {
-            s.stop().await;
-        }
-    }
+/// Send the signed webhook; the wall-clock time just before it was sent,
+/// its answer, and how long the answer took.
+async fn push(bridge: &Tagbridge, tag: &str) -> (SystemTime, Instant, u16, Value, Duration) {
+    let request = bridge.push_request(tag);
+    let wall = SystemTime::now();
+    let sent = Instant::now();
+    let resp = request.send().await.expect("webhook request");
+    let took = sent.elapsed();
+    let status = resp.status().as_u16();
+    let answer = resp.json().await.unwrap_or(Value::Null);
+    (wall, sent, status, answer, took)
 }
 
 /// One scenario on fresh agents.
@@ -360,7 +283,7 @@ fn measure(rt: &tokio::runtime::Runtime, scenario: Scenario) -> Figures {
         t.elapsed().as_secs_f64()
     );
     let rollout = scenario == Scenario::Template;
-    let bridge = rt.block_on(Bridge::start(&cluster, rollout));
+    let bridge = rt.block_on(Tagbridge::start(&cluster, &cluster.config(rollout), None));
     if rollout {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cluster.leader_held() && Instant::now() < deadline {
@@ -383,7 +306,7 @@ fn measure(rt: &tokio::runtime::Runtime, scenario: Scenario) -> Figures {
 fn observe(
     rt: &tokio::runtime::Runtime,
     cluster: &Cluster,
-    bridge: &Bridge,
+    bridge: &Tagbridge,
     scenario: Scenario,
 ) -> Figures {
     let mut fig = Figures::default();
@@ -421,7 +344,7 @@ fn observe(
         let window_start = Instant::now();
         std::thread::sleep(Duration::from_millis(500));
 
-        let (wall, sent, status, answer, took) = rt.block_on(bridge.push(NEW_TAG));
+        let (wall, sent, status, answer, took) = rt.block_on(push(bridge, NEW_TAG));
         fig.webhook_answer_ms = ms(took);
         let want = if scenario == Scenario::Template {
             202
@@ -537,17 +460,18 @@ fn discover(
     stop: &AtomicBool,
     hard_stop: Instant,
 ) {
-    let mut index = 0u64;
+    let mut index = BlockingIndex::default();
     while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
         let url = format!(
-            "{}/v1/job/{JOB}/allocations?index={index}&wait={BLOCK_WAIT}",
-            nomad.addr()
+            "{}/v1/job/{JOB}/allocations?index={}&wait={BLOCK_WAIT}",
+            nomad.addr(),
+            index.current()
         );
         let Ok((200, new_index, body)) = get_indexed(&url) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        index = next_index(index, new_index);
+        index.observe(new_index);
         let Ok(Value::Array(allocs)) = serde_json::from_str::<Value>(&body) else {
             continue;
         };
@@ -641,19 +565,20 @@ fn watch_deployment(
     stop: &AtomicBool,
     hard_stop: Instant,
 ) {
-    let mut index = 0u64;
+    let mut index = BlockingIndex::default();
     let mut id: Option<String> = None;
     while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+        let i = index.current();
         let url = match &id {
-            None => format!("{nomad}/v1/job/{JOB}/deployment?index={index}&wait={BLOCK_WAIT}"),
-            Some(id) => format!("{nomad}/v1/deployment/{id}?index={index}&wait={BLOCK_WAIT}"),
+            None => format!("{nomad}/v1/job/{JOB}/deployment?index={i}&wait={BLOCK_WAIT}"),
+            Some(id) => format!("{nomad}/v1/deployment/{id}?index={i}&wait={BLOCK_WAIT}"),
         };
         let Ok((200, new_index, body)) = get_indexed(&url) else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
         let at = Instant::now();
-        index = next_index(index, new_index);
+        index.observe(new_index);
         let d: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         if id.is_none() {
             // The initial deployment is version 0; ours is a later one.
@@ -680,16 +605,18 @@ fn watch_record(
     hard_stop: Instant,
 ) {
     use base64::Engine as _;
-    let mut index = 0u64;
+    let mut index = BlockingIndex::default();
     while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
-        let url =
-            format!("{consul}/v1/kv/tagbridge/deployed/{JOB}?index={index}&wait={BLOCK_WAIT}");
+        let url = format!(
+            "{consul}/v1/kv/tagbridge/deployed/{JOB}?index={}&wait={BLOCK_WAIT}",
+            index.current()
+        );
         let Ok((status, new_index, body)) = get_indexed(&url) else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
         let at = Instant::now();
-        index = next_index(index, new_index);
+        index.observe(new_index);
         if status != 200 {
             if status != 404 {
                 std::thread::sleep(Duration::from_millis(50));
@@ -712,16 +639,6 @@ fn watch_record(
             let _ = seen.set((at, record));
             return;
         }
-    }
-}
-
-/// The next blocking-query index: Consul and Nomad ask clients to start
-/// over when the index goes backwards, and never to use 0 after a reply.
-fn next_index(old: u64, new: u64) -> u64 {
-    if new < old {
-        0
-    } else {
-        new.max(1)
     }
 }
 

@@ -12,10 +12,10 @@ use clap::{Parser, Subcommand};
 
 use crate::clients::{consul_client, nomad_client};
 use crate::config::{Config, ConfigError, Purpose, ServiceConfig};
-use crate::consul::Consul;
+use crate::consul::{Consul, TxnOp, TxnOutcome};
 use crate::history::{Deployed, HistoryEntry, RolloutState};
 use crate::http_client::ClientBuildError;
-use crate::ingest::{read_for_write, read_snapshot, Change, Ingest, IngestError, Keys};
+use crate::ingest::{read_for_write, read_snapshot, Change, Ingest, IngestError, Keys, Snapshot};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Parser)]
@@ -325,77 +325,11 @@ pub async fn status(
     let mut rows = Vec::new();
     let mut docs = Vec::new();
     for svc in services {
-        let keys = Keys::new(cfg, svc);
-        let snap = read_snapshot(&consul, &keys).await?;
-        let deployed: Option<Deployed> = match consul.kv_get(&keys.deployed).await?.value {
-            Some(kv) if !kv.value.is_empty() => serde_json::from_slice(&kv.value).ok(),
-            _ => None,
-        };
-        let last_change = crate::history_store::recent(&consul, &keys.history, 1)
-            .await?
-            .first()
-            .map(|e| e.at.clone());
-        docs.push(serde_json::json!({
-            "service": svc.name,
-            "key": svc.key,
-            "tag": snap.tag,
-            "last_change": last_change,
-            "desired": snap.desired,
-            "deployed": deployed,
-            "pinned": snap.pinned(),
-            "rollout": svc.rollout.as_ref().map(|r| serde_json::json!({"job": r.job, "namespace": r.namespace})),
-        }));
-        rows.push(vec![
-            svc.name.clone(),
-            snap.tag.clone().unwrap_or_else(|| "-".into()),
-            last_change.unwrap_or_else(|| "-".into()),
-            snap.desired
-                .as_ref()
-                .map_or("-".into(), |d| format!("{} (#{})", d.tag, d.seq)),
-            deployed
-                .as_ref()
-                .map_or("-".into(), |d| format!("{} ({})", d.tag, d.outcome)),
-            if snap.pinned() { "yes" } else { "no" }.into(),
-            svc.rollout
-                .as_ref()
-                .map_or("none (KV only)".into(), |r| format!("job {}", r.job)),
-        ]);
+        let (doc, row) = status_of(cfg, &consul, svc).await?;
+        docs.push(doc);
+        rows.push(row);
     }
-    let mut live = Vec::new();
-    if cfg.services.iter().any(|s| s.rollout.is_some()) {
-        if let Ok(nomad) = nomad_client(cfg) {
-            for (i, svc) in cfg.services.iter().enumerate() {
-                let Some(rc) = &svc.rollout else { continue };
-                if name.is_some_and(|n| n != svc.name) {
-                    continue;
-                }
-                match nomad.latest_deployment(&rc.namespace, &rc.job, None).await {
-                    Ok(r) => {
-                        if let Some(d) = r.value {
-                            live.push((svc.name.clone(), deployment_lines(&d)));
-                            let doc_i = if name.is_some() { 0 } else { i };
-                            if let Some(doc) = docs.get_mut(doc_i) {
-                                doc["deployment"] = serde_json::json!({
-                                    "id": d.id, "job_version": d.job_version, "status": d.status,
-                                    "description": d.status_description,
-                                    "groups": d.task_groups.iter().map(|(n, g)| (n.clone(), serde_json::json!({
-                                        "desired": g.desired_total, "placed": g.placed_allocs,
-                                        "healthy": g.healthy_allocs, "unhealthy": g.unhealthy_allocs,
-                                        "desired_canaries": g.desired_canaries,
-                                        "placed_canaries": g.placed_canaries.as_ref().map_or(0, Vec::len),
-                                        "promoted": g.promoted,
-                                    }))).collect::<serde_json::Map<_, _>>(),
-                                });
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        live.push((svc.name.clone(), vec![format!("nomad unreachable: {e}")]))
-                    }
-                }
-            }
-        }
-    }
+    let live = live_deployments(cfg, name, &mut docs).await;
     if json {
         let value = if name.is_some() {
             docs.pop().unwrap_or_default()
@@ -428,6 +362,98 @@ pub async fn status(
         }
     }
     Ok(())
+}
+
+/// One service's records: its `status --json` document and table row.
+async fn status_of(
+    cfg: &Config,
+    consul: &Consul,
+    svc: &ServiceConfig,
+) -> Result<(serde_json::Value, Vec<String>), CliError> {
+    let keys = Keys::new(cfg, svc);
+    let snap = read_snapshot(consul, &keys).await?;
+    let deployed = read_deployed(consul, &keys).await?;
+    let last_change = crate::history_store::recent(consul, &keys.history, 1)
+        .await?
+        .first()
+        .map(|e| e.at.clone());
+    let doc = serde_json::json!({
+        "service": svc.name,
+        "key": svc.key,
+        "tag": snap.tag,
+        "last_change": last_change,
+        "desired": snap.desired,
+        "deployed": deployed,
+        "pinned": snap.pinned(),
+        "rollout": svc.rollout.as_ref().map(|r| serde_json::json!({"job": r.job, "namespace": r.namespace})),
+    });
+    let row = vec![
+        svc.name.clone(),
+        snap.tag.clone().unwrap_or_else(|| "-".into()),
+        last_change.unwrap_or_else(|| "-".into()),
+        snap.desired
+            .as_ref()
+            .map_or("-".into(), |d| format!("{} (#{})", d.tag, d.seq)),
+        deployed
+            .as_ref()
+            .map_or("-".into(), |d| format!("{} ({})", d.tag, d.outcome)),
+        if snap.pinned() { "yes" } else { "no" }.into(),
+        svc.rollout
+            .as_ref()
+            .map_or("none (KV only)".into(), |r| format!("job {}", r.job)),
+    ];
+    Ok((doc, row))
+}
+
+/// The live Nomad deployment of each shown service with a rollout: lines
+/// for the table, and a `deployment` field added to its document. Nomad
+/// being unreachable is shown, not an error: the records are the answer.
+async fn live_deployments(
+    cfg: &Config,
+    name: Option<&str>,
+    docs: &mut [serde_json::Value],
+) -> Vec<(String, Vec<String>)> {
+    let mut live = Vec::new();
+    if !cfg.services.iter().any(|s| s.rollout.is_some()) {
+        return live;
+    }
+    let Ok(nomad) = nomad_client(cfg) else {
+        return live;
+    };
+    for (i, svc) in cfg.services.iter().enumerate() {
+        let Some(rc) = &svc.rollout else { continue };
+        if name.is_some_and(|n| n != svc.name) {
+            continue;
+        }
+        match nomad.latest_deployment(&rc.namespace, &rc.job, None).await {
+            Ok(r) => {
+                if let Some(d) = r.value {
+                    live.push((svc.name.clone(), deployment_lines(&d)));
+                    let doc_i = if name.is_some() { 0 } else { i };
+                    if let Some(doc) = docs.get_mut(doc_i) {
+                        doc["deployment"] = deployment_doc(&d);
+                    }
+                }
+            }
+            Err(e) => live.push((svc.name.clone(), vec![format!("nomad unreachable: {e}")])),
+        }
+    }
+    live
+}
+
+/// A deployment as `status --json` shows it.
+fn deployment_doc(d: &crate::nomad::Deployment) -> serde_json::Value {
+    serde_json::json!({
+        "id": d.id, "job_version": d.job_version, "status": d.status,
+        "description": d.status_description,
+        "groups": d.task_groups.iter().map(|(n, g)| (n.clone(), serde_json::json!({
+            "desired": g.desired_total, "placed": g.placed_allocs,
+            "healthy": g.healthy_allocs, "unhealthy": g.unhealthy_allocs,
+            "desired_canaries": g.desired_canaries,
+            "placed_canaries": g.placed_canaries.as_ref().map_or(0, Vec::len),
+            "promoted": g.promoted,
+        }))).collect::<serde_json::Map<_, _>>(),
+    })
 }
 
 /// `tagbridge deploy <svc> <tag>`: the same transaction as a webhook,
@@ -580,12 +606,7 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     while tokio::time::Instant::now() < deadline {
         let deployed = read_deployed(&consul, &keys).await?;
         let snap = read_snapshot(&consul, &keys).await?;
-        let waiting_for_controller = match (&deployed, &snap.desired) {
-            (Some(d), _) if d.is_busy() => true,
-            (Some(d), Some(want)) => d.seq < want.seq && !snap.pinned(),
-            (None, Some(_)) => !snap.pinned(),
-            _ => false,
-        };
+        let waiting_for_controller = awaiting_controller(deployed.as_ref(), &snap);
         let dep_id = deployed.as_ref().and_then(|d| d.deployment.clone());
         if dep_id != current {
             current = dep_id.clone();
@@ -625,24 +646,45 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
             last_lines = lines;
         }
         if !waiting_for_controller {
-            let d =
-                deployed.ok_or_else(|| CliError::Other(format!("{name}: nothing deployed yet")))?;
-            if let Some(detail) = &d.detail {
-                writeln!(out, "{name}: {}: {detail}", d.outcome)?;
-            }
-            return if d.outcome == RolloutState::Deployed {
-                Ok(())
-            } else {
-                Err(CliError::Other(format!(
-                    "{name}: rollout ended {} (running {})",
-                    d.outcome, d.tag
-                )))
-            };
+            return watch_outcome(name, deployed, out);
         }
     }
     Err(CliError::Other(format!(
         "{name}: still rolling out; stopped watching"
     )))
+}
+
+/// Whether the controller still has work for the service: a rollout in
+/// progress, or a desired record newer than the deployed one (unless
+/// pinned, when it will not act on it).
+fn awaiting_controller(deployed: Option<&Deployed>, snap: &Snapshot) -> bool {
+    match (deployed, &snap.desired) {
+        (Some(d), _) if d.is_busy() => true,
+        (Some(d), Some(want)) => d.seq < want.seq && !snap.pinned(),
+        (None, Some(_)) => !snap.pinned(),
+        _ => false,
+    }
+}
+
+/// How `status --watch` ends once the controller is done: success only
+/// when the outcome is `deployed`.
+fn watch_outcome(
+    name: &str,
+    deployed: Option<Deployed>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let d = deployed.ok_or_else(|| CliError::Other(format!("{name}: nothing deployed yet")))?;
+    if let Some(detail) = &d.detail {
+        writeln!(out, "{name}: {}: {detail}", d.outcome)?;
+    }
+    if d.outcome == RolloutState::Deployed {
+        Ok(())
+    } else {
+        Err(CliError::Other(format!(
+            "{name}: rollout ended {} (running {})",
+            d.outcome, d.tag
+        )))
+    }
 }
 
 /// The target tag of the service's pin, when it is pinned to one.
@@ -690,7 +732,6 @@ pub async fn rollback(
     reason: Option<String>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    use crate::consul::{TxnOp, TxnOutcome};
     let svc = service(cfg, name)?;
     let consul = consul_client(cfg)?;
     let keys = Keys::new(cfg, svc);
@@ -712,29 +753,17 @@ pub async fn rollback(
         let history = crate::history_store::recent(&consul, &keys.history, ROLLBACK_SCAN).await?;
         // From the snapshot, so the transaction below can check it: a
         // controller write in between is a conflict, not a stale target.
-        let deployed = snap.deployed.clone();
-        let running = match (&svc.rollout, &deployed) {
+        let running = match (&svc.rollout, &snap.deployed) {
             (Some(_), Some(d)) => Some(d.tag.clone()),
             _ => snap.tag.clone(),
         };
         let target = match &to {
             Some(t) => t.clone(),
-            None => rollback_target(&history, running.as_deref())
-                .or_else(|| deployed.as_ref().and_then(|d| d.previous.clone()))
-                .or_else(|| {
-                    // A tag that was applied: not one recorded only as
-                    // older than current, or while pinned.
-                    history
-                        .iter()
-                        .filter(|e| {
-                            e.detail.is_none() || e.event != crate::history::Event::Received
-                        })
-                        .map(|e| e.tag.clone())
-                        .find(|t| Some(t) != running.as_ref())
-                })
-                .ok_or_else(|| {
+            None => {
+                default_rollback_target(&history, &snap, running.as_ref()).ok_or_else(|| {
                     CliError::Other(format!("{name}: no earlier tag in history; use --to <tag>"))
-                })?,
+                })?
+            }
         };
         // The same grammar as every other way into the key (it feeds env
         // files), and the service's own filters.
@@ -746,68 +775,13 @@ pub async fn rollback(
                 "{name}: tag {target:?} refused: {why}"
             )));
         }
-        let at = crate::clock::now_rfc3339();
-        let pin = crate::rollout::PinRecord {
-            tag: Some(target.clone()),
-            at: Some(at.clone()),
-            actor: Some(actor.clone()),
-            reason: reason.clone(),
+        let pin = RollbackPin {
+            target: &target,
+            running: running.as_deref(),
+            actor: &actor,
+            reason: reason.as_deref(),
         };
-        let desired = crate::history::Desired {
-            tag: target.clone(),
-            digest: None,
-            seq: crate::ingest::next_seq(&snap),
-            at: at.clone(),
-        };
-        let (history_ops, _) = crate::history_store::append_ops(
-            &keys.history,
-            &snap.history,
-            &HistoryEntry {
-                at,
-                event: crate::history::Event::Pinned,
-                tag: target.clone(),
-                previous: running.clone(),
-                digest: None,
-                source: Some("cli".into()),
-                delivery: None,
-                actor: Some(actor.clone()),
-                detail: Some(reason.clone().unwrap_or_else(|| "rollback".into())),
-            },
-            svc.history_keep,
-        );
-        // Plain data records: serialising them cannot fail.
-        let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap_or_default();
-        let mut ops = vec![
-            TxnOp::Cas {
-                key: keys.pin.clone(),
-                value: json(serde_json::json!(pin)),
-                index: snap.pin_index.unwrap_or(0),
-            },
-            TxnOp::Cas {
-                key: keys.desired.clone(),
-                value: json(serde_json::json!(desired)),
-                index: snap.desired_index,
-            },
-        ];
-        ops.extend(history_ops);
-        if svc.rollout.is_none() {
-            ops.push(TxnOp::Cas {
-                key: keys.tag.clone(),
-                value: target.as_bytes().to_vec(),
-                index: snap.key_index,
-            });
-        } else {
-            // `running` and the target came from the deployed record.
-            ops.push(match snap.deployed_index {
-                0 => TxnOp::CheckNotExists {
-                    key: keys.deployed.clone(),
-                },
-                i => TxnOp::CheckIndex {
-                    key: keys.deployed.clone(),
-                    index: i,
-                },
-            });
-        }
+        let ops = rollback_ops(svc, &keys, &snap, &pin);
         match consul.txn(&ops).await? {
             TxnOutcome::Committed(_) => {
                 writeln!(
@@ -826,13 +800,115 @@ pub async fn rollback(
     )))
 }
 
+/// The target of a rollback without `--to`: the newest deployed tag in
+/// history that is not running, else the deployed record's previous tag,
+/// else the newest tag that was applied.
+fn default_rollback_target(
+    history: &[HistoryEntry],
+    snap: &Snapshot,
+    running: Option<&String>,
+) -> Option<String> {
+    rollback_target(history, running.map(String::as_str))
+        .or_else(|| snap.deployed.as_ref().and_then(|d| d.previous.clone()))
+        .or_else(|| {
+            // A tag that was applied: not one recorded only as
+            // older than current, or while pinned.
+            history
+                .iter()
+                .filter(|e| e.detail.is_none() || e.event != crate::history::Event::Received)
+                .map(|e| e.tag.clone())
+                .find(|t| Some(t) != running)
+        })
+}
+
+/// What a rollback records: its target, what it replaces, who and why.
+struct RollbackPin<'a> {
+    target: &'a str,
+    running: Option<&'a str>,
+    actor: &'a str,
+    reason: Option<&'a str>,
+}
+
+/// The transaction of a rollback: the pin, the desired record and the
+/// history entry, each checked against the snapshot; a KV-only service's
+/// key is set here, a rollout's deployed record is checked unchanged.
+fn rollback_ops(
+    svc: &ServiceConfig,
+    keys: &Keys,
+    snap: &Snapshot,
+    rb: &RollbackPin<'_>,
+) -> Vec<TxnOp> {
+    let at = crate::clock::now_rfc3339();
+    let pin = crate::rollout::PinRecord {
+        tag: Some(rb.target.to_string()),
+        at: Some(at.clone()),
+        actor: Some(rb.actor.to_string()),
+        reason: rb.reason.map(str::to_string),
+    };
+    let desired = crate::history::Desired {
+        tag: rb.target.to_string(),
+        digest: None,
+        seq: crate::ingest::next_seq(snap),
+        at: at.clone(),
+    };
+    let (history_ops, _) = crate::history_store::append_ops(
+        &keys.history,
+        &snap.history,
+        &HistoryEntry {
+            at,
+            event: crate::history::Event::Pinned,
+            tag: rb.target.to_string(),
+            previous: rb.running.map(str::to_string),
+            digest: None,
+            source: Some("cli".into()),
+            delivery: None,
+            actor: Some(rb.actor.to_string()),
+            detail: Some(rb.reason.unwrap_or("rollback").to_string()),
+        },
+        svc.history_keep,
+    );
+    // Plain data records: serialising them cannot fail.
+    let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap_or_default();
+    let mut ops = vec![
+        TxnOp::Cas {
+            key: keys.pin.clone(),
+            value: json(serde_json::json!(pin)),
+            index: snap.pin_index.unwrap_or(0),
+        },
+        TxnOp::Cas {
+            key: keys.desired.clone(),
+            value: json(serde_json::json!(desired)),
+            index: snap.desired_index,
+        },
+    ];
+    ops.extend(history_ops);
+    if svc.rollout.is_none() {
+        ops.push(TxnOp::Cas {
+            key: keys.tag.clone(),
+            value: rb.target.as_bytes().to_vec(),
+            index: snap.key_index,
+        });
+    } else {
+        // `running` and the target came from the deployed record.
+        ops.push(match snap.deployed_index {
+            0 => TxnOp::CheckNotExists {
+                key: keys.deployed.clone(),
+            },
+            i => TxnOp::CheckIndex {
+                key: keys.deployed.clone(),
+                index: i,
+            },
+        });
+    }
+    ops
+}
+
 /// `tagbridge unpin <svc>`.
 ///
 /// # Errors
 ///
 /// Unknown service, Consul failures.
 pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), CliError> {
-    use crate::consul::{TxnOp, TxnOutcome};
     let svc = service(cfg, name)?;
     let consul = consul_client(cfg)?;
     let keys = Keys::new(cfg, svc);

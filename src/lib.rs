@@ -28,30 +28,29 @@
 //! * `rollout` — the rollout, one file per phase (`plan`, `watch`,
 //!   `rollback`, `record`, `requirements`), Nomad and Consul behind the
 //!   narrow traits of `ports`.
-//! * `consul`, `nomad`, `http_client` — thin typed clients on one hyper /
-//!   rustls (ring) stack.
+//! * `clients` — the outbound clients and the factories that build them
+//!   (and the rollout context) from a configuration: `http` (one hyper /
+//!   rustls (ring) stack, deadlines, the response size cap), `api` (what
+//!   Consul and Nomad share: URLs, the token header, blocking-query index
+//!   rules, status-to-error mapping), `consul` and `nomad` (their calls
+//!   only). Re-exported as `consul`, `nomad` and `http_client`.
 //! * `registry` — the OCI distribution API: a tag's digest and a
 //!   repository's tags, with the registry's token authentication.
 //! * `notify` — Slack-compatible and JSON notices of rollout outcomes.
 //! * `metrics` — the Prometheus registry.
 //! * `tls` — the serving certificate and its reloads; `x509` — its expiry.
 //! * `clock` — RFC 3339 timestamps.
-//! * `clients` — the Consul and Nomad clients (and the rollout context) a
-//!   configuration describes.
 //! * `cli` — the operator commands.
 
 pub mod cli;
 pub mod clients;
 pub mod clock;
 pub mod config;
-pub mod consul;
 pub mod controller;
 pub mod history;
 pub mod history_store;
-pub mod http_client;
 pub mod ingest;
 pub mod metrics;
-pub mod nomad;
 pub mod notify;
 pub mod policy;
 pub mod registry;
@@ -60,3 +59,7 @@ pub mod server;
 pub mod tls;
 pub mod webhook;
 pub mod x509;
+
+// The clients' modules by the short paths the rest of the code (and the
+// tests and benches) name them by.
+pub use clients::{consul, http as http_client, nomad};

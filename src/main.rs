@@ -2,6 +2,7 @@
 //! signals, sockets and exit codes. Everything else is the library's.
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tagbridge::cli::{self, Cli, CliError, Command};
 use tagbridge::config::{self, Config, LogFormat, Purpose};
 use tagbridge::ingest::Ingest;
 use tagbridge::metrics::Metrics;
+use tagbridge::notify::Notifier;
 use tagbridge::server::{self, AppState};
 use tagbridge::tls::CertStore;
 use tokio::net::TcpListener;
@@ -29,68 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result: anyhow::Result<()> = rt.block_on(async move {
-        let mut out = std::io::stdout().lock();
-        let cfg = |purpose| -> Result<Arc<Config>, CliError> {
-            Ok(Arc::new(Config::load(
-                &cli.config,
-                purpose,
-                &config::process_env,
-            )?))
-        };
-        match cli.command {
-            Command::Serve => match serve(cfg(Purpose::Serve)?, &cli.config).await? {
-                Some(listener) => reexec(listener),
-                None => Ok(()),
-            },
-            Command::Check { connect } => Ok(cli::check(&cli.config, connect, &mut out).await?),
-            Command::Secret => Ok(cli::secret(&mut out)?),
-            Command::History {
-                service,
-                limit,
-                json,
-            } => Ok(cli::history(
-                cfg(Purpose::Client)?.as_ref(),
-                &service,
-                limit,
-                json,
-                &mut out,
-            )
-            .await?),
-            Command::Status {
-                service,
-                json,
-                watch,
-            } => {
-                let cfg = cfg(Purpose::Client)?;
-                match (watch, service.as_deref()) {
-                    (true, Some(svc)) => Ok(cli::watch(&cfg, svc, &mut out).await?),
-                    _ => Ok(cli::status(&cfg, service.as_deref(), json, &mut out).await?),
-                }
-            }
-            Command::Rollback {
-                service,
-                to,
-                reason,
-            } => Ok(cli::rollback(
-                cfg(Purpose::Client)?.as_ref(),
-                &service,
-                to,
-                reason,
-                &mut out,
-            )
-            .await?),
-            Command::Unpin { service } => {
-                Ok(cli::unpin(cfg(Purpose::Client)?.as_ref(), &service, &mut out).await?)
-            }
-            Command::Deploy {
-                service,
-                tag,
-                reason,
-            } => Ok(cli::deploy(cfg(Purpose::Client)?, &service, &tag, reason, &mut out).await?),
-        }
-    });
-    match result {
+    match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Configuration problems are already one line each.
@@ -99,6 +40,70 @@ fn main() -> ExitCode {
             }
             ExitCode::from(1)
         }
+    }
+}
+
+/// Run the command: the configuration each needs, then the library's
+/// function for it.
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let cfg = |purpose| -> Result<Arc<Config>, CliError> {
+        Ok(Arc::new(Config::load(
+            &cli.config,
+            purpose,
+            &config::process_env,
+        )?))
+    };
+    match cli.command {
+        Command::Serve => match serve(cfg(Purpose::Serve)?, &cli.config).await? {
+            Some(listener) => reexec(listener),
+            None => Ok(()),
+        },
+        Command::Check { connect } => Ok(cli::check(&cli.config, connect, &mut out).await?),
+        Command::Secret => Ok(cli::secret(&mut out)?),
+        Command::History {
+            service,
+            limit,
+            json,
+        } => Ok(cli::history(
+            cfg(Purpose::Client)?.as_ref(),
+            &service,
+            limit,
+            json,
+            &mut out,
+        )
+        .await?),
+        Command::Status {
+            service,
+            json,
+            watch,
+        } => {
+            let cfg = cfg(Purpose::Client)?;
+            match (watch, service.as_deref()) {
+                (true, Some(svc)) => Ok(cli::watch(&cfg, svc, &mut out).await?),
+                _ => Ok(cli::status(&cfg, service.as_deref(), json, &mut out).await?),
+            }
+        }
+        Command::Rollback {
+            service,
+            to,
+            reason,
+        } => Ok(cli::rollback(
+            cfg(Purpose::Client)?.as_ref(),
+            &service,
+            to,
+            reason,
+            &mut out,
+        )
+        .await?),
+        Command::Unpin { service } => {
+            Ok(cli::unpin(cfg(Purpose::Client)?.as_ref(), &service, &mut out).await?)
+        }
+        Command::Deploy {
+            service,
+            tag,
+            reason,
+        } => Ok(cli::deploy(cfg(Purpose::Client)?, &service, &tag, reason, &mut out).await?),
     }
 }
 
@@ -189,23 +194,14 @@ async fn serve(
     init_tracing(cfg.log_format);
     let loaded_text = std::fs::read_to_string(path).unwrap_or_default();
     let loaded = config::fingerprint(&loaded_text, &cfg);
-    let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let restart = Arc::new(AtomicBool::new(false));
     let tls_files = cfg
         .tls
         .clone()
         .context("a tls block is required to serve")?;
     let certs = CertStore::load(&tls_files).context("loading the TLS certificate")?;
     let tls = certs.server_config().context("TLS configuration")?;
-    let consul = tagbridge::clients::consul_client(&cfg).context("Consul client")?;
-    let metrics = Arc::new(Metrics::new());
-    metrics.tls_not_after.set(certs.not_after());
-    let ingest = Ingest::new(consul, cfg.clone(), metrics.clone());
-    let state = Arc::new(AppState::new(
-        cfg.clone(),
-        ingest,
-        metrics,
-        Some(certs.clone()),
-    ));
+    let state = app_state(&cfg, &certs)?;
 
     let listener = webhook_listener(cfg.listen).await?;
     // A second descriptor of the same socket: it keeps the socket listening
@@ -225,58 +221,16 @@ async fn serve(
     );
 
     let cancel = CancellationToken::new();
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    {
-        let cancel = cancel.clone();
-        let certs = certs.clone();
-        let restart = restart.clone();
-        let path = path.to_path_buf();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = sigterm.recv() => {
-                        tracing::info!("SIGTERM: shutting down");
-                        restart.store(false, std::sync::atomic::Ordering::SeqCst);
-                        cancel.cancel();
-                        return;
-                    }
-                    _ = sigint.recv() => {
-                        tracing::info!("SIGINT: shutting down");
-                        restart.store(false, std::sync::atomic::Ordering::SeqCst);
-                        cancel.cancel();
-                        return;
-                    }
-                    _ = sighup.recv() => {
-                        match certs.reload() {
-                            Ok(()) => tracing::info!(not_after = certs.not_after(), "SIGHUP: TLS certificate reloaded"),
-                            Err(e) => tracing::warn!(error = %e, "SIGHUP: new TLS pair refused; still serving the previous certificate"),
-                        }
-                        if config_changed(&path, loaded) && !cancel.is_cancelled() {
-                            tracing::info!("SIGHUP: configuration changed; draining, then restarting with it");
-                            restart.store(true, std::sync::atomic::Ordering::SeqCst);
-                            cancel.cancel();
-                            // Keep listening: a SIGTERM during the drain
-                            // (`nomad stop`) must end the process, not
-                            // restart it.
-                        }
-                    }
-                }
-            }
-        });
-    }
+    spawn_signal_handler(
+        cancel.clone(),
+        certs.clone(),
+        restart.clone(),
+        path.to_path_buf(),
+        loaded,
+    )?;
     tokio::spawn(certs.clone().watch(Duration::from_secs(5), cancel.clone()));
 
-    let controller = if cfg.services.iter().any(|s| s.rollout.is_some()) {
-        let ctx = tagbridge::clients::rollout_context(&cfg).context("Nomad client")?;
-        tracing::info!(nomad = %cfg.nomad.address, "rollout controller enabled");
-        let notifier = ctx.notifier.clone();
-        let task = tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()));
-        Some((task, notifier))
-    } else {
-        None
-    };
+    let controller = start_controller(&cfg, &cancel)?;
     let admin_task = tokio::spawn(server::admin::run(
         admin,
         state.clone(),
@@ -299,6 +253,85 @@ async fn serve(
     let kept = kept.filter(|_| restart.load(std::sync::atomic::Ordering::SeqCst));
     tracing::info!(restart = kept.is_some(), "stopped");
     Ok(kept)
+}
+
+/// What the listeners share: the ingest path on its Consul client, the
+/// metrics, the certificate.
+fn app_state(cfg: &Arc<Config>, certs: &Arc<CertStore>) -> anyhow::Result<Arc<AppState>> {
+    let consul = tagbridge::clients::consul_client(cfg).context("Consul client")?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.tls_not_after.set(certs.not_after());
+    let ingest = Ingest::new(consul, cfg.clone(), metrics.clone());
+    Ok(Arc::new(AppState::new(
+        cfg.clone(),
+        ingest,
+        metrics,
+        Some(certs.clone()),
+    )))
+}
+
+/// The rollout controller, when any service has a rollout block: its task
+/// and the notifier to drain at shutdown.
+fn start_controller(
+    cfg: &Arc<Config>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<(tokio::task::JoinHandle<()>, Notifier)>> {
+    if !cfg.services.iter().any(|s| s.rollout.is_some()) {
+        return Ok(None);
+    }
+    let ctx = tagbridge::clients::rollout_context(cfg).context("Nomad client")?;
+    tracing::info!(nomad = %cfg.nomad.address, "rollout controller enabled");
+    let notifier = ctx.notifier.clone();
+    let task = tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()));
+    Ok(Some((task, notifier)))
+}
+
+/// Act on signals until the process stops: SIGTERM / SIGINT shut down,
+/// SIGHUP reloads the certificate and, when the configuration file
+/// changed into a valid one, drains and asks for a restart (`restart`).
+fn spawn_signal_handler(
+    cancel: CancellationToken,
+    certs: Arc<CertStore>,
+    restart: Arc<AtomicBool>,
+    path: std::path::PathBuf,
+    loaded: [u8; 32],
+) -> std::io::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    restart.store(false, std::sync::atomic::Ordering::SeqCst);
+                    cancel.cancel();
+                    return;
+                }
+                _ = sigint.recv() => {
+                    tracing::info!("SIGINT: shutting down");
+                    restart.store(false, std::sync::atomic::Ordering::SeqCst);
+                    cancel.cancel();
+                    return;
+                }
+                _ = sighup.recv() => {
+                    match certs.reload() {
+                        Ok(()) => tracing::info!(not_after = certs.not_after(), "SIGHUP: TLS certificate reloaded"),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: new TLS pair refused; still serving the previous certificate"),
+                    }
+                    if config_changed(&path, loaded) && !cancel.is_cancelled() {
+                        tracing::info!("SIGHUP: configuration changed; draining, then restarting with it");
+                        restart.store(true, std::sync::atomic::Ordering::SeqCst);
+                        cancel.cancel();
+                        // Keep listening: a SIGTERM during the drain
+                        // (`nomad stop`) must end the process, not
+                        // restart it.
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Whether the file at `path` now holds a valid configuration that differs

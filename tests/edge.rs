@@ -633,22 +633,6 @@ async fn over_one_mib_is_413_on_http2_and_http11() {
     assert_eq!(e.consul.kv("configs/gen/IMAGE_TAG").as_deref(), Some("22"));
 }
 
-fn futures_stream(
-    items: Vec<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    struct S(std::vec::IntoIter<Result<Vec<u8>, std::io::Error>>);
-    impl futures_core::Stream for S {
-        type Item = Result<Vec<u8>, std::io::Error>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            std::task::Poll::Ready(self.0.next())
-        }
-    }
-    S(items.into_iter())
-}
-
 /// One raw HTTP/1.1 request from 127.0.0.1 (the trusted proxy) with the
 /// given X-Forwarded-For lines, in order.
 async fn via_proxy(e: &Edge, xff: &[&str], path: &str, body: &[u8], sig: Option<&str>) -> u16 {

@@ -4,25 +4,16 @@
 
 mod common;
 
+use common::env::*;
 use common::*;
 use serde_json::{json, Value};
 
-fn config(consul: &ConsulAgent, tls: &TestTls, keep: usize) -> String {
-    let (_, hash) = secret_pair("web");
+/// The one service these tests write to, keeping `keep` entries.
+fn web(keep: usize) -> String {
     format!(
         r#"
-listen = "127.0.0.1:0"
-log_format = "pretty"
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-consul {{
-  address = "{consul}"
-  timeout = "2s"
-}}
 service "web" {{
-  secret_sha256 = "{hash}"
+  secret_sha256 = "{{SECRET:web}}"
   source        = "dockerhub"
   repository    = "acme/web"
   key           = "configs/web/IMAGE_TAG"
@@ -31,10 +22,7 @@ service "web" {{
     order = "numeric"
   }}
 }}
-"#,
-        cert = tls.cert_file.display(),
-        key = tls.key_file.display(),
-        consul = consul.addr(),
+"#
     )
 }
 
@@ -46,22 +34,6 @@ fn worst_case_push(tag: &str) -> Vec<u8> {
         "repository": {"repo_name": "acme/web", "name": "web", "namespace": "acme"}
     }))
     .unwrap()
-}
-
-async fn post(client: &reqwest::Client, tb: &InProcess, body: Vec<u8>) -> (u16, Value) {
-    let (secret, _) = secret_pair("web");
-    let resp = client
-        .post(tb.url(&format!("/hooks/{secret}")))
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 /// The CLI's `history --json` for the service.
@@ -88,22 +60,20 @@ fn cli_history(cfg: &std::path::Path, limit: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn full_history_with_worst_case_fields_never_jams() {
-    let consul = ConsulAgent::start();
-    let dir = TempDir::new("history");
-    let tls = TestTls::new(&dir);
-    let client = tls.client();
-    let text = config(&consul, &tls, 5);
-    let cfg = dir.write("tagbridge.hcl", &text);
-    let tb = InProcess::start(&text, &dir).await;
+    let env = Env::new("history");
+    let consul = &env.consul;
+    let text = env.config("", &web(5));
+    let cfg = env.dir.write("tagbridge.hcl", &text);
+    let tb = InProcess::start(&text, &env.dir).await;
 
     // Fill the history past history_keep with the largest accepted fields,
     // including older tags that are recorded in history only.
     for i in 1..=12u32 {
         let tag = format!("{:0>128}", i * 10);
-        let (status, body) = post(&client, &tb, worst_case_push(&tag)).await;
+        let (status, body) = env.post(&tb, "web", worst_case_push(&tag)).await;
         assert_eq!(status, 200, "{body}");
         let older = format!("{:0>128}", i * 10 - 5);
-        let (status, body) = post(&client, &tb, worst_case_push(&older)).await;
+        let (status, body) = env.post(&tb, "web", worst_case_push(&older)).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["reason"], "older than current");
     }
@@ -119,7 +89,9 @@ async fn full_history_with_worst_case_fields_never_jams() {
         assert!(consul.kv(k).unwrap().len() < 4096, "{k}");
     }
     // A legitimate newer tag still goes through.
-    let (status, body) = post(&client, &tb, worst_case_push(&format!("{:0>128}", 999))).await;
+    let (status, body) = env
+        .post(&tb, "web", worst_case_push(&format!("{:0>128}", 999)))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         consul.kv("configs/web/IMAGE_TAG").unwrap(),
@@ -137,16 +109,14 @@ async fn full_history_with_worst_case_fields_never_jams() {
 
 #[tokio::test]
 async fn history_pages_across_blocks() {
-    let consul = ConsulAgent::start();
-    let dir = TempDir::new("history");
-    let tls = TestTls::new(&dir);
-    let client = tls.client();
-    let text = config(&consul, &tls, 10_000);
-    let cfg = dir.write("tagbridge.hcl", &text);
-    let tb = InProcess::start(&text, &dir).await;
+    let env = Env::new("history");
+    let consul = &env.consul;
+    let text = env.config("", &web(10_000));
+    let cfg = env.dir.write("tagbridge.hcl", &text);
+    let tb = InProcess::start(&text, &env.dir).await;
     // 230 entries span three blocks of 100 keys.
     for i in 1..=230u32 {
-        let (status, body) = post(&client, &tb, worst_case_push(&i.to_string())).await;
+        let (status, body) = env.post(&tb, "web", worst_case_push(&i.to_string())).await;
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(consul.history_keys("web").len(), 230);
@@ -162,12 +132,10 @@ async fn history_pages_across_blocks() {
 
 #[tokio::test]
 async fn old_single_value_history_is_read_then_migrated_on_first_write() {
-    let consul = ConsulAgent::start();
-    let dir = TempDir::new("history");
-    let tls = TestTls::new(&dir);
-    let client = tls.client();
-    let text = config(&consul, &tls, 100);
-    let cfg = dir.write("tagbridge.hcl", &text);
+    let env = Env::new("history");
+    let consul = &env.consul;
+    let text = env.config("", &web(100));
+    let cfg = env.dir.write("tagbridge.hcl", &text);
 
     // The old layout: one JSON array, newest first, 150 entries (more than
     // history_keep, and more than one Consul transaction can hold).
@@ -190,8 +158,8 @@ async fn old_single_value_history_is_read_then_migrated_on_first_write() {
     assert_eq!(tags, ["150", "149", "148"]);
 
     // The first write migrates (newest history_keep entries), then appends.
-    let tb = InProcess::start(&text, &dir).await;
-    let (status, body) = post(&client, &tb, worst_case_push("151")).await;
+    let tb = InProcess::start(&text, &env.dir).await;
+    let (status, body) = env.post(&tb, "web", worst_case_push("151")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["previous"], "150");
     assert_eq!(
@@ -217,11 +185,9 @@ async fn old_single_value_history_is_read_then_migrated_on_first_write() {
 /// transactions Consul accepts (a 60-entry chunk of these would not be).
 #[tokio::test]
 async fn a_jammed_old_history_is_migrated_in_chunks_consul_accepts() {
-    let consul = ConsulAgent::start();
-    let dir = TempDir::new("history");
-    let tls = TestTls::new(&dir);
-    let client = tls.client();
-    let text = config(&consul, &tls, 100);
+    let env = Env::new("history");
+    let consul = &env.consul;
+    let text = env.config("", &web(100));
     let wide = |c: char| c.to_string().repeat(1000);
     let old: Vec<Value> = (1..=60u32)
         .rev()
@@ -240,8 +206,8 @@ async fn a_jammed_old_history_is_migrated_in_chunks_consul_accepts() {
     consul.put("tagbridge/history/web", &old);
     consul.put("configs/web/IMAGE_TAG", "60");
 
-    let tb = InProcess::start(&text, &dir).await;
-    let (status, body) = post(&client, &tb, worst_case_push("61")).await;
+    let tb = InProcess::start(&text, &env.dir).await;
+    let (status, body) = env.post(&tb, "web", worst_case_push("61")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         consul.kv("tagbridge/history/web"),

@@ -4,39 +4,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::env::*;
 use common::*;
 use serde_json::{json, Value};
-
-/// Build a config with the given service blocks (use `{SECRET:name}` in
-/// them for the secret hash of `name`).
-fn config(consul: &ConsulAgent, tls: &TestTls, extra: &str, services: &str) -> String {
-    let mut services = services.to_string();
-    while let Some(start) = services.find("{SECRET:") {
-        let end = start + services[start..].find('}').expect("closing brace");
-        let name = &services[start + 8..end];
-        let (_, hash) = secret_pair(name);
-        services.replace_range(start..=end, &hash);
-    }
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-log_format = "pretty"
-{extra}
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-consul {{
-  address = "{consul}"
-  timeout = "2s"
-}}
-{services}
-"#,
-        cert = tls.cert_file.display(),
-        key = tls.key_file.display(),
-        consul = consul.addr(),
-    )
-}
 
 const WEB: &str = r#"
 service "web" {
@@ -62,63 +32,9 @@ fn dockerhub(repo: &str, tag: &str) -> Vec<u8> {
     .unwrap()
 }
 
-struct Env {
-    consul: ConsulAgent,
-    tls: TestTls,
-    dir: TempDir,
-    client: reqwest::Client,
-}
-
-impl Env {
-    fn new() -> Self {
-        let consul = ConsulAgent::start();
-        let dir = TempDir::new("http");
-        let tls = TestTls::new(&dir);
-        let client = tls.client();
-        Env {
-            consul,
-            tls,
-            dir,
-            client,
-        }
-    }
-
-    async fn serve(&self, extra: &str, services: &str) -> InProcess {
-        InProcess::start(&config(&self.consul, &self.tls, extra, services), &self.dir).await
-    }
-
-    async fn post(&self, tb: &InProcess, name: &str, body: Vec<u8>) -> (u16, Value) {
-        self.post_h(tb, name, body, &[]).await
-    }
-
-    async fn post_h(
-        &self,
-        tb: &InProcess,
-        name: &str,
-        body: Vec<u8>,
-        headers: &[(&str, String)],
-    ) -> (u16, Value) {
-        let (secret, _) = secret_pair(name);
-        let mut req = self
-            .client
-            .post(tb.url(&format!("/hooks/{secret}")))
-            .body(body);
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-}
-
 #[tokio::test]
 async fn accepted_push_writes_tag_history_and_desired_together() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", WEB).await;
 
     let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "1.4.2")).await;
@@ -164,7 +80,7 @@ async fn accepted_push_writes_tag_history_and_desired_together() {
 
 #[tokio::test]
 async fn unchanged_older_and_filtered_tags_change_nothing_they_should_not() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", WEB).await;
     assert_eq!(
         env.post(&tb, "web", dockerhub("acme/web", "2.0.0")).await.0,
@@ -221,7 +137,7 @@ async fn unchanged_older_and_filtered_tags_change_nothing_they_should_not() {
 
 #[tokio::test]
 async fn exclude_list_filters_tags() {
-    let env = Env::new();
+    let env = Env::new("http");
     let svc = r#"
 service "api" {
   secret_sha256 = "{SECRET:api}"
@@ -257,7 +173,7 @@ service "api" {
 
 #[tokio::test]
 async fn rollout_configured_answers_202_queued() {
-    let env = Env::new();
+    let env = Env::new("http");
     let svc = r#"
 service "web" {
   secret_sha256 = "{SECRET:web}"
@@ -283,7 +199,7 @@ service "web" {
 
 #[tokio::test]
 async fn unknown_secret_and_any_other_path_get_the_same_404() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", WEB).await;
     let (good, _) = secret_pair("web");
     let mut bodies = Vec::new();
@@ -331,7 +247,7 @@ fn gh_service(dir: &TempDir) -> String {
 
 #[tokio::test]
 async fn missing_or_wrong_signature_is_401_and_changes_nothing() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", &gh_service(&env.dir)).await;
     let body = fixture("github/package_published.json");
     let event = ("X-GitHub-Event", "package".to_string());
@@ -381,7 +297,7 @@ async fn missing_or_wrong_signature_is_401_and_changes_nothing() {
 
 #[tokio::test]
 async fn github_and_acr_pings_answer_pong() {
-    let env = Env::new();
+    let env = Env::new("http");
     let acr = r#"
 service "acr" {
   secret_sha256 = "{SECRET:acr}"
@@ -414,7 +330,7 @@ service "acr" {
 
 #[tokio::test]
 async fn source_outside_allow_cidrs_is_403() {
-    let env = Env::new();
+    let env = Env::new("http");
     let svc = WEB.replace(
         "history_keep  = 5",
         "allow_cidrs = [\"192.0.2.0/24\", \"2001:db8::/32\"]",
@@ -445,7 +361,7 @@ async fn source_outside_allow_cidrs_is_403() {
 
 #[tokio::test]
 async fn malformed_body_and_wrong_repository_are_400_and_change_nothing() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", WEB).await;
     for (body, needle) in [
         (b"{not json".to_vec(), "dockerhub"),
@@ -471,7 +387,7 @@ async fn malformed_body_and_wrong_repository_are_400_and_change_nothing() {
 
 #[tokio::test]
 async fn body_over_one_mib_is_413_declared_or_streamed() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", WEB).await;
     let (secret, _) = secret_pair("web");
     let big = vec![b' '; 1024 * 1024 + 1];
@@ -497,25 +413,9 @@ async fn body_over_one_mib_is_413_declared_or_streamed() {
     tb.stop().await;
 }
 
-fn futures_stream(
-    items: Vec<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    struct S(std::vec::IntoIter<Result<Vec<u8>, std::io::Error>>);
-    impl futures_core::Stream for S {
-        type Item = Result<Vec<u8>, std::io::Error>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            std::task::Poll::Ready(self.0.next())
-        }
-    }
-    S(items.into_iter())
-}
-
 #[tokio::test]
 async fn repeated_failures_from_one_ip_get_429_with_retry_after() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("failed_attempts_per_minute = 3", WEB).await;
     let mut statuses = Vec::new();
     let mut retry_after = None;
@@ -558,7 +458,7 @@ async fn repeated_failures_from_one_ip_get_429_with_retry_after() {
 
 #[tokio::test]
 async fn consul_down_is_503_with_nothing_written_then_recovers() {
-    let mut env = Env::new();
+    let mut env = Env::new("http");
     let tb = env.serve("", WEB).await;
     assert_eq!(
         env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0,
@@ -596,8 +496,8 @@ async fn consul_down_is_503_with_nothing_written_then_recovers() {
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let env = Env::new();
-    let cfg = config(&env.consul, &env.tls, "", WEB);
+    let env = Env::new("http");
+    let cfg = env.config("", WEB);
     let tb = InProcess::start_with(&cfg, &env.dir, |l| {
         l.header_read = Duration::from_millis(800);
     })
@@ -629,7 +529,7 @@ async fn slow_headers_are_cut_off() {
 
 #[tokio::test]
 async fn history_is_bounded_at_history_keep() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", WEB).await;
     for i in 1..=8 {
         let (status, _) = env
@@ -645,7 +545,7 @@ async fn history_is_bounded_at_history_keep() {
 
 #[tokio::test]
 async fn concurrent_webhooks_on_two_replicas_lose_no_update() {
-    let env = Env::new();
+    let env = Env::new("http");
     let svc = WEB.replace("history_keep  = 5", "history_keep  = 100");
     let a = env.serve("", &svc).await;
     let b = env.serve("", &svc).await;
@@ -705,7 +605,7 @@ async fn concurrent_webhooks_on_two_replicas_lose_no_update() {
 
 #[tokio::test]
 async fn pinned_service_records_but_does_not_deploy() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", WEB).await;
     assert_eq!(
         env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0,
@@ -737,7 +637,7 @@ async fn pinned_service_records_but_does_not_deploy() {
 
 #[tokio::test]
 async fn a_change_by_someone_else_is_seen_not_overwritten() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", WEB).await;
     assert_eq!(
         env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0,
@@ -761,7 +661,7 @@ async fn a_change_by_someone_else_is_seen_not_overwritten() {
 
 #[tokio::test]
 async fn every_source_fixture_reaches_kv() {
-    let env = Env::new();
+    let env = Env::new("http");
     let signing = env.dir.write("signing", "fixture-signing-secret");
     let s = signing.display();
     let mut services = String::new();
@@ -874,7 +774,7 @@ async fn every_source_fixture_reaches_kv() {
 
 #[tokio::test]
 async fn http2_metrics_and_readiness() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", WEB).await;
     let (secret, _) = secret_pair("web");
     let resp = env
@@ -934,7 +834,7 @@ async fn http2_metrics_and_readiness() {
 
 #[tokio::test]
 async fn certificate_reload_swaps_pair_and_keeps_old_on_bad_pair() {
-    let env = Env::new();
+    let env = Env::new("http");
     let tb = env.serve("", WEB).await;
     let certs = tb.state.certs.clone().unwrap();
     let first = certs.not_after();

@@ -7,8 +7,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use common::env::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -56,27 +56,10 @@ fn write_config(dir: &TempDir, tls: &TestTls, consul: &ConsulAgent) -> PathBuf {
 }}
 "#
     ));
+    let top = "admin_listen = \"127.0.0.1:0\"\nlog_format   = \"json\"";
     dir.write(
         "tagbridge.hcl",
-        format!(
-            r#"
-listen       = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-log_format   = "json"
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-consul {{
-  address = "{consul}"
-  timeout = "5s"
-}}
-{services}
-"#,
-            cert = tls.cert_file.display(),
-            key = tls.key_file.display(),
-            consul = consul.addr(),
-        ),
+        webhook_config(tls, consul, "5s", top, &services),
     )
 }
 
@@ -89,12 +72,14 @@ struct Edge {
 
 impl Edge {
     fn start(name: &str) -> Self {
-        let consul = ConsulAgent::start();
-        let dir = TempDir::new(name);
-        let tls = TestTls::new(&dir);
+        let Env {
+            consul,
+            tls,
+            dir,
+            client,
+        } = Env::new(name);
         let cfg = write_config(&dir, &tls, &consul);
         let tb = Serving::start(&cfg, &[], dir.path().join("serve.log"));
-        let client = tls.client();
         Edge {
             consul,
             tb,
@@ -105,24 +90,13 @@ impl Edge {
 
     /// POST `body` to `service`'s secret URL; `(status, parsed body)`.
     async fn post(&self, service: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Value) {
-        let (secret, _) = secret_pair(service);
-        let mut req = self
-            .client
-            .post(self.tb.url(&format!("/hooks/{secret}")))
-            // A bound so a hung server fails the test instead of hanging
-            // it; not a performance assertion.
-            .timeout(Duration::from_secs(120))
-            .body(body);
-        for (k, v) in headers {
-            req = req.header(*k, v.as_bytes());
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        post_hook(
+            &self.client,
+            self.tb.url(&hook_path(service)),
+            body,
+            headers,
         )
+        .await
     }
 }
 

@@ -6,10 +6,10 @@ mod common;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::*;
 use common::nomad::*;
 use common::*;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 /// Nomad tests are heavy (an agent, three services each): at most two at
 /// once on a 2-core machine, or health checks start timing out.
@@ -36,8 +36,6 @@ impl Drop for Slot {
         cv.notify_one();
     }
 }
-
-const SIGNING: &str = "rollout-signing-key";
 
 struct Cluster {
     // Field order is drop order: tagbridge users first, Nomad before Consul.
@@ -98,64 +96,15 @@ impl Cluster {
         vars: &[(&str, &str)],
         edit: impl FnOnce(&mut Value),
     ) {
-        self.consul.put("configs/web/IMAGE_TAG", tag);
-        let testsvc = testsvc_bin();
-        let mut all = vec![
-            ("testsvc", testsvc.to_str().unwrap()),
-            ("count", "3"),
-            ("job_name", "web"),
-        ];
-        all.extend_from_slice(vars);
-        let mut job = self.nomad.parse_job(&job_file(file), &all);
-        job["Meta"]["image_tag"] = json!(tag);
-        edit(&mut job);
         tokio::task::block_in_place(|| {
-            self.nomad.register(&job);
-            let d = self
-                .nomad
-                .wait_deployment_terminal("web", Duration::from_secs(90));
-            assert_eq!(d["Status"], "successful", "initial deployment: {d}");
+            let limit = Duration::from_secs(90);
+            run_example_job(&self.consul, &self.nomad, file, tag, vars, edit, limit);
         });
     }
 
     fn config(&self, rollout: &str, extra: &str) -> String {
-        let signing = self.dir.write("web.hmac", SIGNING);
-        let (_, hash) = secret_pair("web");
-        format!(
-            r#"
-listen       = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-log_format   = "pretty"
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-consul {{
-  address = "{consul}"
-}}
-nomad {{
-  address = "{nomad}"
-}}
-{extra}
-service "web" {{
-  secret_sha256       = "{hash}"
-  source              = "generic"
-  repository          = "acme/web"
-  key                 = "configs/web/IMAGE_TAG"
-  signing_secret_file = "{signing}"
-  rollout {{
-    job     = "web"
-    timeout = "3m"
-    {rollout}
-  }}
-}}
-"#,
-            cert = self.tls.cert_file.display(),
-            key = self.tls.key_file.display(),
-            consul = self.consul.addr(),
-            nomad = self.nomad.addr(),
-            signing = signing.display(),
-        )
+        let rollout = format!("job     = \"web\"\n    timeout = \"3m\"\n    {rollout}");
+        rollout_config(self, &self.consul, &self.nomad, extra, Some(&rollout))
     }
 
     fn deployed(&self) -> Option<Value> {
@@ -191,52 +140,12 @@ async fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-/// tagbridge in this process: the webhook listener and the controller.
-struct Tagbridge {
-    server: Option<InProcess>,
-    cancel: CancellationToken,
-    controller: Option<tokio::task::JoinHandle<()>>,
-    client: reqwest::Client,
-}
-
-impl Tagbridge {
-    async fn start(c: &Cluster, config: &str, hook: Option<tagbridge::rollout::Hook>) -> Self {
-        let server = InProcess::start(config, &c.dir).await;
-        let mut ctx = tagbridge::clients::rollout_context(&server.state.config).expect("context");
-        ctx.before_register = hook;
-        let cancel = CancellationToken::new();
-        let controller = tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()));
-        Tagbridge {
-            server: Some(server),
-            cancel,
-            controller: Some(controller),
-            client: c.tls.client(),
-        }
+impl Site for Cluster {
+    fn dir(&self) -> &TempDir {
+        &self.dir
     }
-
-    async fn push(&self, tag: &str) -> (u16, Value) {
-        let body = serde_json::to_vec(&json!({"repository": "acme/web", "tag": tag})).unwrap();
-        let server = self.server.as_ref().expect("running");
-        let resp = self
-            .client
-            .post(server.url(&format!("/hooks/{}", secret_pair("web").0)))
-            .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
-            .body(body)
-            .send()
-            .await
-            .expect("webhook");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.expect("JSON answer"))
-    }
-
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(c) = self.controller.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), c).await;
-        }
-        if let Some(s) = self.server.take() {
-            s.stop().await;
-        }
+    fn tls(&self) -> &TestTls {
+        &self.tls
     }
 }
 

@@ -7,6 +7,8 @@
 //! killed.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod env;
 pub mod nomad;
 pub mod registry;
 
@@ -153,42 +155,72 @@ impl ConsulAgent {
 
     /// With extra agent arguments (e.g. `-hcl=acl { … }`).
     pub fn start_with(extra: &[String]) -> Self {
-        let dir = TempDir::new("consul");
-        let ports = free_ports(4);
-        let mut agent = ConsulAgent {
-            http_port: ports[0],
-            ports,
-            proc: None,
-            dir,
-            extra: extra.to_vec(),
-        };
+        let mut agent = Self::unlaunched("consul", extra);
         agent.launch();
         agent
     }
 
+    /// A Consul *server* with a data dir (not `-dev`), so a restart keeps
+    /// KV, sessions and locks: [`ConsulAgent::restart_durable`].
+    pub fn start_durable() -> Self {
+        let mut agent = Self::unlaunched("consul-durable", &[]);
+        agent.launch_durable();
+        agent
+    }
+
+    fn unlaunched(tag: &str, extra: &[String]) -> Self {
+        let ports = free_ports(4);
+        ConsulAgent {
+            http_port: ports[0],
+            ports,
+            proc: None,
+            dir: TempDir::new(tag),
+            extra: extra.to_vec(),
+        }
+    }
+
+    /// A dev agent: everything in memory.
     fn launch(&mut self) {
+        self.spawn(&["-dev".to_string()], "test");
+    }
+
+    fn launch_durable(&mut self) {
+        let data = self.dir.path().join("data");
+        let mode = [
+            "-server".to_string(),
+            "-bootstrap-expect=1".to_string(),
+            format!("-data-dir={}", data.display()),
+        ];
+        self.spawn(&mode, "durable");
+    }
+
+    /// Start the agent in `mode` on loopback and its own ports only, then
+    /// wait for a leader.
+    fn spawn(&mut self, mode: &[String], node: &str) {
         let p = &self.ports;
-        let args: Vec<String> = [
-            "agent",
-            "-dev",
-            "-bind=127.0.0.1",
-            "-client=127.0.0.1",
-            "-log-level=warn",
-            "-dns-port=-1",
-            "-grpc-port=-1",
-            "-grpc-tls-port=-1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
-            format!("-http-port={}", p[0]),
-            format!("-server-port={}", p[1]),
-            format!("-serf-lan-port={}", p[2]),
-            format!("-serf-wan-port={}", p[3]),
-            format!("-node=test-{}", p[0]),
-        ])
-        .chain(self.extra.iter().cloned())
-        .collect();
+        let args: Vec<String> = std::iter::once("agent".to_string())
+            .chain(mode.iter().cloned())
+            .chain(
+                [
+                    "-bind=127.0.0.1",
+                    "-client=127.0.0.1",
+                    "-log-level=warn",
+                    "-dns-port=-1",
+                    "-grpc-port=-1",
+                    "-grpc-tls-port=-1",
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            )
+            .chain([
+                format!("-http-port={}", p[0]),
+                format!("-server-port={}", p[1]),
+                format!("-serf-lan-port={}", p[2]),
+                format!("-serf-wan-port={}", p[3]),
+                format!("-node={node}-{}", p[0]),
+            ])
+            .chain(self.extra.iter().cloned())
+            .collect();
         let log = self.dir.path().join("consul.log");
         self.proc = Some(Watched::spawn(&consul_bin(), &args, &log, &[]));
         self.wait_ready();
@@ -225,6 +257,13 @@ impl ConsulAgent {
     pub fn restart(&mut self) {
         self.stop();
         self.launch();
+    }
+
+    /// Stop the server, stay down for `down`, start it again from its data.
+    pub fn restart_durable(&mut self, down: Duration) {
+        self.stop();
+        std::thread::sleep(down);
+        self.launch_durable();
     }
 
     /// Raw KV read (value as UTF-8), for assertions independent of
@@ -721,4 +760,21 @@ impl Drop for Serving {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A request body that arrives as these chunks (an error ends it early).
+pub fn futures_stream(
+    items: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    struct S(std::vec::IntoIter<Result<Vec<u8>, std::io::Error>>);
+    impl futures_core::Stream for S {
+        type Item = Result<Vec<u8>, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    S(items.into_iter())
 }

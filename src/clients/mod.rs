@@ -1,13 +1,25 @@
-//! The clients a configuration describes: Consul, Nomad, and the rollout
-//! context built on both. `serve` (main), the CLI and the tests build
-//! them here, so every caller gets the same TLS, token and timeout
-//! settings.
+//! The outbound clients, and the factories that build them from a
+//! configuration: Consul, Nomad, and the rollout context built on both.
+//! `serve` (main), the CLI and the tests build them here, so every caller
+//! gets the same TLS, token and timeout settings.
+//!
+//! * `http` — the transport: one hyper / rustls (ring) stack, deadlines
+//!   and the response size cap (notifications use it too).
+//! * `api` — what Consul and Nomad share on top of it: URLs, the token
+//!   header, blocking-query rules, status-to-error mapping.
+//! * `consul`, `nomad` — their API calls and the answers' shapes.
+
+pub(crate) mod api;
+pub mod consul;
+pub mod http;
+pub mod nomad;
 
 use std::sync::Arc;
 
+use self::consul::{Consul, ConsulSettings};
+use self::http::{ClientBuildError, ClientTlsFiles, HttpClient};
+use self::nomad::{Nomad, NomadSettings};
 use crate::config::Config;
-use crate::consul::{Consul, ConsulSettings};
-use crate::http_client::{ClientBuildError, HttpClient};
 
 /// Build the Consul client a configuration describes.
 ///
@@ -32,11 +44,11 @@ pub fn consul_client(cfg: &Config) -> Result<Consul, ClientBuildError> {
 /// # Errors
 ///
 /// TLS files that do not load.
-pub fn nomad_client(cfg: &Config) -> Result<crate::nomad::Nomad, ClientBuildError> {
+pub fn nomad_client(cfg: &Config) -> Result<Nomad, ClientBuildError> {
     let http = HttpClient::new(&cfg.nomad.tls)?;
-    Ok(crate::nomad::Nomad::new(
+    Ok(Nomad::new(
         http,
-        crate::nomad::NomadSettings {
+        NomadSettings {
             address: cfg.nomad.address.clone(),
             token: cfg.nomad.token.clone(),
             region: cfg.nomad.region.clone(),
@@ -51,7 +63,7 @@ pub fn nomad_client(cfg: &Config) -> Result<crate::nomad::Nomad, ClientBuildErro
 ///
 /// TLS files that do not load.
 pub fn rollout_context(cfg: &Arc<Config>) -> Result<crate::rollout::Context, ClientBuildError> {
-    let plain = HttpClient::new(&crate::http_client::ClientTlsFiles::default())?;
+    let plain = HttpClient::new(&ClientTlsFiles::default())?;
     Ok(crate::rollout::Context {
         consul: consul_client(cfg)?,
         nomad: nomad_client(cfg)?,

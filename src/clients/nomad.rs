@@ -8,16 +8,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use http_body_util::Full;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+pub use super::api::Read;
+use super::api::{decode_json, ApiClient, ApiError, Dialect};
+use super::http::{HttpClient, RequestError, Response};
 use crate::config::Secret;
-use crate::http_client::{HttpClient, RequestError, Response};
 
 /// Everything but unreserved characters is escaped in ids and query values.
 const ID_SET: &AsciiSet = &NON_ALPHANUMERIC
@@ -28,6 +27,14 @@ const ID_SET: &AsciiSet = &NON_ALPHANUMERIC
 
 /// Nomad clamps blocking waits to 5 minutes.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+static DIALECT: Dialect = Dialect {
+    token_header: "x-nomad-token",
+    index_header: "x-nomad-index",
+    query_set: ID_SET,
+    max_wait: MAX_WAIT,
+    excerpt_chars: 500,
+};
 
 /// Why a Nomad call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,6 +55,18 @@ pub enum NomadError {
     Decode { op: &'static str, reason: String },
 }
 
+impl ApiError for NomadError {
+    fn request(op: &'static str, source: RequestError) -> Self {
+        NomadError::Request { op, source }
+    }
+    fn status(op: &'static str, status: StatusCode, body: String) -> Self {
+        NomadError::Status { op, status, body }
+    }
+    fn decode(op: &'static str, reason: String) -> Self {
+        NomadError::Decode { op, reason }
+    }
+}
+
 impl NomadError {
     /// Whether the same request may succeed later.
     pub fn is_transient(&self) -> bool {
@@ -55,8 +74,7 @@ impl NomadError {
             NomadError::Request { .. } => true,
             NomadError::Status { status, body, .. } => {
                 (status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS)
-                    && !is_enforce_index_conflict_text(body)
-                    && !is_enforce_version_conflict_text(body)
+                    && lost_race_in_text(body).is_none()
             }
             NomadError::Decode { .. } => false,
         }
@@ -65,12 +83,14 @@ impl NomadError {
     /// A register lost an `EnforceIndex` race: someone else changed the
     /// job between our read and our write.
     pub fn is_enforce_index_conflict(&self) -> bool {
-        matches!(self, NomadError::Status { body, .. } if is_enforce_index_conflict_text(body))
+        matches!(self, NomadError::Status { body, .. }
+            if lost_race_in_text(body) == Some(LostRace::EnforceIndex))
     }
 
     /// A revert lost its `EnforcePriorVersion` check.
     pub fn is_enforce_version_conflict(&self) -> bool {
-        matches!(self, NomadError::Status { body, .. } if is_enforce_version_conflict_text(body))
+        matches!(self, NomadError::Status { body, .. }
+            if lost_race_in_text(body) == Some(LostRace::EnforcePriorVersion))
     }
 
     /// 403: the token lacks a capability.
@@ -79,16 +99,28 @@ impl NomadError {
     }
 }
 
-/// The one place that reads Nomad's error text. Nomad 1.11 gives no code
-/// for a lost `EnforceIndex` race, only a 500 whose body starts "Enforcing
-/// job modify index" (contract §8), and for a lost `EnforcePriorVersion`
-/// a 500 "Current job has version N; enforcing version M".
-fn is_enforce_index_conflict_text(body: &str) -> bool {
-    body.trim_start().starts_with("Enforcing job modify index")
+/// Which check-and-set a write lost, as Nomad's error text tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LostRace {
+    EnforceIndex,
+    EnforcePriorVersion,
 }
 
-fn is_enforce_version_conflict_text(body: &str) -> bool {
-    body.contains("enforcing version")
+/// The one place that classifies an error by its text (the rule is:
+/// never, except where the server gives nothing else). Nomad 1.11 gives
+/// no code for a lost `EnforceIndex` race, only a 500 whose body starts
+/// "Enforcing job modify index" (contract §8), and for a lost
+/// `EnforcePriorVersion` a 500 "Current job has version N; enforcing
+/// version M". Consul needs no such helper: its lost CAS is a 409 or a
+/// `false` body.
+fn lost_race_in_text(body: &str) -> Option<LostRace> {
+    if body.trim_start().starts_with("Enforcing job modify index") {
+        Some(LostRace::EnforceIndex)
+    } else if body.contains("enforcing version") {
+        Some(LostRace::EnforcePriorVersion)
+    } else {
+        None
+    }
 }
 
 /// Connection settings.
@@ -348,126 +380,66 @@ pub struct WriteResponse {
     pub warnings: String,
 }
 
-/// A read and the `X-Nomad-Index` for the next blocking query.
-#[derive(Debug, Clone)]
-pub struct Read<T> {
-    pub value: T,
-    pub index: u64,
-}
-
 /// The Nomad client.
 #[derive(Clone)]
 pub struct Nomad {
-    http: HttpClient,
-    settings: NomadSettings,
+    api: ApiClient,
+    region: Option<String>,
 }
 
 impl Nomad {
     pub fn new(http: HttpClient, settings: NomadSettings) -> Self {
-        Nomad { http, settings }
+        Nomad {
+            api: ApiClient::new(
+                http,
+                settings.address,
+                settings.token,
+                settings.timeout,
+                &DIALECT,
+            ),
+            region: settings.region,
+        }
     }
 
     pub fn address(&self) -> &str {
-        &self.settings.address
+        self.api.address()
     }
 
+    /// `namespace` and `region` first, then the query.
     fn url(&self, path: &str, namespace: Option<&str>, query: &[(&str, String)]) -> String {
-        let mut url = format!("{}{}", self.settings.address, path);
-        let mut sep = '?';
-        let mut push = |k: &str, v: &str| {
-            url.push(sep);
-            sep = '&';
-            url.push_str(k);
-            url.push('=');
-            url.extend(utf8_percent_encode(v, ID_SET));
-        };
-        if let Some(ns) = namespace {
-            push("namespace", ns);
-        }
-        if let Some(r) = &self.settings.region {
-            push("region", r);
-        }
-        for (k, v) in query {
-            push(k, v);
-        }
-        url
+        let ns = namespace.map(|ns| ("namespace", ns));
+        let region = self.region.as_deref().map(|r| ("region", r));
+        let query = query.iter().map(|(k, v)| (*k, v.as_str()));
+        self.api
+            .url(path, ns.into_iter().chain(region).chain(query))
     }
 
     fn id(s: &str) -> String {
         utf8_percent_encode(s, ID_SET).to_string()
     }
 
+    /// Send a request (a JSON body, if any) within the default deadline;
+    /// any status but 2xx is an error.
     async fn call(
         &self,
         op: &'static str,
         method: Method,
         url: String,
         body: Option<Value>,
-        timeout: Duration,
     ) -> Result<Response, NomadError> {
-        let mut req = http::Request::builder().method(method).uri(url);
-        if let Some(token) = &self.settings.token {
-            // SECURITY: marked sensitive so it never reaches a log.
-            let mut v =
-                HeaderValue::from_bytes(token.expose()).map_err(|_| NomadError::Decode {
-                    op,
-                    reason: "token contains bytes not allowed in a header".into(),
-                })?;
-            v.set_sensitive(true);
-            req = req.header(HeaderName::from_static("x-nomad-token"), v);
-        }
-        let bytes = match body {
-            Some(b) => {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-                serde_json::to_vec(&b).map_err(|e| NomadError::Decode {
-                    op,
-                    reason: e.to_string(),
-                })?
-            }
-            None => Vec::new(),
-        };
-        let req = req
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| NomadError::Decode {
-                op,
-                reason: format!("request: {e}"),
-            })?;
-        let resp = self
-            .http
-            .send(req, timeout)
-            .await
-            .map_err(|source| NomadError::Request { op, source })?;
+        let body = body
+            .map(|b| serde_json::to_vec(&b))
+            .transpose()
+            .map_err(|e| NomadError::decode(op, e.to_string()))?;
+        let resp = self.api.send(op, method, url, body).await?;
+        self.success(op, resp)
+    }
+
+    fn success(&self, op: &'static str, resp: Response) -> Result<Response, NomadError> {
         if !resp.status.is_success() {
-            let body: String = String::from_utf8_lossy(&resp.body)
-                .trim()
-                .chars()
-                .take(500)
-                .collect();
-            return Err(NomadError::Status {
-                op,
-                status: resp.status,
-                body,
-            });
+            return Err(self.api.status_error(op, &resp));
         }
         Ok(resp)
-    }
-
-    fn decode<T: for<'de> Deserialize<'de>>(
-        op: &'static str,
-        resp: &Response,
-    ) -> Result<T, NomadError> {
-        serde_json::from_slice(&resp.body).map_err(|e| NomadError::Decode {
-            op,
-            reason: e.to_string(),
-        })
-    }
-
-    fn index_of(resp: &Response) -> u64 {
-        resp.headers
-            .get("x-nomad-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
     }
 
     /// GET a JSON document, optionally as a blocking query: the shape of
@@ -479,28 +451,17 @@ impl Nomad {
         namespace: Option<&str>,
         block: Option<(u64, Duration)>,
     ) -> Result<Read<T>, NomadError> {
-        let (q, timeout) = self.blocking(block);
+        let (q, timeout) = self.api.blocking(block);
         let url = self.url(path, namespace, &q);
-        let resp = self.call(op, Method::GET, url, None, timeout).await?;
+        let resp = self
+            .api
+            .send_within(op, Method::GET, url, None, timeout)
+            .await?;
+        let resp = self.success(op, resp)?;
         Ok(Read {
-            index: Self::index_of(&resp),
-            value: Self::decode(op, &resp)?,
+            index: self.api.index_of(&resp),
+            value: decode_json(op, &resp.body)?,
         })
-    }
-
-    fn blocking(&self, block: Option<(u64, Duration)>) -> (Vec<(&'static str, String)>, Duration) {
-        match block {
-            None => (Vec::new(), self.settings.timeout),
-            Some((index, wait)) => {
-                let wait = wait.min(MAX_WAIT);
-                let mut q = Vec::new();
-                if index > 0 {
-                    q.push(("index", index.to_string()));
-                }
-                q.push(("wait", format!("{}ms", wait.as_millis())));
-                (q, wait + wait / 16 + self.settings.timeout)
-            }
-        }
     }
 
     /// Read a job; `None` when it does not exist.
@@ -511,11 +472,8 @@ impl Nomad {
     pub async fn job(&self, namespace: &str, id: &str) -> Result<Option<Job>, NomadError> {
         const OP: &str = "job_read";
         let url = self.url(&format!("/v1/job/{}", Self::id(id)), Some(namespace), &[]);
-        match self
-            .call(OP, Method::GET, url, None, self.settings.timeout)
-            .await
-        {
-            Ok(resp) => Ok(Some(Job::from_raw(Self::decode(OP, &resp)?, OP)?)),
+        match self.call(OP, Method::GET, url, None).await {
+            Ok(resp) => Ok(Some(Job::from_raw(decode_json(OP, &resp.body)?, OP)?)),
             Err(NomadError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
             Err(e) => Err(e),
         }
@@ -538,10 +496,8 @@ impl Nomad {
             Some(namespace),
             &[],
         );
-        let resp = self
-            .call(OP, Method::GET, url, None, self.settings.timeout)
-            .await?;
-        let v: Versions = Self::decode(OP, &resp)?;
+        let resp = self.call(OP, Method::GET, url, None).await?;
+        let v: Versions = decode_json(OP, &resp.body)?;
         v.versions
             .into_iter()
             .map(|j| Job::from_raw(j, OP))
@@ -570,10 +526,8 @@ impl Nomad {
             "EnforceIndex": true,
             "JobModifyIndex": enforce_index,
         });
-        let resp = self
-            .call(OP, Method::POST, url, Some(body), self.settings.timeout)
-            .await?;
-        Self::decode(OP, &resp)
+        let resp = self.call(OP, Method::POST, url, Some(body)).await?;
+        decode_json(OP, &resp.body)
     }
 
     /// Register a job document as is (tests and examples).
@@ -589,15 +543,9 @@ impl Nomad {
         const OP: &str = "job_register";
         let url = self.url("/v1/jobs", Some(namespace), &[]);
         let resp = self
-            .call(
-                OP,
-                Method::POST,
-                url,
-                Some(json!({ "Job": job })),
-                self.settings.timeout,
-            )
+            .call(OP, Method::POST, url, Some(json!({ "Job": job })))
             .await?;
-        Self::decode(OP, &resp)
+        decode_json(OP, &resp.body)
     }
 
     /// Revert a job to `version`, only if its current version is
@@ -624,10 +572,8 @@ impl Nomad {
             "JobVersion": version,
             "EnforcePriorVersion": enforce_prior_version,
         });
-        let resp = self
-            .call(OP, Method::POST, url, Some(body), self.settings.timeout)
-            .await?;
-        Self::decode(OP, &resp)
+        let resp = self.call(OP, Method::POST, url, Some(body)).await?;
+        decode_json(OP, &resp.body)
     }
 
     /// The job's most recent deployment (`None`: Nomad answers `null`).
@@ -729,8 +675,7 @@ impl Nomad {
             &[],
         );
         let body = json!({"DeploymentID": deployment_id, "All": true});
-        self.call(OP, Method::POST, url, Some(body), self.settings.timeout)
-            .await?;
+        self.call(OP, Method::POST, url, Some(body)).await?;
         Ok(())
     }
 
@@ -752,8 +697,7 @@ impl Nomad {
             &[],
         );
         let body = json!({"DeploymentID": deployment_id});
-        self.call(OP, Method::POST, url, Some(body), self.settings.timeout)
-            .await?;
+        self.call(OP, Method::POST, url, Some(body)).await?;
         Ok(())
     }
 
@@ -781,10 +725,7 @@ impl Nomad {
     pub async fn namespace_exists(&self, name: &str) -> Result<bool, NomadError> {
         const OP: &str = "namespace_read";
         let url = self.url(&format!("/v1/namespace/{}", Self::id(name)), None, &[]);
-        match self
-            .call(OP, Method::GET, url, None, self.settings.timeout)
-            .await
-        {
+        match self.call(OP, Method::GET, url, None).await {
             Ok(_) => Ok(true),
             Err(NomadError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(false),
             Err(e) => Err(e),
@@ -805,8 +746,7 @@ impl Nomad {
             &[],
         );
         let body = json!({"Job": job.raw, "Diff": false});
-        self.call(OP, Method::POST, url, Some(body), self.settings.timeout)
-            .await?;
+        self.call(OP, Method::POST, url, Some(body)).await?;
         Ok(())
     }
 }
@@ -814,6 +754,24 @@ impl Nomad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_carry_namespace_and_region_first() {
+        let http = HttpClient::new(&Default::default()).expect("client");
+        let n = Nomad::new(
+            http,
+            NomadSettings {
+                address: "http://127.0.0.1:1".into(),
+                token: None,
+                region: Some("eu".into()),
+                timeout: Duration::from_secs(1),
+            },
+        );
+        assert_eq!(
+            n.url("/v1/job/web", Some("team a"), &[("index", "3".into())]),
+            "http://127.0.0.1:1/v1/job/web?namespace=team%20a&region=eu&index=3"
+        );
+    }
 
     #[test]
     fn conflicts_are_recognised_from_nomads_text() {

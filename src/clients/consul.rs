@@ -8,14 +8,13 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use http_body_util::Full;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde::{Deserialize, Serialize};
 
-use crate::http_client::{HttpClient, RequestError, Response};
+use super::api::{decode_json, ApiClient, ApiError, Dialect};
+pub use super::api::{BlockingIndex, Read};
+use super::http::{HttpClient, RequestError, Response};
 
 /// Characters escaped in a KV key path. `/` is kept: it is Consul's own
 /// separator and the key is sent as a path.
@@ -45,6 +44,14 @@ const QUERY_SET: &AsciiSet = &KEY_SET.add(b'/');
 
 /// Consul clamps blocking waits to 10 minutes; we stay well below.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+static DIALECT: Dialect = Dialect {
+    token_header: "x-consul-token",
+    index_header: "x-consul-index",
+    query_set: QUERY_SET,
+    max_wait: MAX_WAIT,
+    excerpt_chars: 300,
+};
 
 /// Why a Consul call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -91,6 +98,18 @@ impl ConsulError {
             }
             _ => false,
         }
+    }
+}
+
+impl ApiError for ConsulError {
+    fn request(op: &'static str, source: RequestError) -> Self {
+        ConsulError::Request { op, source }
+    }
+    fn status(op: &'static str, status: StatusCode, body: String) -> Self {
+        ConsulError::Status { op, status, body }
+    }
+    fn decode(op: &'static str, reason: String) -> Self {
+        ConsulError::Decode { op, reason }
     }
 }
 
@@ -286,108 +305,55 @@ struct RawTxnError {
     what: String,
 }
 
-/// Result of a read: the entry (if any) and the `X-Consul-Index` to pass
-/// to the next blocking query.
-#[derive(Debug, Clone)]
-pub struct Read<T> {
-    pub value: T,
-    pub index: u64,
-}
-
 /// The Consul client.
 #[derive(Clone)]
 pub struct Consul {
-    http: HttpClient,
-    settings: ConsulSettings,
-}
-
-fn token_header() -> HeaderName {
-    HeaderName::from_static("x-consul-token")
+    api: ApiClient,
+    datacenter: Option<String>,
 }
 
 impl Consul {
     pub fn new(http: HttpClient, settings: ConsulSettings) -> Self {
-        Self { http, settings }
+        Self {
+            api: ApiClient::new(
+                http,
+                settings.address,
+                settings.token,
+                settings.timeout,
+                &DIALECT,
+            ),
+            datacenter: settings.datacenter,
+        }
     }
 
     pub fn address(&self) -> &str {
-        &self.settings.address
+        self.api.address()
     }
 
+    /// The query, then `dc` when one is configured.
     fn url(&self, path: &str, query: &[(&str, String)]) -> String {
-        let mut url = format!("{}{}", self.settings.address, path);
-        let mut sep = '?';
-        let dc = self
-            .settings
-            .datacenter
-            .as_ref()
-            .map(|dc| ("dc", dc.clone()));
-        for (k, v) in query.iter().cloned().chain(dc) {
-            url.push(sep);
-            sep = '&';
-            url.push_str(k);
-            if !v.is_empty() {
-                url.push('=');
-                url.extend(utf8_percent_encode(&v, QUERY_SET));
-            }
-        }
-        url
+        let dc = self.datacenter.as_deref().map(|dc| ("dc", dc));
+        self.api
+            .url(path, query.iter().map(|(k, v)| (*k, v.as_str())).chain(dc))
     }
 
     fn kv_path(key: &str) -> String {
         format!("/v1/kv/{}", utf8_percent_encode(key, KEY_SET))
     }
 
-    async fn call(
+    /// Send within the default deadline and expect 200.
+    async fn call_ok(
         &self,
         op: &'static str,
         method: Method,
         url: String,
         body: Option<Vec<u8>>,
-        timeout: Duration,
     ) -> Result<Response, ConsulError> {
-        let mut req = http::Request::builder().method(method).uri(url);
-        if let Some(token) = &self.settings.token {
-            // SECURITY: marked sensitive so hyper never logs or indexes it.
-            let mut value =
-                HeaderValue::from_bytes(token.expose()).map_err(|_| ConsulError::Decode {
-                    op,
-                    reason: "token contains bytes not allowed in a header".into(),
-                })?;
-            value.set_sensitive(true);
-            req = req.header(token_header(), value);
+        let resp = self.api.send(op, method, url, body).await?;
+        if resp.status != StatusCode::OK {
+            return Err(self.api.status_error(op, &resp));
         }
-        if body.is_some() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ConsulError::Decode {
-                op,
-                reason: format!("request: {e}"),
-            })?;
-        self.http
-            .send(req, timeout)
-            .await
-            .map_err(|source| ConsulError::Request { op, source })
-    }
-
-    fn status_err(op: &'static str, resp: &Response) -> ConsulError {
-        let body = String::from_utf8_lossy(&resp.body);
-        let body: String = body.trim().chars().take(300).collect();
-        ConsulError::Status {
-            op,
-            status: resp.status,
-            body,
-        }
-    }
-
-    fn index_of(resp: &Response) -> u64 {
-        resp.headers
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        Ok(resp)
     }
 
     /// Read one key.
@@ -420,26 +386,12 @@ impl Consul {
         block: Option<(u64, Duration)>,
     ) -> Result<Read<Option<KvPair>>, ConsulError> {
         const OP: &str = "kv_get";
-        let (query, timeout) = blocking_query(block, self.settings.timeout);
-        let url = self.url(&Self::kv_path(key), &query);
-        let resp = self.call(OP, Method::GET, url, None, timeout).await?;
-        let index = Self::index_of(&resp);
-        match resp.status {
-            StatusCode::NOT_FOUND => Ok(Read { value: None, index }),
-            StatusCode::OK => {
-                let mut raw: Vec<RawKv> =
-                    serde_json::from_slice(&resp.body).map_err(|e| ConsulError::Decode {
-                        op: OP,
-                        reason: e.to_string(),
-                    })?;
-                let value = match raw.pop() {
-                    Some(kv) => Some(kv.decode(OP)?),
-                    None => None,
-                };
-                Ok(Read { value, index })
-            }
-            _ => Err(Self::status_err(OP, &resp)),
-        }
+        let (mut raw, index) = self.kv_read(OP, key, block, Vec::new()).await?;
+        let value = match raw.pop() {
+            Some(kv) => Some(kv.decode(OP)?),
+            None => None,
+        };
+        Ok(Read { value, index })
     }
 
     /// Read every key under a prefix, optionally blocking.
@@ -453,29 +405,36 @@ impl Consul {
         block: Option<(u64, Duration)>,
     ) -> Result<Read<Vec<KvPair>>, ConsulError> {
         const OP: &str = "kv_list";
-        let (mut query, timeout) = blocking_query(block, self.settings.timeout);
-        query.push(("recurse", String::new()));
-        let url = self.url(&Self::kv_path(prefix), &query);
-        let resp = self.call(OP, Method::GET, url, None, timeout).await?;
-        let index = Self::index_of(&resp);
+        let recurse = vec![("recurse", String::new())];
+        let (raw, index) = self.kv_read(OP, prefix, block, recurse).await?;
+        let value = raw
+            .into_iter()
+            .map(|kv| kv.decode(OP))
+            .collect::<Result<_, _>>()?;
+        Ok(Read { value, index })
+    }
+
+    /// The shape of every KV read: optionally blocking, 404 is "no
+    /// entries", and the index comes back either way.
+    async fn kv_read(
+        &self,
+        op: &'static str,
+        key: &str,
+        block: Option<(u64, Duration)>,
+        extra: Vec<(&'static str, String)>,
+    ) -> Result<(Vec<RawKv>, u64), ConsulError> {
+        let (mut query, timeout) = self.api.blocking(block);
+        query.extend(extra);
+        let url = self.url(&Self::kv_path(key), &query);
+        let resp = self
+            .api
+            .send_within(op, Method::GET, url, None, timeout)
+            .await?;
+        let index = self.api.index_of(&resp);
         match resp.status {
-            StatusCode::NOT_FOUND => Ok(Read {
-                value: Vec::new(),
-                index,
-            }),
-            StatusCode::OK => {
-                let raw: Vec<RawKv> =
-                    serde_json::from_slice(&resp.body).map_err(|e| ConsulError::Decode {
-                        op: OP,
-                        reason: e.to_string(),
-                    })?;
-                let value = raw
-                    .into_iter()
-                    .map(|kv| kv.decode(OP))
-                    .collect::<Result<_, _>>()?;
-                Ok(Read { value, index })
-            }
-            _ => Err(Self::status_err(OP, &resp)),
+            StatusCode::NOT_FOUND => Ok((Vec::new(), index)),
+            StatusCode::OK => Ok((decode_json(op, &resp.body)?, index)),
+            _ => Err(self.api.status_error(op, &resp)),
         }
     }
 
@@ -493,35 +452,27 @@ impl Consul {
             reason: e.to_string(),
         })?;
         let url = self.url("/v1/txn", &[]);
-        let resp = self
-            .call(OP, Method::PUT, url, Some(body), self.settings.timeout)
-            .await?;
-        match resp.status {
-            StatusCode::OK | StatusCode::CONFLICT => {
-                let parsed: RawTxnResponse =
-                    serde_json::from_slice(&resp.body).map_err(|e| ConsulError::Decode {
-                        op: OP,
-                        reason: e.to_string(),
-                    })?;
-                if resp.status == StatusCode::CONFLICT {
-                    let errors = parsed
-                        .errors
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|e| (e.op_index, e.what))
-                        .collect();
-                    return Ok(TxnOutcome::Conflict(errors));
-                }
-                let indexes = parsed
-                    .results
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|r| r.kv.map(|kv| (kv.key, kv.modify_index)))
-                    .collect();
-                Ok(TxnOutcome::Committed(indexes))
-            }
-            _ => Err(Self::status_err(OP, &resp)),
+        let resp = self.api.send(OP, Method::PUT, url, Some(body)).await?;
+        if !matches!(resp.status, StatusCode::OK | StatusCode::CONFLICT) {
+            return Err(self.api.status_error(OP, &resp));
         }
+        let parsed: RawTxnResponse = decode_json(OP, &resp.body)?;
+        if resp.status == StatusCode::CONFLICT {
+            let errors = parsed
+                .errors
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| (e.op_index, e.what))
+                .collect();
+            return Ok(TxnOutcome::Conflict(errors));
+        }
+        let indexes = parsed
+            .results
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| r.kv.map(|kv| (kv.key, kv.modify_index)))
+            .collect();
+        Ok(TxnOutcome::Committed(indexes))
     }
 
     /// Write one key with check-and-set; `Ok(false)` when the CAS lost.
@@ -548,17 +499,8 @@ impl Consul {
     ) -> Result<bool, ConsulError> {
         let url = self.url(&Self::kv_path(key), query);
         let resp = self
-            .call(
-                op,
-                Method::PUT,
-                url,
-                Some(value.to_vec()),
-                self.settings.timeout,
-            )
+            .call_ok(op, Method::PUT, url, Some(value.to_vec()))
             .await?;
-        if resp.status != StatusCode::OK {
-            return Err(Self::status_err(op, &resp));
-        }
         match resp.body.trim_ascii() {
             b"true" => Ok(true),
             b"false" => Ok(false),
@@ -578,14 +520,8 @@ impl Consul {
     ///
     /// Transport failures and unexpected statuses.
     pub async fn kv_delete_cas(&self, key: &str, index: u64) -> Result<bool, ConsulError> {
-        const OP: &str = "kv_delete";
         let url = self.url(&Self::kv_path(key), &[("cas", index.to_string())]);
-        let resp = self
-            .call(OP, Method::DELETE, url, None, self.settings.timeout)
-            .await?;
-        if resp.status != StatusCode::OK {
-            return Err(Self::status_err(OP, &resp));
-        }
+        let resp = self.call_ok("kv_delete", Method::DELETE, url, None).await?;
         Ok(resp.body.trim_ascii() == b"true")
     }
 
@@ -625,17 +561,13 @@ impl Consul {
             reason: e.to_string(),
         })?;
         let url = self.url("/v1/session/create", &[]);
-        let resp = self
-            .call(OP, Method::PUT, url, Some(body), self.settings.timeout)
-            .await?;
-        if resp.status != StatusCode::OK {
-            return Err(Self::status_err(OP, &resp));
-        }
-        let r: Resp = serde_json::from_slice(&resp.body).map_err(|e| ConsulError::Decode {
-            op: OP,
-            reason: e.to_string(),
-        })?;
+        let resp = self.call_ok(OP, Method::PUT, url, Some(body)).await?;
+        let r: Resp = decode_json(OP, &resp.body)?;
         Ok(r.id)
+    }
+
+    fn session_path(verb: &str, id: &str) -> String {
+        format!("/v1/session/{verb}/{}", utf8_percent_encode(id, QUERY_SET))
     }
 
     /// Renew a session.
@@ -646,17 +578,12 @@ impl Consul {
     /// lock is lost), other errors for transport failures.
     pub async fn session_renew(&self, id: &str) -> Result<(), ConsulError> {
         const OP: &str = "session_renew";
-        let url = self.url(
-            &format!("/v1/session/renew/{}", utf8_percent_encode(id, QUERY_SET)),
-            &[],
-        );
-        let resp = self
-            .call(OP, Method::PUT, url, None, self.settings.timeout)
-            .await?;
+        let url = self.url(&Self::session_path("renew", id), &[]);
+        let resp = self.api.send(OP, Method::PUT, url, None).await?;
         match resp.status {
             StatusCode::OK => Ok(()),
             StatusCode::NOT_FOUND => Err(ConsulError::SessionNotFound(id.to_string())),
-            _ => Err(Self::status_err(OP, &resp)),
+            _ => Err(self.api.status_error(OP, &resp)),
         }
     }
 
@@ -666,17 +593,9 @@ impl Consul {
     ///
     /// Transport failures and unexpected statuses.
     pub async fn session_destroy(&self, id: &str) -> Result<(), ConsulError> {
-        const OP: &str = "session_destroy";
-        let url = self.url(
-            &format!("/v1/session/destroy/{}", utf8_percent_encode(id, QUERY_SET)),
-            &[],
-        );
-        let resp = self
-            .call(OP, Method::PUT, url, None, self.settings.timeout)
+        let url = self.url(&Self::session_path("destroy", id), &[]);
+        self.call_ok("session_destroy", Method::PUT, url, None)
             .await?;
-        if resp.status != StatusCode::OK {
-            return Err(Self::status_err(OP, &resp));
-        }
         Ok(())
     }
 
@@ -724,83 +643,46 @@ impl Consul {
     pub async fn leader(&self) -> Result<String, ConsulError> {
         const OP: &str = "status_leader";
         let url = self.url("/v1/status/leader", &[]);
-        let resp = self
-            .call(OP, Method::GET, url, None, self.settings.timeout)
-            .await?;
-        if resp.status != StatusCode::OK {
-            return Err(Self::status_err(OP, &resp));
-        }
-        serde_json::from_slice(&resp.body).map_err(|e| ConsulError::Decode {
-            op: OP,
-            reason: e.to_string(),
-        })
-    }
-}
-
-/// Query parameters and client deadline of a (possibly blocking) read.
-/// The client deadline adds Consul's own jitter (wait/16) and a margin.
-fn blocking_query(
-    block: Option<(u64, Duration)>,
-    timeout: Duration,
-) -> (Vec<(&'static str, String)>, Duration) {
-    match block {
-        None => (Vec::new(), timeout),
-        Some((index, wait)) => {
-            let wait = wait.min(MAX_WAIT);
-            let mut q = Vec::new();
-            if index > 0 {
-                q.push(("index", index.to_string()));
-            }
-            q.push(("wait", format!("{}ms", wait.as_millis())));
-            (q, wait + wait / 16 + timeout)
-        }
-    }
-}
-
-/// The index rules of Consul's blocking queries, in one place.
-///
-/// Consul documents that the index may go backwards (a snapshot restore, a
-/// new leader) and that index 0 means "answer now": a watcher that sent 0
-/// after a reset would spin. So: keep the last index; if a reply carries a
-/// smaller one, start over from 1 (never 0 after the first call), and
-/// never go below 1.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BlockingIndex {
-    last: u64,
-}
-
-impl BlockingIndex {
-    /// The index to send next (0 only on the very first call).
-    pub fn current(&self) -> u64 {
-        self.last
-    }
-
-    /// Record the index of a reply. Returns whether the data may have
-    /// changed (the index moved).
-    pub fn observe(&mut self, index: u64) -> bool {
-        let prev = self.last;
-        self.last = if index < prev { 1 } else { index.max(1) };
-        index != prev
+        let resp = self.call_ok(OP, Method::GET, url, None).await?;
+        decode_json(OP, &resp.body)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
+
+    fn client(token: Option<&[u8]>) -> Consul {
+        let http = HttpClient::new(&Default::default()).expect("client");
+        Consul::new(
+            http,
+            ConsulSettings {
+                address: "http://127.0.0.1:1".into(),
+                token: token.map(|t| Secret::new(t.to_vec())),
+                datacenter: Some("dc 1".into()),
+                timeout: Duration::from_secs(1),
+            },
+        )
+    }
 
     #[test]
-    fn blocking_index_never_zero_after_first_and_resets_backwards() {
-        let mut i = BlockingIndex::default();
-        assert_eq!(i.current(), 0);
-        i.observe(0);
-        assert_eq!(i.current(), 1, "never 0 after the first call");
-        assert!(i.observe(42));
-        assert_eq!(i.current(), 42);
-        assert!(!i.observe(42));
-        assert!(i.observe(7));
-        assert_eq!(i.current(), 1, "index went backwards: start over from 1");
-        assert!(i.observe(9));
-        assert_eq!(i.current(), 9);
+    fn urls_carry_the_query_then_the_datacenter() {
+        let c = client(None);
+        let q = [("recurse", String::new()), ("index", "5".into())];
+        assert_eq!(
+            c.url("/v1/kv/a", &q),
+            "http://127.0.0.1:1/v1/kv/a?recurse&index=5&dc=dc%201"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_that_cannot_be_a_header_is_refused_without_its_bytes() {
+        let c = client(Some(b"s3cr3t\ntoken"));
+        let e = c.leader().await.unwrap_err();
+        assert!(matches!(e, ConsulError::Decode { .. }), "{e}");
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains("s3cr3t"), "{text}");
     }
 
     #[test]
@@ -809,15 +691,5 @@ mod tests {
             Consul::kv_path("configs/web app/TAG?x#y"),
             "/v1/kv/configs/web%20app/TAG%3Fx%23y"
         );
-    }
-
-    #[test]
-    fn blocking_query_params() {
-        let (q, t) = blocking_query(Some((0, Duration::from_secs(10))), Duration::from_secs(5));
-        assert_eq!(q, vec![("wait", "10000ms".to_string())]);
-        assert!(t > Duration::from_secs(15));
-        let (q, _) = blocking_query(Some((5, Duration::from_secs(900))), Duration::from_secs(5));
-        assert_eq!(q[0], ("index", "5".to_string()));
-        assert_eq!(q[1], ("wait", "300000ms".to_string()));
     }
 }
