@@ -191,7 +191,8 @@ pub async fn check(
     Ok(())
 }
 
-/// Inspect every rollout job in Nomad: one line per unmet requirement.
+/// Inspect every rollout job in Nomad: one line per unmet requirement
+/// (returned) and per warning (printed).
 async fn check_jobs(cfg: &Config, out: &mut dyn Write) -> Result<Vec<String>, CliError> {
     let mut problems = Vec::new();
     if !cfg.services.iter().any(|s| s.rollout.is_some()) {
@@ -236,8 +237,14 @@ async fn check_jobs(cfg: &Config, out: &mut dyn Write) -> Result<Vec<String>, Cl
                 continue;
             }
         };
-        for p in crate::rollout::unmet_requirements(&job, svc, rc) {
+        let review = crate::rollout::review(&job, svc, rc);
+        for p in review.unmet {
             problems.push(format!("{here}: {p}"));
+        }
+        // Warnings do not fail `check`: the job works, with a caveat the
+        // operator should read.
+        for w in review.warnings {
+            writeln!(out, "warning: {here}: {w}")?;
         }
         match nomad.plan(&job).await {
             Ok(()) => {}

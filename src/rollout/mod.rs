@@ -34,7 +34,7 @@ mod tests;
 
 pub use ports::{ConsulPort, NomadPort};
 use record::Writes;
-pub use requirements::{review, unmet_requirements, Review};
+pub use requirements::{review, Review};
 
 use std::fmt;
 use std::future::Future;

@@ -17,13 +17,6 @@ pub struct Review {
     pub warnings: Vec<String>,
 }
 
-/// Every requirement of the contract (§6) that `job` does not meet for
-/// this service's rollout block, one readable line each. Pure: the
-/// caller fetched the job.
-pub fn unmet_requirements(job: &Job, svc: &ServiceConfig, rc: &RolloutConfig) -> Vec<String> {
-    review(job, svc, rc).unmet
-}
-
 /// The requirements `job` does not meet, and the warnings, for this
 /// service's rollout block. Pure: the caller fetched the job.
 pub fn review(job: &Job, svc: &ServiceConfig, rc: &RolloutConfig) -> Review {
