@@ -86,6 +86,11 @@ pub enum Command {
     },
     /// Let webhooks deploy again after a rollback.
     Unpin { service: String },
+    /// List the repository's tags on its registry and send the best one
+    /// (under the tag policy) through the webhook path, recorded as
+    /// `poll`: makes good a lost delivery. Exit 0 also when nothing is
+    /// newer.
+    Sync { service: String },
 }
 
 /// A failure the user can fix; printed as one line, exit code 1.
@@ -105,6 +110,8 @@ pub enum CliError {
     Consul(#[from] crate::consul::ConsulError),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Registry(#[from] crate::clients::registry::RegistryError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -162,6 +169,9 @@ pub async fn check(
     let cfg = Config::load(cfg_path, Purpose::Serve, &crate::config::process_env)?;
     if let Some(tls) = &cfg.tls {
         crate::tls::CertStore::load(tls)?;
+    }
+    for w in &cfg.warnings {
+        writeln!(out, "warning: {w}")?;
     }
     if connect {
         let consul = consul_client(&cfg)?;
@@ -955,4 +965,88 @@ pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     Err(CliError::Other(format!(
         "{name}: records kept changing; try again"
     )))
+}
+
+/// `tagbridge sync <svc>`: the registry's tags, the best under the tag
+/// policy, through the same ingest path as a webhook (source `poll`).
+///
+/// A listing has no push order, so `order = "pushed"` cannot pick from
+/// it; and a listing repeats itself, so a tag that is older, unchanged or
+/// arrives while pinned writes nothing (see [`Change::Poll`]).
+///
+/// # Errors
+///
+/// Unknown service, no registry, `pushed` order, registry or Consul
+/// failures (a rate limit names its `Retry-After`).
+pub async fn sync(cfg: Arc<Config>, name: &str, out: &mut dyn Write) -> Result<(), CliError> {
+    let svc = service(&cfg, name)?.clone();
+    if svc.policy.order == crate::policy::Order::Pushed {
+        return Err(CliError::Other(format!(
+            "{name}: tags.order is \"pushed\", and a tag listing does not say which tag was pushed last; sync needs order semver, numeric or lexical"
+        )));
+    }
+    let registry = crate::clients::registry_client(&svc)?.ok_or_else(|| {
+        CliError::Other(format!(
+            "{name}: source {} has no one registry; add a registry block with its address",
+            svc.source
+        ))
+    })?;
+    let repository = crate::clients::registry_repository(&svc);
+    let started = std::time::Instant::now();
+    let list = registry.tags(&repository).await?;
+    let Some(best) = svc
+        .policy
+        .policy
+        .best_candidate(list.tags.iter().map(String::as_str))
+    else {
+        writeln!(
+            out,
+            "{name}: none of the {} tags passes the tag policy; nothing to do",
+            list.tags.len()
+        )?;
+        return Ok(());
+    };
+    let tag = list.tags[best].clone();
+    let digest = registry.digest(&repository, &tag).await?;
+    let listed = format!(
+        "{} tags, {} registry requests, {} ms{}",
+        list.tags.len(),
+        list.requests + 1,
+        started.elapsed().as_millis(),
+        if list.truncated {
+            ", listing truncated"
+        } else {
+            ""
+        }
+    );
+    let push = crate::webhook::ImagePush {
+        repository: crate::webhook::grammar::normalise_repository(&svc.repository),
+        tag: tag.clone(),
+        digest,
+        actor: None,
+        delivery: None,
+    };
+    let consul = consul_client(&cfg)?;
+    let ingest = Ingest::new(consul, cfg.clone(), Arc::new(Metrics::new()));
+    let outcome = ingest.apply(&svc, &Change::Poll { push }).await?;
+    if outcome.changed {
+        writeln!(
+            out,
+            "{name}: {} {} -> {tag}{} ({listed})",
+            svc.key,
+            outcome.previous.as_deref().unwrap_or("(unset)"),
+            if outcome.rollout_queued {
+                " (rollout queued)"
+            } else {
+                ""
+            }
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{name}: best tag {tag}: {}; nothing to do ({listed})",
+            outcome.reason.as_deref().unwrap_or("unchanged")
+        )?;
+    }
+    Ok(())
 }

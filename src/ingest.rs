@@ -45,18 +45,24 @@ pub enum Change {
         reason: Option<String>,
         actor: Option<String>,
     },
+    /// From `tagbridge sync`: the best tag a registry listing offers,
+    /// subject to the tag policy like a push. Unlike a push, a tag that is
+    /// older than current, unchanged or arrives while pinned writes
+    /// nothing: a listing repeats itself on every sync and must not fill
+    /// the history.
+    Poll { push: ImagePush },
 }
 
 impl Change {
     fn tag(&self) -> &str {
         match self {
-            Change::Push { push, .. } => &push.tag,
+            Change::Push { push, .. } | Change::Poll { push } => &push.tag,
             Change::Manual { tag, .. } => tag,
         }
     }
     fn digest(&self) -> Option<&str> {
         match self {
-            Change::Push { push, .. } => push.digest.as_deref(),
+            Change::Push { push, .. } | Change::Poll { push } => push.digest.as_deref(),
             Change::Manual { .. } => None,
         }
     }
@@ -276,6 +282,23 @@ struct Plan {
     outcome: Outcome,
 }
 
+impl Plan {
+    /// Nothing to write, and why.
+    fn nothing(tag: &str, previous: Option<String>, reason: String) -> Plan {
+        Plan {
+            ops: Vec::new(),
+            head: None,
+            outcome: Outcome {
+                tag: tag.to_string(),
+                previous,
+                changed: false,
+                reason: Some(reason),
+                rollout_queued: false,
+            },
+        }
+    }
+}
+
 fn check_op(key: &str, index: Option<u64>) -> TxnOp {
     match index {
         Some(i) if i > 0 => TxnOp::CheckIndex {
@@ -447,7 +470,7 @@ impl Ingest {
             .filter(|d| Some(&d.tag) == current.as_ref())
             .and_then(|d| d.digest.as_deref());
         let decision = match change {
-            Change::Push { .. } => {
+            Change::Push { .. } | Change::Poll { .. } => {
                 svc.policy
                     .policy
                     .decide(tag, change.digest(), current.as_deref(), current_digest)
@@ -465,18 +488,19 @@ impl Ingest {
         };
         let (write_tag, detail, reason) = match decision {
             Decision::Unchanged => return Ok(None),
-            Decision::Filtered(reason) => {
-                return Ok(Some(Plan {
-                    ops: Vec::new(),
-                    head: None,
-                    outcome: Outcome {
-                        tag: tag.to_string(),
-                        previous: current.clone(),
-                        changed: false,
-                        reason: Some(reason),
-                        rollout_queued: false,
-                    },
-                }))
+            Decision::Filtered(reason) => return Ok(Some(Plan::nothing(tag, current, reason))),
+            // A listing repeats itself: what a push would only record
+            // (older, or arriving while pinned), a poll does not write.
+            Decision::Older | Decision::Apply
+                if matches!(change, Change::Poll { .. })
+                    && (decision == Decision::Older || snap.pinned()) =>
+            {
+                let reason = if decision == Decision::Older {
+                    "older than current"
+                } else {
+                    "pinned"
+                };
+                return Ok(Some(Plan::nothing(tag, current, reason.into())));
             }
             Decision::Older => (
                 false,
@@ -497,6 +521,14 @@ impl Ingest {
                 Some(source.as_str().to_string()),
                 push.delivery.clone(),
                 push.actor.clone(),
+                push.digest.clone(),
+                detail,
+            ),
+            Change::Poll { push } => (
+                Event::Received,
+                Some("poll".to_string()),
+                None,
+                None,
                 push.digest.clone(),
                 detail,
             ),

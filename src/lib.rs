@@ -26,16 +26,16 @@
 //!   migration of the old layout.
 //! * `controller` — the leader lock and one rollout driver per service.
 //! * `rollout` — the rollout, one file per phase (`plan`, `watch`,
-//!   `rollback`, `record`, `requirements`), Nomad and Consul behind the
+//!   `rollback`, `record`, `requirements` with `template_reads`), Nomad and Consul behind the
 //!   narrow traits of `ports`.
 //! * `clients` — the outbound clients and the factories that build them
 //!   (and the rollout context) from a configuration: `http` (one hyper /
 //!   rustls (ring) stack, deadlines, the response size cap), `api` (what
 //!   Consul and Nomad share: URLs, the token header, blocking-query index
 //!   rules, status-to-error mapping), `consul` and `nomad` (their calls
-//!   only). Re-exported as `consul`, `nomad` and `http_client`.
-//! * `registry` — the OCI distribution API: a tag's digest and a
-//!   repository's tags, with the registry's token authentication.
+//!   only), `registry` (the OCI distribution API: a tag's digest, a
+//!   repository's tags). Re-exported as `consul`, `nomad` and
+//!   `http_client`.
 //! * `notify` — Slack-compatible and JSON notices of rollout outcomes.
 //! * `metrics` — the Prometheus registry.
 //! * `tls` — the serving certificate and its reloads; `x509` — its expiry.
@@ -53,7 +53,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
-pub mod registry;
 pub mod rollout;
 pub mod server;
 pub mod tls;

@@ -96,6 +96,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             &mut out,
         )
         .await?),
+        Command::Sync { service } => {
+            Ok(cli::sync(cfg(Purpose::Client)?, &service, &mut out).await?)
+        }
         Command::Unpin { service } => {
             Ok(cli::unpin(cfg(Purpose::Client)?.as_ref(), &service, &mut out).await?)
         }
@@ -192,6 +195,9 @@ async fn serve(
     path: &std::path::Path,
 ) -> anyhow::Result<Option<std::net::TcpListener>> {
     init_tracing(cfg.log_format);
+    for w in &cfg.warnings {
+        tracing::warn!(warning = %w, "configuration");
+    }
     let loaded_text = std::fs::read_to_string(path).unwrap_or_default();
     let loaded = config::fingerprint(&loaded_text, &cfg);
     let restart = Arc::new(AtomicBool::new(false));

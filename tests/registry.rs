@@ -14,8 +14,10 @@ use bytes::Bytes;
 use common::registry::CraneRegistry;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
+use tagbridge::clients::registry::{
+    Registry, RegistryAuth, RegistryError, RegistrySettings, PAGE_SIZE,
+};
 use tagbridge::http_client::{ClientTlsFiles, HttpClient};
-use tagbridge::registry::{Registry, RegistryAuth, RegistryError, RegistrySettings, PAGE_SIZE};
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json";
@@ -268,4 +270,119 @@ async fn refused_credentials_are_a_clear_error_that_names_no_secret() {
         Err(RegistryError::Unauthorized { .. })
     ));
     assert_eq!(front.tokens_issued.load(Ordering::SeqCst), 0);
+}
+
+/// Run the tagbridge binary against `consul`; (exit code, stdout, stderr).
+fn tagbridge(
+    config: &std::path::Path,
+    consul: &common::ConsulAgent,
+    args: &[&str],
+) -> (i32, String, String) {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tagbridge"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("CONSUL_HTTP_ADDR", consul.addr())
+        .output()
+        .expect("run tagbridge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sync_config(dir: &common::TempDir, registry: &str, order: &str) -> std::path::PathBuf {
+    let tls = common::TestTls::new(dir);
+    let (_, hash) = common::secret_pair("web");
+    dir.write(
+        "tagbridge.hcl",
+        format!(
+            r#"
+listen       = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+tls {{
+  cert_file = "{cert}"
+  key_file  = "{key}"
+}}
+service "web" {{
+  secret_sha256 = "{hash}"
+  source        = "dockerhub"
+  repository    = "acme/web"
+  key           = "configs/web/IMAGE_TAG"
+  tags {{
+    order   = "{order}"
+    exclude = ["-rc", "-beta"]
+  }}
+  registry {{
+    address = "{registry}"
+  }}
+}}
+"#,
+            cert = tls.cert_file.display(),
+            key = tls.key_file.display(),
+        ),
+    )
+}
+
+fn history(config: &std::path::Path, consul: &common::ConsulAgent) -> Vec<serde_json::Value> {
+    let (code, out, err) = tagbridge(config, consul, &["history", "web", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("history JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_sends_the_best_listed_tag_through_ingest_and_never_regresses() {
+    let reg = CraneRegistry::start();
+    let consul = common::ConsulAgent::start();
+    let dir = common::TempDir::new("sync");
+    reg.push_empty("acme/web", "1.0.0");
+    let extra: Vec<String> = ["1.2.0", "1.10.0-rc1", "1.1.0", "latest", "2.0.0-beta"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    add_tags(&reg, "acme/web", "1.0.0", &extra).await;
+    let want_digest = reg.digest("acme/web", "1.2.0");
+    let cfg = sync_config(&dir, &reg.addr(), "semver");
+    tokio::task::block_in_place(|| {
+        // An http registry loads, with a warning `check` prints.
+        let (code, out, err) = tagbridge(&cfg, &consul, &["check"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("warning:") && out.contains("plain http"),
+            "{out}"
+        );
+
+        let (code, out, err) = tagbridge(&cfg, &consul, &["sync", "web"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("(unset) -> 1.2.0"), "{out}");
+        assert!(out.contains("6 tags, 2 registry requests"), "{out}");
+        assert_eq!(consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.2.0"));
+        let h = history(&cfg, &consul);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0]["source"], "poll");
+        assert_eq!(h[0]["digest"], want_digest.as_str());
+
+        // Again: nothing newer, nothing written.
+        let (code, out, _) = tagbridge(&cfg, &consul, &["sync", "web"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("nothing to do"), "{out}");
+        assert_eq!(history(&cfg, &consul).len(), 1);
+
+        // An operator deployed a newer tag by hand: sync never regresses
+        // it, and records nothing.
+        let (code, _, err) = tagbridge(&cfg, &consul, &["deploy", "web", "3.0.0"]);
+        assert_eq!(code, 0, "{err}");
+        let (code, out, _) = tagbridge(&cfg, &consul, &["sync", "web"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("older than current"), "{out}");
+        assert_eq!(consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("3.0.0"));
+        assert_eq!(history(&cfg, &consul).len(), 2, "the manual deploy only");
+
+        // A listing has no push order.
+        let pushed = sync_config(&dir, &reg.addr(), "pushed");
+        let (code, _, err) = tagbridge(&pushed, &consul, &["sync", "web"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("\"pushed\""), "{err}");
+    });
 }

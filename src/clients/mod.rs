@@ -8,11 +8,14 @@
 //! * `api` — what Consul and Nomad share on top of it: URLs, the token
 //!   header, blocking-query rules, status-to-error mapping.
 //! * `consul`, `nomad` — their API calls and the answers' shapes.
+//! * `registry` — the OCI distribution API (a tag's digest, a
+//!   repository's tags) with the registry's token authentication.
 
 pub(crate) mod api;
 pub mod consul;
 pub mod http;
 pub mod nomad;
+pub mod registry;
 
 use std::sync::Arc;
 
@@ -75,4 +78,51 @@ pub fn rollout_context(cfg: &Arc<Config>) -> Result<crate::rollout::Context, Cli
         timings: crate::rollout::Timings::default(),
         before_register: None,
     })
+}
+
+/// Build the registry client of a service, when it has a registry.
+///
+/// # Errors
+///
+/// A CA file that does not load.
+pub fn registry_client(
+    svc: &crate::config::ServiceConfig,
+) -> Result<Option<registry::Registry>, ClientBuildError> {
+    use crate::config::RegistryCredentials as C;
+    use registry::RegistryAuth as A;
+    let Some(rc) = &svc.registry else {
+        return Ok(None);
+    };
+    let http = HttpClient::new(&ClientTlsFiles {
+        ca_file: rc.ca_file.clone(),
+        ..ClientTlsFiles::default()
+    })?;
+    let text = |s: &crate::config::Secret| String::from_utf8_lossy(s.expose()).into_owned();
+    let auth = match &rc.credentials {
+        C::Anonymous => A::Anonymous,
+        C::Basic { username, password } => A::Basic {
+            username: text(username),
+            password: text(password),
+        },
+        C::Token(t) => A::Token(text(t)),
+    };
+    Ok(Some(registry::Registry::new(
+        http,
+        registry::RegistrySettings {
+            address: rc.address.clone(),
+            auth,
+            timeout: std::time::Duration::from_secs(10),
+        },
+    )))
+}
+
+/// The repository's name on its registry: Docker Hub keeps official
+/// images under `library/`.
+pub fn registry_repository(svc: &crate::config::ServiceConfig) -> String {
+    let repo = crate::webhook::grammar::normalise_repository(&svc.repository);
+    if svc.source == crate::webhook::Source::DockerHub && !repo.contains('/') {
+        format!("library/{repo}")
+    } else {
+        repo
+    }
 }

@@ -21,6 +21,9 @@ use super::{ConfigError, Problem, Secret};
 pub(super) struct Collector {
     file: String,
     pub(super) problems: Vec<Problem>,
+    /// Choices that load but deserve a word (`check` prints them, `serve`
+    /// logs them).
+    pub(super) warnings: Vec<Problem>,
 }
 
 impl Collector {
@@ -28,6 +31,7 @@ impl Collector {
         Collector {
             file,
             problems: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -41,9 +45,18 @@ impl Collector {
     }
 
     pub(super) fn add(&mut self, service: Option<&str>, field: &str, message: impl Into<String>) {
+        let p = self.problem(service, field, message.into());
+        self.problems.push(p);
+    }
+
+    pub(super) fn warn(&mut self, service: Option<&str>, field: &str, message: impl Into<String>) {
+        let p = self.problem(service, field, message.into());
+        self.warnings.push(p);
+    }
+
+    fn problem(&self, service: Option<&str>, field: &str, message: String) -> Problem {
         // One line per problem, even when a parser (regex, HCL) explains
         // itself over several.
-        let message: String = message.into();
         let message = message
             .lines()
             .map(str::trim)
@@ -58,12 +71,12 @@ impl Collector {
                 .map(|ch| if ch.is_control() { ' ' } else { ch })
                 .collect()
         };
-        self.problems.push(Problem {
+        Problem {
             file: self.file.clone(),
             service: service.map(one_line),
             field: one_line(field),
             message: one_line(&message),
-        });
+        }
     }
 }
 

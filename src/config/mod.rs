@@ -6,10 +6,10 @@
 //! files or the environment, never written inline, so the config file can
 //! live in version control. Every problem is reported at once, one line
 //! each, naming the file, the service and the field.
-
 //!
 //! One file per block: `listener` (the top level and `tls`), `cluster`
-//! (`consul`, `nomad`), `notify`, `service` (with `tags` and `rollout`);
+//! (`consul`, `nomad`), `notify`, `service` (with `tags` and `rollout`),
+//! `registry` (a service's registry);
 //! `raw` is the file's shape as HCL gives it, `fields` the checks they
 //! share. The validated shapes are here.
 
@@ -18,6 +18,7 @@ mod fields;
 mod listener;
 mod notify;
 mod raw;
+pub mod registry;
 mod service;
 
 use std::fmt;
@@ -94,6 +95,9 @@ pub struct Config {
     pub nomad: NomadConfig,
     pub notify: Vec<NotifyConfig>,
     pub services: Vec<ServiceConfig>,
+    /// Choices that load but deserve a word: `check` prints them, `serve`
+    /// logs them.
+    pub warnings: Vec<Problem>,
 }
 
 /// Limits of the webhook listener beyond `max_connections`: what one
@@ -201,6 +205,31 @@ pub struct ServiceConfig {
     pub history_keep: usize,
     pub policy: TagPolicyConfig,
     pub rollout: Option<RolloutConfig>,
+    /// Where the repository's images live (`tagbridge sync` lists its
+    /// tags): the `registry` block, or the source's own registry.
+    pub registry: Option<RegistryConfig>,
+}
+
+/// A service's registry (see [`registry::default_address`]).
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// `https://host[:port]`, or `http://` for an internal registry.
+    pub address: String,
+    pub credentials: RegistryCredentials,
+    /// PEM bundle of CAs to trust instead of the system store.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How tagbridge proves itself to a registry.
+#[derive(Debug, Clone)]
+pub enum RegistryCredentials {
+    Anonymous,
+    Basic {
+        username: Secret,
+        password: Secret,
+    },
+    /// A bearer token, sent as it is.
+    Token(Secret),
 }
 
 /// The tag policy plus the text it came from (for `check` and `status`).
@@ -357,6 +386,7 @@ impl Config {
             &front.state_prefix,
             purpose,
         );
+        let warnings = std::mem::take(&mut c.warnings);
         c.finish(Config {
             path: path.to_path_buf(),
             listen: front.listen,
@@ -372,6 +402,7 @@ impl Config {
             nomad,
             notify,
             services,
+            warnings,
         })
     }
 }
@@ -695,5 +726,53 @@ mod tests {
             ]
             .join("\n")
         );
+    }
+
+    #[test]
+    fn the_registry_follows_the_source_or_its_block() {
+        let cfg = parse(&web("dockerhub", "")).unwrap();
+        let r = cfg.services[0].registry.as_ref().expect("docker hub's own");
+        assert_eq!(r.address, "https://registry-1.docker.io");
+        assert!(matches!(r.credentials, RegistryCredentials::Anonymous));
+        assert!(cfg.warnings.is_empty());
+
+        // Harbor has no one registry: none without a block, and a block
+        // must name it.
+        let harbor = parse(&web("harbor", "")).unwrap();
+        assert!(harbor.services[0].registry.is_none());
+        let err = parse(&web("harbor", "registry {}")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("registry.address: is required for source harbor"),
+            "{err}"
+        );
+
+        let internal = parse(&web(
+            "harbor",
+            r#"registry { address = "http://harbor.internal:8080" }"#,
+        ))
+        .unwrap();
+        assert_eq!(internal.warnings.len(), 1);
+        assert!(internal.warnings[0].to_string().contains("plain http"));
+
+        let err = parse(&web(
+            "quay",
+            r#"registry {
+                 username_file = "/nonexistent/u"
+                 token_file    = "/nonexistent/t"
+               }"#,
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("registry.token_file: is exclusive"),
+            "{err}"
+        );
+        let err = parse(&web(
+            "quay",
+            r#"registry { username_file = "/nonexistent/u" }"#,
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("must be set together"), "{err}");
     }
 }

@@ -85,6 +85,17 @@ pub(super) struct RawService {
     pub(super) history_keep: Option<i64>,
     pub(super) tags: Option<RawTags>,
     pub(super) rollout: Option<RawRollout>,
+    pub(super) registry: Option<RawRegistry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRegistry {
+    pub(super) address: Option<String>,
+    pub(super) username_file: Option<String>,
+    pub(super) password_file: Option<String>,
+    pub(super) token_file: Option<String>,
+    pub(super) ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

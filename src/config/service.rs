@@ -102,6 +102,7 @@ fn service(
     };
     let policy = tags(c, name, s.tags.unwrap_or_default());
     let rollout = s.rollout.map(|r| rollout(c, name, r));
+    let registry = super::registry::block(c, name, source, s.registry);
     if c.problems.len() != before {
         return None;
     }
@@ -116,6 +117,7 @@ fn service(
         history_keep,
         policy: policy?,
         rollout,
+        registry,
     })
 }
 

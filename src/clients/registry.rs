@@ -23,7 +23,7 @@ use http::header::{ACCEPT, AUTHORIZATION, LINK, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 
-use crate::http_client::{HttpClient, RequestError, Response};
+use super::http::{HttpClient, RequestError, Response};
 use crate::webhook::grammar;
 
 /// Manifest media types asked for, so the registry answers with the digest
