@@ -386,3 +386,32 @@ async fn sync_sends_the_best_listed_tag_through_ingest_and_never_regresses() {
         assert!(err.contains("\"pushed\""), "{err}");
     });
 }
+
+/// Figures for the closing note, not an assertion on time: `tagbridge
+/// sync` against a registry holding 10 000 tags. Run with
+/// `cargo test --release --test registry -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints figures"]
+async fn measure_sync_against_ten_thousand_tags() {
+    let reg = CraneRegistry::start();
+    let consul = common::ConsulAgent::start();
+    let dir = common::TempDir::new("sync-10k");
+    reg.push_empty("acme/web", "1.0.0");
+    let names: Vec<String> = (1..10_000)
+        .map(|i| format!("1.{}.{}", i / 100, i % 100))
+        .collect();
+    add_tags(&reg, "acme/web", "1.0.0", &names).await;
+    let cfg = sync_config(&dir, &reg.addr(), "semver");
+    tokio::task::block_in_place(|| {
+        for run in ["first", "again"] {
+            let t = std::time::Instant::now();
+            let (code, out, err) = tagbridge(&cfg, &consul, &["sync", "web"]);
+            assert_eq!(code, 0, "{err}");
+            println!(
+                "sync {run}: {:?} wall (process included): {}",
+                t.elapsed(),
+                out.trim()
+            );
+        }
+    });
+}
