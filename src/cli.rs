@@ -111,8 +111,6 @@ pub enum CliError {
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
-    Registry(#[from] crate::clients::registry::RegistryError),
-    #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),
@@ -967,12 +965,7 @@ pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     )))
 }
 
-/// `tagbridge sync <svc>`: the registry's tags, the best under the tag
-/// policy, through the same ingest path as a webhook (source `poll`).
-///
-/// A listing has no push order, so `order = "pushed"` cannot pick from
-/// it; and a listing repeats itself, so a tag that is older, unchanged or
-/// arrives while pinned writes nothing (see [`Change::Poll`]).
+/// `tagbridge sync <svc>`: see [`crate::sync`].
 ///
 /// # Errors
 ///
@@ -980,73 +973,45 @@ pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
 /// failures (a rate limit names its `Retry-After`).
 pub async fn sync(cfg: Arc<Config>, name: &str, out: &mut dyn Write) -> Result<(), CliError> {
     let svc = service(&cfg, name)?.clone();
-    if svc.policy.order == crate::policy::Order::Pushed {
-        return Err(CliError::Other(format!(
-            "{name}: tags.order is \"pushed\", and a tag listing does not say which tag was pushed last; sync needs order semver, numeric or lexical"
-        )));
-    }
-    let registry = crate::clients::registry_client(&svc)?.ok_or_else(|| {
-        CliError::Other(format!(
-            "{name}: source {} has no one registry; add a registry block with its address",
-            svc.source
-        ))
-    })?;
-    let repository = crate::clients::registry_repository(&svc);
-    let started = std::time::Instant::now();
-    let list = registry.tags(&repository).await?;
-    let Some(best) = svc
-        .policy
-        .policy
-        .best_candidate(list.tags.iter().map(String::as_str))
-    else {
-        writeln!(
-            out,
-            "{name}: none of the {} tags passes the tag policy; nothing to do",
-            list.tags.len()
-        )?;
-        return Ok(());
-    };
-    let tag = list.tags[best].clone();
-    let digest = registry.digest(&repository, &tag).await?;
+    crate::sync::syncable(&svc).map_err(|e| CliError::Other(format!("{name}: {e}")))?;
+    let ingest = Ingest::new(consul_client(&cfg)?, cfg.clone(), Arc::new(Metrics::new()));
+    let synced = crate::sync::sync(&ingest, &svc)
+        .await
+        .map_err(|e| CliError::Other(format!("{name}: {e}")))?;
     let listed = format!(
         "{} tags, {} registry requests, {} ms{}",
-        list.tags.len(),
-        list.requests + 1,
-        started.elapsed().as_millis(),
-        if list.truncated {
+        synced.listed,
+        synced.requests,
+        synced.elapsed.as_millis(),
+        if synced.truncated {
             ", listing truncated"
         } else {
             ""
         }
     );
-    let push = crate::webhook::ImagePush {
-        repository: crate::webhook::grammar::normalise_repository(&svc.repository),
-        tag: tag.clone(),
-        digest,
-        actor: None,
-        delivery: None,
-    };
-    let consul = consul_client(&cfg)?;
-    let ingest = Ingest::new(consul, cfg.clone(), Arc::new(Metrics::new()));
-    let outcome = ingest.apply(&svc, &Change::Poll { push }).await?;
-    if outcome.changed {
-        writeln!(
+    match synced.applied {
+        None => writeln!(
             out,
-            "{name}: {} {} -> {tag}{} ({listed})",
+            "{name}: no listed tag passes the tag policy; nothing to do ({listed})"
+        )?,
+        Some(o) if o.changed => writeln!(
+            out,
+            "{name}: {} {} -> {}{} ({listed})",
             svc.key,
-            outcome.previous.as_deref().unwrap_or("(unset)"),
-            if outcome.rollout_queued {
+            o.previous.as_deref().unwrap_or("(unset)"),
+            o.tag,
+            if o.rollout_queued {
                 " (rollout queued)"
             } else {
                 ""
             }
-        )?;
-    } else {
-        writeln!(
+        )?,
+        Some(o) => writeln!(
             out,
-            "{name}: best tag {tag}: {}; nothing to do ({listed})",
-            outcome.reason.as_deref().unwrap_or("unchanged")
-        )?;
+            "{name}: best tag {}: {}; nothing to do ({listed})",
+            o.tag,
+            o.reason.as_deref().unwrap_or("unchanged")
+        )?,
     }
     Ok(())
 }

@@ -214,10 +214,21 @@ async fn watch_lock(consul: Consul, key: String, session: String, term: Cancella
 }
 
 /// Lead until `ctx.cancel`: watch desired records, keep one driver per
-/// service with a rollout block.
+/// service with a rollout block, and poll registries (`poll_interval`).
 async fn lead(ctx: Context) {
     let prefix = format!("{}/desired/", ctx.config.state_prefix);
     let ctx = Arc::new(ctx);
+    // Registry polls (poll_interval) run while this term lasts.
+    let ingest = crate::ingest::Ingest::new(
+        ctx.consul.clone(),
+        ctx.config.clone(),
+        Arc::new(crate::metrics::Metrics::new()),
+    );
+    let polls = tokio::spawn(crate::poller::run(
+        ctx.config.clone(),
+        Arc::new(ingest),
+        ctx.cancel.clone(),
+    ));
     let mut drivers: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut index = BlockingIndex::default();
     loop {
@@ -264,7 +275,7 @@ async fn lead(ctx: Context) {
     // running after one shared deadline is aborted (records say where the
     // next leader resumes).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for (_, mut h) in drivers {
+    for mut h in drivers.into_values().chain([polls]) {
         if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
             h.abort();
         }

@@ -24,6 +24,9 @@
 //!   and the closed sets `Event` and `RolloutState`);
 //!   `history_store` — history as one key per entry: writes, paged reads,
 //!   migration of the old layout.
+//! * `sync` — missed webhooks made good: a registry listing's best tag
+//!   through ingest (`tagbridge sync`); `poller` — the leader doing it
+//!   every `poll_interval`.
 //! * `controller` — the leader lock and one rollout driver per service.
 //! * `rollout` — the rollout, one file per phase (`plan`, `watch`,
 //!   `rollback`, `record`, `requirements` with `template_reads`), Nomad and Consul behind the
@@ -53,8 +56,10 @@ pub mod ingest;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod poller;
 pub mod rollout;
 pub mod server;
+pub mod sync;
 pub mod tls;
 pub mod webhook;
 pub mod x509;

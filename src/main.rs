@@ -276,13 +276,17 @@ fn app_state(cfg: &Arc<Config>, certs: &Arc<CertStore>) -> anyhow::Result<Arc<Ap
     )))
 }
 
-/// The rollout controller, when any service has a rollout block: its task
-/// and the notifier to drain at shutdown.
+/// The controller (leader election), when any service has a rollout block
+/// or a `poll_interval`: its task and the notifier to drain at shutdown.
 fn start_controller(
     cfg: &Arc<Config>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<(tokio::task::JoinHandle<()>, Notifier)>> {
-    if !cfg.services.iter().any(|s| s.rollout.is_some()) {
+    if !cfg
+        .services
+        .iter()
+        .any(|s| s.rollout.is_some() || s.poll_interval.is_some())
+    {
         return Ok(None);
     }
     let ctx = tagbridge::clients::rollout_context(cfg).context("Nomad client")?;

@@ -293,6 +293,15 @@ fn tagbridge(
 }
 
 fn sync_config(dir: &common::TempDir, registry: &str, order: &str) -> std::path::PathBuf {
+    sync_config_with(dir, registry, order, "")
+}
+
+fn sync_config_with(
+    dir: &common::TempDir,
+    registry: &str,
+    order: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     let tls = common::TestTls::new(dir);
     let (_, hash) = common::secret_pair("web");
     dir.write(
@@ -317,6 +326,7 @@ service "web" {{
   registry {{
     address = "{registry}"
   }}
+  {extra}
 }}
 "#,
             cert = tls.cert_file.display(),
@@ -414,4 +424,50 @@ async fn measure_sync_against_ten_thousand_tags() {
             );
         }
     });
+}
+
+/// `poll_interval`: the leader syncs at once when it takes the lock, so a
+/// delivery lost while no one led is made good without waiting a round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_polls_the_registry_and_applies_a_missed_tag() {
+    let reg = CraneRegistry::start();
+    let consul = common::ConsulAgent::start();
+    let dir = common::TempDir::new("poll");
+    reg.push_empty("acme/web", "1.0.0");
+    add_tags(&reg, "acme/web", "1.0.0", &["1.4.2".to_string()]).await;
+    let cfg = sync_config_with(&dir, &reg.addr(), "semver", r#"poll_interval = "1m""#);
+    let log = dir.path().join("serve.log");
+    let serving = tokio::task::block_in_place(|| {
+        common::Serving::start(
+            &cfg,
+            &[
+                ("CONSUL_HTTP_ADDR", consul.addr()),
+                ("TAGBRIDGE_LOG", "info".to_string()),
+            ],
+            log,
+        )
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while consul.kv("configs/web/IMAGE_TAG").as_deref() != Some("1.4.2") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll did not apply 1.4.2 within 30 s; log:\n{}",
+            serving.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let h = tokio::task::block_in_place(|| history(&cfg, &consul));
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[0]["source"], "poll");
+    assert!(
+        serving.log_text().contains("poll: a newer tag"),
+        "{}",
+        serving.log_text()
+    );
+
+    // Without a registry or with the pushed order, the config is refused.
+    let pushed = sync_config_with(&dir, &reg.addr(), "pushed", r#"poll_interval = "1m""#);
+    let (code, _, err) = tokio::task::block_in_place(|| tagbridge(&pushed, &consul, &["check"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("poll_interval: needs tags.order"), "{err}");
 }

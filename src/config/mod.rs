@@ -208,6 +208,8 @@ pub struct ServiceConfig {
     /// Where the repository's images live (`tagbridge sync` lists its
     /// tags): the `registry` block, or the source's own registry.
     pub registry: Option<RegistryConfig>,
+    /// How often the leader syncs the service from its registry.
+    pub poll_interval: Option<Duration>,
 }
 
 /// A service's registry (see [`registry::default_address`]).

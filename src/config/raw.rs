@@ -86,6 +86,7 @@ pub(super) struct RawService {
     pub(super) tags: Option<RawTags>,
     pub(super) rollout: Option<RawRollout>,
     pub(super) registry: Option<RawRegistry>,
+    pub(super) poll_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

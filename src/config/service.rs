@@ -103,6 +103,7 @@ fn service(
     let policy = tags(c, name, s.tags.unwrap_or_default());
     let rollout = s.rollout.map(|r| rollout(c, name, r));
     let registry = super::registry::block(c, name, source, s.registry);
+    let poll_interval = poll_interval(c, name, s.poll_interval.as_deref(), &registry, &policy);
     if c.problems.len() != before {
         return None;
     }
@@ -118,6 +119,7 @@ fn service(
         policy: policy?,
         rollout,
         registry,
+        poll_interval,
     })
 }
 
@@ -300,4 +302,38 @@ fn rollout(c: &mut Collector, name: &str, r: RawRollout) -> RolloutConfig {
         verify_url: r.verify_url,
         timeout,
     }
+}
+
+/// `poll_interval`: how often the leader syncs the service from its
+/// registry (`None`: never). A registry's rate limits and a listing's cost
+/// (one request per 1000 tags) bound it below; it needs a registry and an
+/// order that can rank a listing.
+fn poll_interval(
+    c: &mut Collector,
+    name: &str,
+    text: Option<&str>,
+    registry: &Option<super::RegistryConfig>,
+    policy: &Option<TagPolicyConfig>,
+) -> Option<Duration> {
+    let text = text?;
+    let svc = Some(name);
+    let interval = duration_within(
+        c,
+        svc,
+        "poll_interval",
+        Some(text),
+        Duration::from_secs(60)..=Duration::from_secs(24 * 3600),
+        Duration::ZERO,
+    );
+    if registry.is_none() {
+        c.add(
+            svc,
+            "poll_interval",
+            "needs a registry: add a registry block with its address",
+        );
+    }
+    if policy.as_ref().is_some_and(|p| p.order == Order::Pushed) {
+        c.add(svc, "poll_interval", "needs tags.order semver, numeric or lexical: a tag listing does not say which tag was pushed last");
+    }
+    (!interval.is_zero()).then_some(interval)
 }
