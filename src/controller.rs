@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -41,47 +42,65 @@ pub async fn run(base: Context, shutdown: CancellationToken) {
             .trim(),
         std::process::id()
     );
-    let mut backoff = Duration::from_millis(500);
+    // Consul outages while campaigning are retried with backoff, never
+    // given up; a shutdown cuts the wait short, and `campaign` then
+    // returns `Ok(None)` at once.
+    let policy = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times();
     while !shutdown.is_cancelled() {
-        match campaign(&consul, &lock_key, holder.as_bytes(), &shutdown).await {
-            Ok(Some(session)) => {
-                backoff = Duration::from_millis(500);
-                tracing::info!(lock = %lock_key, "leadership acquired");
-                let term = shutdown.child_token();
-                let renew = tokio::spawn(renew(consul.clone(), session.clone(), term.clone()));
-                let watch = tokio::spawn(watch_lock(
-                    consul.clone(),
-                    lock_key.clone(),
-                    session.clone(),
-                    term.clone(),
-                ));
-                let ctx = Context {
-                    fence: Some((lock_key.clone(), session.clone())),
-                    cancel: term.clone(),
-                    ..base.clone()
-                };
-                lead(ctx).await;
-                term.cancel();
-                let _ = renew.await;
-                let _ = watch.await;
-                // Best effort: a clean stop hands the lock over at once;
-                // otherwise the TTL frees it.
-                let _ = consul.lock_release(&lock_key, &session).await;
-                let _ = consul.session_destroy(&session).await;
-                if !shutdown.is_cancelled() {
-                    tracing::warn!("leadership lost; campaigning again");
+        let stop = shutdown.clone();
+        let won = (|| campaign(&consul, &lock_key, holder.as_bytes(), &shutdown))
+            .retry(policy)
+            .sleep(move |wait| {
+                let stop = stop.clone();
+                async move {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
                 }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "controller cannot reach Consul; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
+            })
+            .notify(|e, wait| {
+                tracing::warn!(error = %e, ?wait, "controller cannot reach Consul; retrying");
+            })
+            .await;
+        if let Ok(Some(session)) = won {
+            term(&base, &lock_key, session, &shutdown).await;
         }
+    }
+}
+
+/// One term of leadership: renew the session, watch the lock key, lead;
+/// then hand the lock back.
+async fn term(base: &Context, lock_key: &str, session: String, shutdown: &CancellationToken) {
+    let consul = &base.consul;
+    tracing::info!(lock = %lock_key, "leadership acquired");
+    let term = shutdown.child_token();
+    let renew = tokio::spawn(renew(consul.clone(), session.clone(), term.clone()));
+    let watch = tokio::spawn(watch_lock(
+        consul.clone(),
+        lock_key.to_string(),
+        session.clone(),
+        term.clone(),
+    ));
+    let ctx = Context {
+        fence: Some((lock_key.to_string(), session.clone())),
+        cancel: term.clone(),
+        ..base.clone()
+    };
+    lead(ctx).await;
+    term.cancel();
+    let _ = renew.await;
+    let _ = watch.await;
+    // Best effort: a clean stop hands the lock over at once; otherwise the
+    // TTL frees it.
+    let _ = consul.lock_release(lock_key, &session).await;
+    let _ = consul.session_destroy(&session).await;
+    if !shutdown.is_cancelled() {
+        tracing::warn!("leadership lost; campaigning again");
     }
 }
 
@@ -174,17 +193,23 @@ async fn renew(consul: Consul, session: String, term: CancellationToken) {
     }
 }
 
-/// Watch the lock key (blocking queries) until `term` ends; cancel the
-/// term as soon as the key is deleted or names another session.
-async fn watch_lock(consul: Consul, key: String, session: String, term: CancellationToken) {
+/// The pause after a failed blocking query: short, growing, jittered, and
+/// never giving up (the watch ends with its term, not on errors).
+fn watch_backoff() -> backon::ExponentialBackoff {
     use backon::BackoffBuilder as _;
-    let mut index = BlockingIndex::default();
-    let mut errors = backon::ExponentialBuilder::default()
+    ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(2))
         .with_jitter()
         .without_max_times()
-        .build();
+        .build()
+}
+
+/// Watch the lock key (blocking queries) until `term` ends; cancel the
+/// term as soon as the key is deleted or names another session.
+async fn watch_lock(consul: Consul, key: String, session: String, term: CancellationToken) {
+    let mut index = BlockingIndex::default();
+    let mut errors = watch_backoff();
     loop {
         let read = tokio::select! {
             () = term.cancelled() => return,
@@ -231,6 +256,7 @@ async fn lead(ctx: Context) {
     ));
     let mut drivers: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut index = BlockingIndex::default();
+    let mut errors = watch_backoff();
     loop {
         for svc in ctx.config.services.iter().filter(|s| s.rollout.is_some()) {
             if drivers.get(&svc.name).is_some_and(|h| !h.is_finished()) {
@@ -261,12 +287,14 @@ async fn lead(ctx: Context) {
         match read {
             Ok(r) => {
                 index.observe(r.index);
+                errors = watch_backoff();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "watching desired records failed");
+                let wait = errors.next().unwrap_or(Duration::from_secs(2));
                 tokio::select! {
                     () = ctx.cancel.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
             }
         }
