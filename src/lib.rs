@@ -24,6 +24,8 @@
 //!   and the closed sets `Event` and `RolloutState`);
 //!   `history_store` — history as one key per entry: writes, paged reads,
 //!   migration of the old layout.
+//! * `outcome` — what became of one change (a desired `seq`), for the
+//!   caller waiting on `/hooks/<secret>/rollouts/<seq>`.
 //! * `sync` — missed webhooks made good: a registry listing's best tag
 //!   through ingest (`tagbridge sync`); `poller` — the leader doing it
 //!   every `poll_interval`.
@@ -55,6 +57,7 @@ pub mod history_store;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
+pub mod outcome;
 pub mod policy;
 pub mod poller;
 pub mod rollout;
