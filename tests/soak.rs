@@ -316,6 +316,8 @@ service "{svc}" {{
 }
 
 impl Soak {
+    /// The cluster, the jobs running `ok-0`, the config and both replicas
+    /// (one straight sequence, hence its length).
     fn start(seed: u64, n: usize) -> Self {
         let consul = ConsulAgent::start_durable();
         let (nomad, server) = NomadAgent::start_split(&consul);
@@ -464,10 +466,14 @@ impl Soak {
         }
     }
 
+    /// Consul down for 1–4 s; a webhook sent meanwhile must be refused,
+    /// or, if it lands before the stop, kept (I5).
     fn restart_consul(&mut self) {
         let down = self.rng.secs(1, 4);
         self.say(&format!("consul_restart: down for {down:?}"));
+        let during = self.send_webhooks(Duration::from_millis(500));
         self.consul.restart_durable(down);
+        self.collect(during);
         self.fault("consul_restart");
     }
 
@@ -530,59 +536,62 @@ impl Soak {
     /// Webhooks for one service: one, or now and then two newer tags at
     /// once to both replicas (they may land in either order).
     fn webhooks(&mut self) {
+        let pending = self.send_webhooks(Duration::ZERO);
+        self.collect(pending);
+    }
+
+    /// Spawn the webhooks of [`Self::webhooks`], sent after `delay`; each
+    /// is bounded by the client's 30 s timeout.
+    fn send_webhooks(&mut self, delay: Duration) -> Vec<Pending> {
         let svc = self.services[self.rng.below(self.services.len() as u64) as usize].clone();
-        let live: Vec<(usize, String)> = self
+        let live: Vec<String> = self
             .replicas
             .iter()
-            .enumerate()
-            .filter_map(|(i, r)| Some((i, r.proc.as_ref()?.url(""))))
+            .filter_map(|r| Some(r.proc.as_ref()?.url("")))
             .collect();
         if live.is_empty() {
-            return;
-        }
-        let n = if self.rng.chance(20) { 2 } else { 1 };
-        let mut batch = Vec::new();
-        for k in 0..n {
-            let tag = if self.rng.chance(30) {
-                format!("bad-{}", self.next_tag)
-            } else {
-                format!("ok-{}", self.next_tag)
-            };
-            self.next_tag += 1;
-            let base = &live[(self.rng.below(live.len() as u64) as usize + k) % live.len()].1;
-            batch.push((tag, base.clone()));
+            return Vec::new();
         }
         let (secret, _) = secret_pair(&svc);
-        // Spawned together so a pair really races; each bounded by the
-        // client's 30 s timeout.
-        let handles: Vec<_> = batch
-            .iter()
-            .map(|(tag, base)| {
-                let body = json!({"repository": format!("acme/{svc}"), "tag": tag}).to_string();
-                let req = self
-                    .client
-                    .post(format!("{base}/hooks/{secret}"))
-                    .header(
-                        "X-Hub-Signature-256",
-                        hub_sig(SIGNING.as_bytes(), body.as_bytes()),
-                    )
-                    .body(body);
-                self.rt.spawn(async move {
-                    match req.send().await {
-                        Ok(r) => {
-                            let status = r.status().as_u16();
-                            let v: Value = r.json().await.unwrap_or(Value::Null);
-                            (Some(status), v["reason"].as_str().unwrap_or("").to_string())
-                        }
-                        Err(e) => (None, e.to_string()),
+        let n = if self.rng.chance(20) { 2 } else { 1 };
+        let first = self.rng.below(live.len() as u64) as usize;
+        let mut out = Vec::new();
+        for k in 0..n {
+            let kind = if self.rng.chance(30) { "bad" } else { "ok" };
+            let tag = format!("{kind}-{}", self.next_tag);
+            self.next_tag += 1;
+            let base = &live[(first + k) % live.len()];
+            let body = json!({"repository": format!("acme/{svc}"), "tag": tag}).to_string();
+            let req = self
+                .client
+                .post(format!("{base}/hooks/{secret}"))
+                .header(
+                    "X-Hub-Signature-256",
+                    hub_sig(SIGNING.as_bytes(), body.as_bytes()),
+                )
+                .body(body);
+            let handle = self.rt.spawn(async move {
+                tokio::time::sleep(delay).await;
+                match req.send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let v: Value = r.json().await.unwrap_or(Value::Null);
+                        (Some(status), v["reason"].as_str().unwrap_or("").to_string())
                     }
-                })
-            })
-            .collect();
-        for ((tag, _), h) in batch.into_iter().zip(handles) {
+                    Err(e) => (None, e.to_string()),
+                }
+            });
+            out.push((svc.clone(), tag, handle));
+        }
+        out
+    }
+
+    /// Wait for spawned webhooks and record their answers.
+    fn collect(&mut self, pending: Vec<Pending>) {
+        for (svc, tag, h) in pending {
             let (status, reason) = self.rt.block_on(h).unwrap_or((None, "task failed".into()));
             self.sent.push(Sent {
-                svc: svc.clone(),
+                svc,
                 tag,
                 status,
                 reason,
@@ -590,6 +599,13 @@ impl Soak {
         }
     }
 }
+
+/// A webhook on its way: service, tag, and the task sending it.
+type Pending = (
+    String,
+    String,
+    tokio::task::JoinHandle<(Option<u16>, String)>,
+);
 
 /// The kinds of action, each on its own random timer: (name, min s, max s).
 const ACTIONS: [(&str, u64, u64); 5] = [
@@ -943,7 +959,7 @@ fn check_i2(keys: &[&KeyChange], history_indexes: &HashSet<u64>, r: &mut Report)
 
 /// I3: per tag, the versions that switched the job's meta to it are at
 /// most its attempts: one rollout (or the initial run), plus one per
-/// rollback to it.
+/// rollback to it (`rolled_back` to it, or `failed` with it as previous).
 fn check_i3(
     svc: &str,
     versions: Option<&BTreeMap<u64, Version>>,
@@ -966,9 +982,14 @@ fn check_i3(
         if tag != "ok-0" {
             r.registrations += vs.len();
         }
+        // A rollback to the tag, recorded as done or as failed (its
+        // revert may have registered the tag before it failed).
         let rollbacks_to = history
             .iter()
-            .filter(|e| e["event"] == "rolled_back" && e["tag"] == tag)
+            .filter(|e| {
+                (e["event"] == "rolled_back" && e["tag"] == tag)
+                    || (e["event"] == "failed" && e["previous"] == tag)
+            })
             .count();
         if vs.len() > 1 + rollbacks_to {
             r.violations.push(format!(
