@@ -251,6 +251,22 @@ fn events(h: &[Value]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Two `tagbridge serve` processes on one config (template strategy),
+/// the first one leading.
+async fn two_replicas(c: &Cluster) -> (Serving, Serving) {
+    let cfg = c
+        .dir
+        .write("tagbridge.hcl", c.config("strategy = \"template\"", ""));
+    let envs = [("TAGBRIDGE_LOG", "info".to_string())];
+    let a = tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("a.log")));
+    poll("the first process to lead", Duration::from_secs(30), || {
+        a.log_text().contains("leadership acquired").then_some(())
+    })
+    .await;
+    let b = tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("b.log")));
+    (a, b)
+}
+
 /// A signed webhook for `tag` to a tagbridge process.
 async fn push_to(c: &Cluster, to: &Serving, tag: &str) -> (u16, Value) {
     let body = serde_json::to_vec(&json!({"repository": "acme/web", "tag": tag})).unwrap();
@@ -721,17 +737,7 @@ async fn a_killed_leader_is_replaced_and_the_same_deployment_finishes() {
     let c = Cluster::start();
     // A slower start per instance leaves time to kill the leader mid-way.
     c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
-    let cfg = c
-        .dir
-        .write("tagbridge.hcl", c.config("strategy = \"template\"", ""));
-    let envs = [("TAGBRIDGE_LOG", "info".to_string())];
-    let mut a =
-        tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("a.log")));
-    poll("the first process to lead", Duration::from_secs(30), || {
-        a.log_text().contains("leadership acquired").then_some(())
-    })
-    .await;
-    let b = tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("b.log")));
+    let (mut a, b) = two_replicas(&c).await;
 
     assert_eq!(push_to(&c, &a, "1.1.0").await.0, 202);
     let inflight = poll(
@@ -794,17 +800,7 @@ async fn a_killed_leader_is_replaced_and_the_same_deployment_finishes() {
 async fn a_webhook_while_no_replica_leads_leaves_the_key_to_the_next_leader() {
     let c = Cluster::start();
     c.run_job("web-template", "1.0.0", &[]);
-    let cfg = c
-        .dir
-        .write("tagbridge.hcl", c.config("strategy = \"template\"", ""));
-    let envs = [("TAGBRIDGE_LOG", "info".to_string())];
-    let mut a =
-        tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("a.log")));
-    poll("the first process to lead", Duration::from_secs(30), || {
-        a.log_text().contains("leadership acquired").then_some(())
-    })
-    .await;
-    let b = tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("b.log")));
+    let (mut a, b) = two_replicas(&c).await;
     let index_of =
         |kv: &[(String, u64)], key: &str| kv.iter().find(|(k, _)| k == key).map_or(0, |(_, i)| *i);
     let key = "configs/web/IMAGE_TAG";
@@ -1138,17 +1134,7 @@ async fn a_leader_killed_during_a_rollback_is_replaced_and_the_rollback_finishes
             });
         },
     );
-    let cfg = c
-        .dir
-        .write("tagbridge.hcl", c.config("strategy = \"template\"", ""));
-    let envs = [("TAGBRIDGE_LOG", "info".to_string())];
-    let mut a =
-        tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("a.log")));
-    poll("the first process to lead", Duration::from_secs(30), || {
-        a.log_text().contains("leadership acquired").then_some(())
-    })
-    .await;
-    let b = tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("b.log")));
+    let (mut a, b) = two_replicas(&c).await;
     assert_eq!(push_to(&c, &a, "bad-4").await.0, 202);
     poll("the rollback to begin", Duration::from_secs(120), || {
         c.deployed().filter(|d| d["outcome"] == "rolling_back")
