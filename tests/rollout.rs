@@ -988,6 +988,87 @@ async fn an_operator_edit_during_a_failing_rollout_is_kept_and_the_tag_restored(
     tb.stop().await;
 }
 
+/// Found by the soak: an operator runs the job again (one extra meta
+/// key) while the rollback's revert is deploying. Nomad cancels the
+/// revert's deployment; their version names the restored tag, so the
+/// rollback follows its deployment and records `rolled_back` (I1) with
+/// their version, and their key survives (I4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_edit_during_the_rollbacks_revert_is_followed() {
+    let c = Cluster::start();
+    // A slower start per instance keeps the revert's deployment running
+    // long enough to run the job again on top of it.
+    c.run_job("web-template", "1.0.0", &[("warmup", "4")]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    assert_eq!(tb.push("bad-5").await.0, 202);
+    poll(
+        "the revert to be registered",
+        Duration::from_secs(120),
+        || {
+            let job = c.nomad.job("web");
+            let reverted = job["Version"] == 2 && job["Meta"]["image_tag"] == "1.0.0";
+            c.deployed()
+                .filter(|d| reverted && d["outcome"] == "rolling_back")
+                .map(|_| ())
+        },
+    )
+    .await;
+    let addr = c.nomad.addr();
+    let revert_deployment = tokio::task::block_in_place(|| {
+        let dep = c
+            .nomad
+            .latest_deployment("web")
+            .expect("the revert's deployment");
+        let (_, mut job) = get_json(&addr, "/v1/job/web");
+        job["Meta"]["owner"] = json!("someone-else");
+        let (status, body) = post_json(&addr, "/v1/jobs", &json!({ "Job": job }));
+        assert_eq!(status, 200, "{body}");
+        dep
+    });
+    assert_eq!(revert_deployment["JobVersion"], 2, "{revert_deployment}");
+
+    let d = c.outcome_for("bad-5", Duration::from_secs(180)).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    let job = c.nomad.job("web");
+    assert_eq!(
+        job["Version"], 3,
+        "the operator's version on top of the revert"
+    );
+    assert_eq!(
+        d["job_version"], 3,
+        "their deployment settled the rollback: {d}"
+    );
+    let cancelled = c.nomad.api_ok(
+        "GET",
+        &format!(
+            "/v1/deployment/{}",
+            revert_deployment["ID"].as_str().unwrap()
+        ),
+        None,
+    );
+    assert_eq!(
+        cancelled["Status"], "cancelled",
+        "the operator's run cancelled the revert's deployment: {cancelled}"
+    );
+    assert_eq!(
+        (
+            c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
+            job["Meta"]["image_tag"].as_str(),
+            d["tag"].as_str()
+        ),
+        (Some("1.0.0"), Some("1.0.0"), Some("1.0.0")),
+        "I1"
+    );
+    assert_eq!(job["Meta"]["owner"], "someone-else", "I4");
+    let tags = poll("every instance on 1.0.0", Duration::from_secs(120), || {
+        let t = c.nomad.running_tags("web");
+        (t == vec!["1.0.0"; 3]).then_some(t)
+    })
+    .await;
+    assert_eq!(tags.len(), 3);
+    tb.stop().await;
+}
+
 /// The leader key deleted by hand mid-rollout: the leader notices, ends
 /// its term, campaigns again, and the rollout completes exactly once (I3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
