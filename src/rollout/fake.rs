@@ -180,6 +180,14 @@ impl FakeNomad {
         r
     }
 
+    /// Change the world as someone other than the driver would, waking
+    /// blocking reads (the driver's own writes do that in `after_write`).
+    pub fn act<T>(&self, f: impl FnOnce(&mut NomadWorld) -> T) -> T {
+        let out = self.with(f);
+        self.changed.notify_waiters();
+        out
+    }
+
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
         self.changed.notify_waiters();

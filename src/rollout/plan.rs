@@ -251,7 +251,11 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
 
     /// The deployment of a version someone registered on top of `ours`
     /// that still names `tag` (so it carries this rollout), if any.
-    async fn successor(&self, tag: &str, ours: u64) -> Result<Option<Deployment>, RolloutError> {
+    pub(super) async fn successor(
+        &self,
+        tag: &str,
+        ours: u64,
+    ) -> Result<Option<Deployment>, RolloutError> {
         match self.job().await? {
             Some(j) if j.version > ours && j.meta(&self.rc.meta_key) == Some(tag) => {
                 self.deployment_for(j.version).await

@@ -305,16 +305,28 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 .job_version
                 .or(rec.prior_version)
                 .is_some_and(|v| version > v);
-        let dep = if ours {
-            self.deployment_for(version).await?
-        } else {
-            None
+        let (mut dep, mut version) = match ours {
+            true => (self.deployment_for(version).await?, version),
+            false => (None, version),
         };
         let deadline = tokio::time::Instant::now() + self.rc.timeout;
-        let outcome = match &dep {
-            Some(d) => self.watch(&d.id, false, Some(version), deadline).await?,
-            None => Ok(()),
-        };
+        // Someone ran the job again on top of the revert (an edit, a
+        // scale): Nomad cancels its deployment, but when their version
+        // still names the restored tag, its deployment settles the
+        // rollback (bounded, as in `proceed`).
+        let mut outcome = Ok(());
+        for _ in 0..3 {
+            let Some(d) = &dep else { break };
+            outcome = self.watch(&d.id, false, Some(version), deadline).await?;
+            let cancelled = matches!(&outcome, Err(Failure::Deployment { status, .. }) if status == "cancelled");
+            let next = match (&target, cancelled) {
+                (Some(t), true) => self.successor(t, version).await?,
+                _ => None,
+            };
+            let Some(n) = next else { break };
+            tracing::info!(service = %self.svc.name, job_version = n.job_version, "the job was run again with the restored tag on top of the revert; following its deployment");
+            (version, dep) = (n.job_version, Some(n));
+        }
         match outcome {
             Ok(()) => {
                 self.finish_rolled_back(rec, target, Some(version), dep.map(|d| d.id), reason)

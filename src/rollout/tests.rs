@@ -687,3 +687,52 @@ async fn an_operator_rerun_during_a_healthy_rollout_is_followed_not_rolled_back(
     assert_eq!(w.meta("owner").as_deref(), Some("ops"));
     assert_eq!(w.registers_of("1.1"), 1, "I3");
 }
+
+/// Found by the soak: an operator runs the job again while the rollback's
+/// revert is deploying. Nomad cancels the revert's deployment, but their
+/// version names the restored tag, so the rollback follows their
+/// deployment and records `rolled_back` (I1), instead of recording the
+/// rollback as failed with the failed tag in the record while the key and
+/// the job name the restored one.
+#[tokio::test(start_paused = true)]
+async fn an_operator_rerun_during_the_rollbacks_revert_is_followed() {
+    let w = World::new("1.0");
+    w.nomad.with(|n| {
+        n.health = |t| match t {
+            "1.0" => Health::Pending,
+            _ => Health::Unhealthy,
+        };
+    });
+    let nomad = w.nomad.clone();
+    let operator = tokio::spawn(async move {
+        // Once the revert is out and being watched: bounded, virtual time.
+        for _ in 0..600 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if nomad.with(|n| !n.reverts.is_empty()) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                nomad.act(|n| {
+                    n.health = |_| Health::Healthy;
+                    operator_edit(n);
+                });
+                return true;
+            }
+        }
+        false
+    });
+    w.desire("bad-3", 1);
+    w.drive().await.expect("drive");
+    assert!(operator.await.expect("operator"), "the revert happened");
+    let d = w.deployed();
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    assert_eq!(
+        d["job_version"], 3,
+        "the operator's version, on top of the revert: {d}"
+    );
+    w.assert_i1("1.0");
+    assert_eq!(w.meta("owner").as_deref(), Some("ops"), "I4");
+    assert_eq!(
+        w.nomad.with(|n| n.reverts.clone()),
+        [(0, 1)],
+        "reverted once"
+    );
+}
