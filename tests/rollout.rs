@@ -639,6 +639,43 @@ async fn check_connect_reports_what_the_live_job_lacks() {
     let (code, out, err) = tokio::task::block_in_place(|| cli(&cfg, &["check", "--connect"]));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("meets"), "{out}");
+
+    // The classic setup's template, as it is: the whole prefix through
+    // `range ls`, restarting. It reads the key, and is refused with how
+    // to split it.
+    c.consul.put("configs/web/LOG_LEVEL", "info");
+    let classic = |mode: &'static str| {
+        move |job: &mut Value| {
+            let task = &mut job["TaskGroups"][0]["Tasks"][0];
+            // The test service needs a TAG; the classic template renders
+            // IMAGE_TAG=… among the prefix's keys instead.
+            task["Env"]["TAG"] = json!("classic");
+            let templates = task["Templates"].as_array_mut().expect("templates");
+            templates.truncate(1);
+            templates[0]["EmbeddedTmpl"] =
+                json!("{{ range ls \"configs/web\" }}{{ .Key }}={{ .Value }}\n{{ end }}");
+            templates[0]["ChangeMode"] = json!(mode);
+        }
+    };
+    c.nomad.stop_job("web");
+    c.run_job_with("web-prefix", "1.0.0", &[], classic("restart"));
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&cfg, &["check", "--connect"]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("through ls \"configs/web\""), "{err}");
+    assert!(err.contains("{{ if ne .Key \"IMAGE_TAG\" }}"), "{err}");
+    // Made noop, it works, with a warning about the other keys.
+    c.run_job_with("web-prefix", "1.0.0", &[], classic("noop"));
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&cfg, &["check", "--connect"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("warning:") && out.contains("will not restart the task"),
+        "{out}"
+    );
+    // The split layout of nomad/web-prefix.nomad.hcl: no problem, no warning.
+    c.run_job("web-prefix", "1.0.0", &[]);
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&cfg, &["check", "--connect"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("warning:"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
