@@ -45,7 +45,8 @@ export CONSUL_BIN
 echo "== building tagbridge (release) and the latency bench"
 cargo build --release --quiet
 cargo bench --bench latency --no-run --quiet
-TB=$PWD/target/release/tagbridge
+# Where cargo put it (CARGO_TARGET_DIR, when set, moves target/).
+TB=${CARGO_TARGET_DIR:-$PWD/target}/release/tagbridge
 
 work=$(mktemp -d /tmp/tagbridge-bench.XXXXXX)
 pids=()
