@@ -41,13 +41,17 @@ struct Args {
     state_prefix: String,
     n: usize,
     warmup: usize,
+    /// The service's `history_keep`: the warm-up writes at least this
+    /// many entries, so every measured webhook trims one, as the bare txn
+    /// deletes one.
+    history_keep: usize,
     http2: bool,
 }
 
 const USAGE: &str = "usage: latency --url https://127.0.0.1:PORT --secret SECRET \
 --signing-key-file FILE --ca CERT.pem --consul http://127.0.0.1:PORT \
 [--repository acme/web] [--service web] [--key configs/web/IMAGE_TAG] \
-[--state-prefix tagbridge] [--n 2000] [--warmup 200] [--http2]";
+[--state-prefix tagbridge] [--n 2000] [--warmup 200] [--history-keep 100] [--http2]";
 
 impl Args {
     fn parse() -> Result<Self, String> {
@@ -64,6 +68,7 @@ impl Args {
             "state-prefix",
             "n",
             "warmup",
+            "history-keep",
             "http2",
         ] {
             let env = format!("TB_BENCH_{}", name.replace('-', "_").to_uppercase());
@@ -112,6 +117,7 @@ impl Args {
             state_prefix: take("state-prefix", Some("tagbridge"))?,
             n: number("n", take("n", Some("2000"))?)?,
             warmup: number("warmup", take("warmup", Some("200"))?)?,
+            history_keep: number("history-keep", take("history-keep", Some("100"))?)?,
             http2: take("http2", Some("0"))? != "0",
         };
         if let Some(unknown) = map.keys().next() {
@@ -219,6 +225,31 @@ impl Webhooks {
             tag,
             status.as_u16() == 200 && changed == Some(true),
         ))
+    }
+}
+
+impl Webhooks {
+    /// `GET /healthz` on the same kept-alive TLS connection: the round
+    /// trip to tagbridge with no Consul behind it, i.e. the floor that TLS,
+    /// HTTP and one more loopback hop put under every webhook.
+    async fn healthz(&mut self) -> Result<Duration, String> {
+        let url = self.endpoint.split("/hooks/").next().unwrap_or_default();
+        let started = Instant::now();
+        let resp = self
+            .client
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .map_err(|e| format!("healthz: {e:?}"))?;
+        let status = resp.status();
+        resp.bytes()
+            .await
+            .map_err(|e| format!("healthz answer: {e}"))?;
+        let elapsed = started.elapsed();
+        if !status.is_success() {
+            return Err(format!("healthz answered {status}"));
+        }
+        Ok(elapsed)
     }
 }
 
@@ -351,9 +382,12 @@ async fn run(args: Args) -> Result<bool, String> {
     };
 
     // Warm up tagbridge: connection, TLS session, its snapshot cache, and
-    // enough changes to fill the bounded history to its steady size.
+    // enough changes to fill the bounded history to its steady size (with
+    // fewer, a webhook's txn would have no entry to trim and be one
+    // operation shorter than the bare txn it is compared with).
     let warmup = args.warmup.max(1);
-    for _ in 0..warmup {
+    let fill = warmup.max(args.history_keep + 1);
+    for _ in 0..fill {
         let (_, tag, ok) = hooks.send().await?;
         if !ok {
             return Err(format!(
@@ -410,14 +444,15 @@ async fn run(args: Args) -> Result<bool, String> {
         bare.history.len()
     );
     println!(
-        "client: reqwest/rustls, keep-alive, {}; {} warm-up requests each; measuring {} of each, alternating",
+        "client: reqwest/rustls, keep-alive, {}; {fill} warm-up webhooks (history_keep {}), {warmup} warm-up txns; measuring {} of each, alternating",
         if args.http2 { "HTTP/2" } else { "HTTP/1.1" },
-        warmup,
+        args.history_keep,
         args.n
     );
 
     let mut webhook_times = Vec::with_capacity(args.n);
     let mut txn_times = Vec::with_capacity(args.n);
+    let mut hop_times = Vec::with_capacity(args.n);
     let mut committed = 0usize;
     for i in 0..args.n {
         // Alternate which goes first, so neither always follows the other.
@@ -433,17 +468,28 @@ async fn run(args: Args) -> Result<bool, String> {
             webhook_times.push(t);
             committed += usize::from(ok);
         }
+        hop_times.push(hooks.healthz().await?);
     }
 
     let hook = Summary::of(&webhook_times);
     let txn = Summary::of(&txn_times);
+    let hop = Summary::of(&hop_times);
     let ratio = hook.p50 / txn.p50;
     println!();
     println!("{}", hook.line("webhook -> 2xx (HTTPS, tagbridge)"));
     println!("{}", txn.line("bare Consul txn (same shape)"));
+    println!("{}", hop.line("GET /healthz (HTTPS, no Consul)"));
     println!(
         "p50 overhead of tagbridge: {:.3} ms; p50 ratio webhook/txn {ratio:.2}",
         hook.p50 - txn.p50
+    );
+    // The webhook leg is HTTPS to tagbridge and then the txn; the bare
+    // leg is plain HTTP straight to Consul. /healthz shows how much of
+    // the overhead is that extra TLS hop rather than webhook handling.
+    println!(
+        "of which the HTTPS hop to tagbridge (healthz p50): {:.3} ms; webhook handling beyond hop + txn: {:.3} ms",
+        hop.p50,
+        hook.p50 - txn.p50 - hop.p50
     );
     println!("webhook answers:");
     for (label, count) in &hooks.statuses {
@@ -454,7 +500,7 @@ async fn run(args: Args) -> Result<bool, String> {
         args.n, bare.conflicts
     );
     // Machine-readable lines for scripts/bench.sh.
-    for (name, s) in [("webhook", &hook), ("txn", &txn)] {
+    for (name, s) in [("webhook", &hook), ("txn", &txn), ("healthz", &hop)] {
         println!(
             "RESULT {name}_p50_ms={:.3} {name}_p90_ms={:.3} {name}_p99_ms={:.3} {name}_max_ms={:.3}",
             s.p50, s.p90, s.p99, s.max

@@ -10,8 +10,9 @@
 # tagbridge on free loopback ports, then measures:
 #   1. resident memory when idle (after startup and a few requests);
 #   2. webhook -> 2xx latency against a bare Consul txn of the same shape,
-#      at history_keep 10, 100 and 10000
-#      (benches/latency.rs);
+#      at history_keep 10, 100 and 10000, each history first filled to its
+#      steady size, and GET /healthz on the same TLS connection (the hop
+#      every webhook pays before any work) (benches/latency.rs);
 #   3. rejected-request throughput over TLS keep-alive with wrk, with the
 #      default configuration (info logging, failed-attempt limit on),
 #      sampling resident memory meanwhile; then a short run of the 404 path
@@ -45,7 +46,8 @@ export CONSUL_BIN
 echo "== building tagbridge (release) and the latency bench"
 cargo build --release --quiet
 cargo bench --bench latency --no-run --quiet
-TB=$PWD/target/release/tagbridge
+# Where cargo put it (CARGO_TARGET_DIR, when set, moves target/).
+TB=${CARGO_TARGET_DIR:-$PWD/target}/release/tagbridge
 
 work=$(mktemp -d /tmp/tagbridge-bench.XXXXXX)
 pids=()
@@ -235,7 +237,7 @@ echo "VmRSS idle: $(mib "$idle_kib") MiB ($(awk '/^Rss(Anon|File|Shmem):/ {print
 # At history_keep 10, 100 and 10000, each on a tagbridge of its own (the
 # first one is the main instance, history_keep 100); the history is one key
 # per entry, so the figures should not depend on the size.
-declare -A L_P50 L_P99 T_P50 RATIO
+declare -A L_P50 L_P99 T_P50 H_P50 RATIO
 latency_ok=1
 for keep in 100 10 10000; do
   echo
@@ -263,7 +265,7 @@ for keep in 100 10 10000; do
   if ! cargo bench --quiet --bench latency -- \
     --url "https://127.0.0.1:$lport" --secret "$secret" \
     --signing-key-file "$work/web.hmac" --ca "$work/ca.crt" \
-    --consul "http://127.0.0.1:$CONSUL_PORT" --n "$N" --warmup "$WARMUP" \
+    --consul "http://127.0.0.1:$CONSUL_PORT" --n "$N" --warmup "$WARMUP" --history-keep "$keep" \
     --state-prefix "$prefix" |
     tee "$work/latency.out"; then
     latency_ok=0
@@ -274,13 +276,15 @@ for keep in 100 10 10000; do
   server_mean=$(awk -v s0="$h_sum_before" -v c0="$h_count_before" -v s1="$(hist "$ladmin" sum)" -v c1="$(hist "$ladmin" count)" \
     'BEGIN {printf "%.3f", (c1 > c0) ? (s1 - s0) * 1000 / (c1 - c0) : 0}')
   echo "tagbridge's own timer (request in -> answer out, mean over the run): $server_mean ms"
-  echo "tagbridge CPU per webhook: $(per_op "$cpu_latency" $((N + WARMUP))) us (user+system over the run, clock tick $((1000 / TICK)) ms)"
+  hooks_sent=$((N + (WARMUP > keep ? WARMUP : keep + 1)))
+  echo "tagbridge CPU per webhook: $(per_op "$cpu_latency" "$hooks_sent") us (user+system over the run, $N GET /healthz included, clock tick $((1000 / TICK)) ms)"
   latency_peak_kib=$(max_of "$work/rss-latency")
   echo "VmRSS peak during the latency run: $(mib "${latency_peak_kib:-0}") MiB"
   result() { sed -n "s/.*[ ]$1=\([0-9.]*\).*/\1/p" "$work/latency.out" | head -n 1; }
   L_P50[$keep]=$(result webhook_p50_ms)
   L_P99[$keep]=$(result webhook_p99_ms)
   T_P50[$keep]=$(result txn_p50_ms)
+  H_P50[$keep]=$(result healthz_p50_ms)
   RATIO[$keep]=$(result ratio_p50)
   [ "$keep" = 100 ] || stop "$lpid"
 done
@@ -391,6 +395,7 @@ row "resident memory under load, peak (MiB)" "$load_mib" "<=" 25 "$load_mib"
 row "stripped release binary (MiB)" "$bin_mib" "<=" 10 "$bin_mib"
 echo
 echo "for information: 404 path alone (limit lifted, warn) ${rps_404:-?} req/s; log at info during the default run: ${log_lines:-?} lines;"
+echo "HTTPS hop with no work behind it (GET /healthz p50) at history_keep 10 / 100 / 10000: ${H_P50[10]:-?} / ${H_P50[100]:-?} / ${H_P50[10000]:-?} ms;"
 echo "resident memory with 1000 idle TLS connections: $(mib "${idle1000_kib:-0}") MiB;"
 echo "VmHWM $(mib "$hwm_kib") MiB; peak during the latency run $(mib "${latency_peak_kib:-0}") MiB; keep-alive after a rejection: $keepalive"
 [ "$latency_ok" = 1 ] || echo "the latency bench failed: see its output above"

@@ -191,6 +191,18 @@ pub fn bounded(mut entry: HistoryEntry) -> HistoryEntry {
     entry
 }
 
+/// An entry as stored: JSON, every field cut to [`MAX_FIELD_BYTES`].
+fn entry_value(entry: &HistoryEntry) -> Vec<u8> {
+    // Plain data: serialising it cannot fail.
+    let value = serde_json::to_vec(entry).unwrap_or_default();
+    // JSON never shortens a string, so an entry this short has no field
+    // over the bound and needs no copy to cut (the common case).
+    if value.len() <= MAX_FIELD_BYTES {
+        return value;
+    }
+    serde_json::to_vec(&bounded(entry.clone())).unwrap_or_default()
+}
+
 /// The operations that append `entry` after `read` (and trim), for the
 /// caller's transaction, and the head they leave.
 ///
@@ -213,8 +225,7 @@ pub fn append_ops(
         seq,
         oldest: trim_to,
     };
-    // Plain data: serialising it cannot fail.
-    let value = serde_json::to_vec(&bounded(entry.clone())).unwrap_or_default();
+    let value = entry_value(entry);
     let mut ops = Vec::with_capacity(2 + TRIM_PER_WRITE as usize);
     ops.push(TxnOp::Cas {
         key: keys.head.clone(),
@@ -285,7 +296,7 @@ pub async fn migrate(
         let mut bytes = 0usize;
         let mut raced = false;
         for (i, e) in entries.iter().enumerate() {
-            let value = serde_json::to_vec(&bounded(e.clone())).unwrap_or_default();
+            let value = entry_value(e);
             // Base64 in the request: 4/3 of the value, plus the key.
             let cost = value.len() * 4 / 3 + 96;
             if ops.len() > guard.len()
@@ -494,6 +505,19 @@ mod tests {
         let json = serde_json::to_vec(&bounded(e)).unwrap();
         // Consul takes 512 KiB per transaction (values base64-encoded).
         assert!(json.len() <= 64 * 1024, "{}", json.len());
+    }
+
+    #[test]
+    fn stored_value_is_the_bounded_entry() {
+        let small = entry("t");
+        let mut at_bound = entry("t");
+        at_bound.detail = Some("y".repeat(MAX_FIELD_BYTES));
+        let mut over = entry("t");
+        over.detail = Some("y".repeat(MAX_FIELD_BYTES + 1));
+        for e in [small, at_bound, over] {
+            let want = serde_json::to_vec(&bounded(e.clone())).unwrap();
+            assert_eq!(entry_value(&e), want);
+        }
     }
 
     #[test]

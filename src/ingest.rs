@@ -259,9 +259,16 @@ pub struct Ingest {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     cache: Mutex<HashMap<String, Snapshot>>,
-    /// One lane per service: concurrent webhooks for the same service in
-    /// this process queue here instead of racing each other's CAS.
-    lanes: HashMap<String, tokio::sync::Mutex<()>>,
+    lanes: HashMap<String, Lane>,
+}
+
+/// One per configured service.
+struct Lane {
+    /// Concurrent webhooks for the same service in this process queue
+    /// here instead of racing each other's CAS.
+    turn: tokio::sync::Mutex<()>,
+    /// Its keys, composed once: they only change with the configuration.
+    keys: Keys,
 }
 
 /// A short random pause after a lost CAS, so two replicas that collided
@@ -279,6 +286,8 @@ struct Plan {
     ops: Vec<TxnOp>,
     /// The history head it leaves (kept for the next webhook).
     head: Option<history_store::Head>,
+    /// The desired record it writes, if any (kept for the next webhook).
+    desired: Option<Desired>,
     outcome: Outcome,
 }
 
@@ -288,6 +297,7 @@ impl Plan {
         Plan {
             ops: Vec::new(),
             head: None,
+            desired: None,
             outcome: Outcome {
                 tag: tag.to_string(),
                 previous,
@@ -316,7 +326,13 @@ impl Ingest {
         let lanes = config
             .services
             .iter()
-            .map(|s| (s.name.clone(), tokio::sync::Mutex::new(())))
+            .map(|s| {
+                let lane = Lane {
+                    turn: tokio::sync::Mutex::new(()),
+                    keys: Keys::new(&config, s),
+                };
+                (s.name.clone(), lane)
+            })
             .collect();
         Self {
             consul,
@@ -331,8 +347,10 @@ impl Ingest {
         &self.consul
     }
 
-    fn cached(&self, service: &str) -> Option<Snapshot> {
-        self.cache.lock().ok()?.get(service).cloned()
+    /// Take the cached snapshot out (the caller holds the service's lane,
+    /// and puts back what it knows after its write).
+    fn take_cached(&self, service: &str) -> Option<Snapshot> {
+        self.cache.lock().ok()?.remove(service)
     }
 
     fn remember(&self, service: &str, snap: Option<Snapshot>) {
@@ -384,54 +402,69 @@ impl Ingest {
                 rollout_queued: false,
             });
         }
-        let _lane = match self.lanes.get(&svc.name) {
-            Some(l) => Some(l.lock().await),
+        let lane = self.lanes.get(&svc.name);
+        let _turn = match lane {
+            Some(l) => Some(l.turn.lock().await),
             None => None,
         };
-        let keys = Keys::new(&self.config, svc);
+        let composed;
+        let keys = match lane {
+            Some(l) => &l.keys,
+            None => {
+                composed = Keys::new(&self.config, svc);
+                &composed
+            }
+        };
+        // The reads are boxed: they are the rare path (first webhook, lost
+        // CAS), and their futures (six reads in parallel) are most of this
+        // one's size, which every webhook would otherwise carry and move.
+        let reread = || Box::pin(read_for_write(&self.consul, keys, svc.history_keep));
         let mut fresh = false;
-        let mut snap = match self.cached(&svc.name) {
+        let mut snap = match self.take_cached(&svc.name) {
             Some(s) => s,
             None => {
                 fresh = true;
-                read_for_write(&self.consul, &keys, svc.history_keep).await?
+                reread().await?
             }
         };
         for attempt in 0..MAX_CAS_ATTEMPTS {
-            let plan = match self.plan(svc, &keys, &snap, change)? {
+            let plan = match self.plan(svc, keys, &snap, change)? {
                 Some(plan) => plan,
                 None if fresh => {
-                    self.remember(&svc.name, Some(snap.clone()));
-                    return Ok(self.unchanged(svc, change, &snap));
+                    let outcome = self.unchanged(svc, change, &snap);
+                    self.remember(&svc.name, Some(snap));
+                    return Ok(outcome);
                 }
                 None => {
                     // Never answer "unchanged" from a guess.
-                    snap = read_for_write(&self.consul, &keys, svc.history_keep).await?;
+                    snap = reread().await?;
                     fresh = true;
                     continue;
                 }
             };
             if plan.ops.is_empty() {
+                self.remember(&svc.name, Some(snap));
                 return Ok(plan.outcome);
             }
-            let consul = self.consul.clone();
-            let ops = plan.ops.clone();
-            let result = (move || {
-                let consul = consul.clone();
-                let ops = ops.clone();
-                async move { consul.txn(&ops).await }
-            })
-            .retry(retry_policy())
-            .when(ConsulError::is_transient)
-            .await;
+            let result = (|| self.consul.txn(&plan.ops))
+                .retry(retry_policy())
+                .when(ConsulError::is_transient)
+                .await;
             match result {
                 Ok(TxnOutcome::Committed(indexes)) => {
-                    self.remember(&svc.name, committed_snapshot(snap, &keys, &plan, &indexes));
-                    return Ok(plan.outcome);
+                    let Plan {
+                        ops,
+                        head,
+                        desired,
+                        outcome,
+                    } = plan;
+                    let written = Written { ops, head, desired };
+                    self.remember(&svc.name, committed_snapshot(snap, keys, written, &indexes));
+                    return Ok(outcome);
                 }
                 Ok(TxnOutcome::Conflict(_)) => {
                     conflict_pause(attempt).await;
-                    snap = read_for_write(&self.consul, &keys, svc.history_keep).await?;
+                    snap = reread().await?;
                     fresh = true;
                 }
                 Err(e) => {
@@ -561,6 +594,7 @@ impl Ingest {
         // included), so a key written here, with no leader or mid-rollout,
         // would run an unchecked tag. Ingest records desired and history.
         let write_key = write_tag && svc.rollout.is_none();
+        let mut written = None;
         if write_key {
             ops.push(TxnOp::Cas {
                 key: keys.tag.clone(),
@@ -585,6 +619,7 @@ impl Ingest {
                 })?,
                 index: snap.desired_index,
             });
+            written = Some(desired);
         }
         if svc.rollout.is_some()
             && (snap.desired.is_none() || matches!(change, Change::Manual { .. }))
@@ -601,6 +636,7 @@ impl Ingest {
         Ok(Some(Plan {
             ops,
             head: Some(head),
+            desired: written,
             outcome: Outcome {
                 tag: tag.to_string(),
                 previous: current,
@@ -644,27 +680,34 @@ fn manual_is_noop(svc: &ServiceConfig, snap: &Snapshot, tag: &str) -> bool {
     }
 }
 
-/// The snapshot as it is after `plan` committed, so the next webhook for
-/// the service needs no read.
+/// What a committed plan wrote.
+struct Written {
+    ops: Vec<TxnOp>,
+    head: Option<history_store::Head>,
+    desired: Option<Desired>,
+}
+
+/// The snapshot as it is after `written` committed, so the next webhook
+/// for the service needs no read.
 fn committed_snapshot(
     mut snap: Snapshot,
     keys: &Keys,
-    plan: &Plan,
+    mut plan: Written,
     indexes: &[(String, u64)],
 ) -> Option<Snapshot> {
     let index_of = |key: &str| indexes.iter().find(|(k, _)| k == key).map(|(_, i)| *i);
-    for op in &plan.ops {
+    for op in plan.ops {
         if let TxnOp::Cas { key, value, .. } = op {
             // Consul did not say: read afresh next time.
-            let idx = index_of(key)?;
-            if key == &keys.tag {
-                snap.tag = Some(String::from_utf8_lossy(value).into_owned());
+            let idx = index_of(&key)?;
+            if key == keys.tag {
+                snap.tag = Some(String::from_utf8(value).ok()?);
                 snap.key_index = idx;
-            } else if key == &keys.history.head {
+            } else if key == keys.history.head {
                 snap.history.head = plan.head?;
                 snap.history.index = idx;
-            } else if key == &keys.desired {
-                snap.desired = serde_json::from_slice(value).ok();
+            } else if key == keys.desired {
+                snap.desired = Some(plan.desired.take()?);
                 snap.desired_index = idx;
             }
         }

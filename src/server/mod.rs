@@ -243,7 +243,7 @@ fn static_json(
     resp
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Reply> {
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Reply> {
     let mut bytes = serde_json::to_vec(body).unwrap_or_default();
     bytes.push(b'\n');
     let mut resp = Response::new(Reply::new(Bytes::from(bytes)));
@@ -835,18 +835,31 @@ async fn ingest_best(
         .await
 }
 
+/// The answer to an accepted webhook. Serialised straight from borrowed
+/// fields, in the order `json!` used to give them (sorted), since this is
+/// the one answer every delivery gets.
+#[derive(serde::Serialize)]
+struct Accepted<'a> {
+    changed: bool,
+    key: &'a str,
+    previous: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    rollout: &'static str,
+    service: &'a str,
+    tag: &'a str,
+}
+
 fn accepted(svc: &ServiceConfig, o: &Outcome) -> Response<Reply> {
-    let mut body = json!({
-        "service": svc.name,
-        "key": svc.key,
-        "tag": o.tag,
-        "previous": o.previous,
-        "changed": o.changed,
-        "rollout": if o.rollout_queued { "queued" } else { "none" },
-    });
-    if let Some(reason) = &o.reason {
-        body["reason"] = json!(reason);
-    }
+    let body = Accepted {
+        changed: o.changed,
+        key: &svc.key,
+        previous: o.previous.as_deref(),
+        reason: o.reason.as_deref(),
+        rollout: if o.rollout_queued { "queued" } else { "none" },
+        service: &svc.name,
+        tag: &o.tag,
+    };
     let status = if o.rollout_queued {
         StatusCode::ACCEPTED
     } else {
@@ -954,6 +967,11 @@ async fn read_body(
                     return Err(Rejection::TooLarge);
                 }
                 buf.extend_from_slice(d);
+            }
+            // The declared length has all arrived: asking again would only
+            // wait for hyper to say so (one more wake of this task).
+            if body.is_end_stream() {
+                break;
             }
         }
         Ok(buf.freeze())
