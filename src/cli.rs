@@ -523,7 +523,7 @@ pub async fn deploy(
         "{name}: {} {} -> {tag}{}",
         svc.key,
         outcome.previous.as_deref().unwrap_or("(unset)"),
-        if outcome.rollout_queued {
+        if outcome.rollout_queued() {
             " (rollout queued)"
         } else {
             ""
@@ -1000,7 +1000,7 @@ pub async fn sync(cfg: Arc<Config>, name: &str, out: &mut dyn Write) -> Result<(
             svc.key,
             o.previous.as_deref().unwrap_or("(unset)"),
             o.tag,
-            if o.rollout_queued {
+            if o.rollout_queued() {
                 " (rollout queued)"
             } else {
                 ""

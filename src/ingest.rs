@@ -76,8 +76,16 @@ pub struct Outcome {
     pub changed: bool,
     /// Why nothing changed (`None` when `changed`).
     pub reason: Option<String>,
+    /// The desired `seq` a rollout controller will act on, when the
+    /// change queued a rollout.
+    pub rollout_seq: Option<u64>,
+}
+
+impl Outcome {
     /// Whether a rollout controller will act on the change.
-    pub rollout_queued: bool,
+    pub fn rollout_queued(&self) -> bool {
+        self.rollout_seq.is_some()
+    }
 }
 
 /// Why an ingest could not complete. Nothing was written in every case.
@@ -303,7 +311,7 @@ impl Plan {
                 previous,
                 changed: false,
                 reason: Some(reason),
-                rollout_queued: false,
+                rollout_seq: None,
             },
         }
     }
@@ -399,7 +407,7 @@ impl Ingest {
                 previous: None,
                 changed: false,
                 reason: Some(reason),
-                rollout_queued: false,
+                rollout_seq: None,
             });
         }
         let lane = self.lanes.get(&svc.name);
@@ -483,7 +491,7 @@ impl Ingest {
             previous: snap.current_tag(svc).map(str::to_string),
             changed: false,
             reason: Some("unchanged".into()),
-            rollout_queued: false,
+            rollout_seq: None,
         }
     }
 
@@ -633,6 +641,10 @@ impl Ingest {
         ops.extend(history_ops);
         ops.push(check_op(&keys.pin, snap.pin_index));
 
+        let rollout_seq = written
+            .as_ref()
+            .filter(|_| svc.rollout.is_some())
+            .map(|d| d.seq);
         Ok(Some(Plan {
             ops,
             head: Some(head),
@@ -642,7 +654,7 @@ impl Ingest {
                 previous: current,
                 changed: write_tag,
                 reason,
-                rollout_queued: write_tag && svc.rollout.is_some(),
+                rollout_seq,
             },
         }))
     }

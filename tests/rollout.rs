@@ -1363,3 +1363,139 @@ async fn an_operator_scale_mid_rollout_is_kept_and_the_rollout_completes() {
     assert_eq!(tags.len(), 4);
     tb.stop().await;
 }
+
+/// The README's CI step, run as it is (extracted from between its
+/// markers) with bash and curl: it exits 0 when the tag deployed, and
+/// fails (curl's 22, the 502 body on stdout) when it was rolled back. It
+/// prints, for the closing note, how long the caller waited beside how
+/// long Nomad's deployment took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_readme_ci_step_fails_the_pipeline_on_a_rollback() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
+    let block = readme
+        .split("<!-- ci-step -->")
+        .nth(1)
+        .and_then(|r| r.split("<!-- /ci-step -->").next())
+        .expect("the ci-step markers");
+    let script = block
+        .trim()
+        .strip_prefix("```sh")
+        .and_then(|b| b.strip_suffix("```"))
+        .expect("a sh block")
+        .to_string();
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[]);
+    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let ca = c.dir.write("ca.pem", &c.tls.ca_pem);
+    let url = tb
+        .server
+        .as_ref()
+        .expect("running")
+        .url(&format!("/hooks/{}", secret_pair("web").0));
+    let step = |tag: &str| {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .env("REPOSITORY", "acme/web")
+            .env("IMAGE_TAG", tag)
+            .env("TAGBRIDGE_SIGNING_SECRET", SIGNING)
+            .env("TAGBRIDGE_URL", &url)
+            .env("CURL_CA_BUNDLE", &ca)
+            .output()
+            .expect("run the CI step");
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "not JSON: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), body, started.elapsed())
+    };
+    // Nomad leaves a deployment's ModifyTime at zero: its end is taken as
+    // the last change to an allocation of its job version.
+    let deployment_took = |c: &Cluster| {
+        let d = c.nomad.latest_deployment("web").expect("a deployment");
+        let created = d["CreateTime"].as_u64().unwrap_or(0);
+        let ended = c
+            .nomad
+            .allocations("web")
+            .iter()
+            .filter(|a| a["JobVersion"] == d["JobVersion"])
+            .filter_map(|a| a["ModifyTime"].as_u64())
+            .max()
+            .unwrap_or(created);
+        Duration::from_nanos(ended.saturating_sub(created))
+    };
+
+    let (code, body, waited) = tokio::task::block_in_place(|| step("1.1.0"));
+    assert_eq!(code, Some(0), "{body}");
+    assert_eq!(body["deploy"]["outcome"], "deployed", "{body}");
+    assert_eq!(c.consul.kv(KEY).as_deref(), Some("1.1.0"));
+    let seq = body["seq"].as_u64().expect("seq");
+    println!(
+        "good tag: the caller knew the outcome {waited:?} after sending; Nomad's deployment took {:?}",
+        deployment_took(&c)
+    );
+    // The status path answers the same, at once.
+    let status = body["status"].as_str().expect("status path").to_string();
+    let server = tb.server.as_ref().expect("running");
+    let resp = tb
+        .client
+        .get(server.url(&status))
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(resp.status().as_u16(), 200);
+    let s: Value = resp.json().await.expect("JSON");
+    assert_eq!(
+        (s["seq"].as_u64(), s["outcome"].as_str()),
+        (Some(seq), Some("deployed"))
+    );
+
+    let (code, body, waited) = tokio::task::block_in_place(|| step("bad-2.0.0"));
+    assert_eq!(code, Some(22), "curl --fail exits 22 on the 502: {body}");
+    assert_eq!(body["deploy"]["outcome"], "rolled_back", "{body}");
+    assert!(
+        body["deploy"]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["deploy"]["running"], "1.1.0", "{body}");
+    assert_eq!(c.consul.kv(KEY).as_deref(), Some("1.1.0"));
+    println!(
+        "bad tag: the caller knew of the rollback {waited:?} after sending; the failed deployment took {:?}",
+        deployment_took(&c)
+    );
+    // The first change is now superseded; an unknown seq is 404; a bad
+    // `wait` is refused before anything is written.
+    let first = tb
+        .client
+        .get(server.url(&status))
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(first.status().as_u16(), 409);
+    let unknown = status.replace(&format!("/rollouts/{seq}"), "/rollouts/999");
+    let resp = tb
+        .client
+        .get(server.url(&unknown))
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(resp.status().as_u16(), 404);
+    let body = serde_json::to_vec(&json!({"repository": "acme/web", "tag": "1.2.0"})).unwrap();
+    let resp = tb
+        .client
+        .post(format!("{url}?wait=soon"))
+        .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(c.consul.kv(KEY).as_deref(), Some("1.1.0"));
+    tb.stop().await;
+}

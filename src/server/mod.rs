@@ -11,6 +11,7 @@ pub mod admin;
 pub mod conn;
 pub mod guard;
 pub mod reject_log;
+pub mod waiting;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ServiceConfig};
-use crate::ingest::{Change, Ingest, IngestError, Outcome};
+use crate::ingest::{Change, Ingest, IngestError, Keys, Outcome};
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::tls::CertStore;
 use crate::webhook::{self, Parsed, WebhookError};
@@ -103,6 +104,8 @@ pub struct AppState {
     pub rejects: RejectLog,
     pub limits: Limits,
     pub certs: Option<Arc<CertStore>>,
+    /// Requests waiting for a rollout's outcome.
+    pub waits: waiting::Waits,
 }
 
 impl AppState {
@@ -125,6 +128,7 @@ impl AppState {
             metrics,
             limits,
             certs,
+            waits: waiting::Waits::default(),
         }
     }
 }
@@ -141,6 +145,10 @@ enum Rejection {
     Signature(WebhookError),
     BadRequest(String),
     Ingest(IngestError),
+    /// The status path names a seq no change was given.
+    UnknownRollout(u64),
+    /// The status path could not read the records.
+    Outcome(crate::outcome::OutcomeError),
 }
 
 impl Rejection {
@@ -155,6 +163,8 @@ impl Rejection {
             Rejection::BadRequest(_) => "bad_request",
             Rejection::Ingest(IngestError::Corrupt { .. }) => "error",
             Rejection::Ingest(_) => "unavailable",
+            Rejection::UnknownRollout(_) => "unknown_rollout",
+            Rejection::Outcome(_) => "unavailable",
         }
     }
 
@@ -163,6 +173,7 @@ impl Rejection {
         match self {
             Rejection::Signature(e) => Some(e.to_string()),
             Rejection::BadRequest(reason) => Some(reason.clone()),
+            Rejection::Outcome(e) => Some(e.to_string()),
             _ => None,
         }
     }
@@ -213,6 +224,16 @@ impl Rejection {
             Rejection::Ingest(IngestError::Pinned(_)) | Rejection::Ingest(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "state store unavailable, nothing was written; retry later"}),
+                Some(5),
+            ),
+            Rejection::UnknownRollout(seq) => (
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("no change with seq {seq} (yet)")}),
+                None,
+            ),
+            Rejection::Outcome(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "state store unavailable; retry later"}),
                 Some(5),
             ),
         };
@@ -459,6 +480,7 @@ pub async fn run(
 
     drop(listener);
     stopping.cancel();
+    state.waits.stop();
     tracker.close();
     let grace = state.limits.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -699,10 +721,19 @@ async fn route(
     // Hash something for every request, so an unknown path costs the same
     // as a wrong secret.
     let path = parts.uri.path();
-    let presented = path.strip_prefix("/hooks/").unwrap_or(path);
+    let rest = path.strip_prefix("/hooks/").unwrap_or(path);
+    // The status path lives under the same secret: `<secret>/rollouts/<seq>`.
+    let (presented, status_seq) = match rest.split_once("/rollouts/") {
+        Some((secret, seq)) => (secret, Some(seq)),
+        None => (rest, None),
+    };
     let matched = guard::match_secret(&state.config.services, presented.as_bytes());
+    let wanted = match status_seq {
+        None => Method::POST,
+        Some(_) => Method::GET,
+    };
     let idx = match matched {
-        Some(i) if parts.method == Method::POST && path.starts_with("/hooks/") => i,
+        Some(i) if parts.method == wanted && path.starts_with("/hooks/") => i,
         _ => {
             let r = match state.guard.fail(ip) {
                 Some(wait) => Rejection::RateLimited(wait),
@@ -721,6 +752,28 @@ async fn route(
             report,
         );
     }
+
+    if let Some(seq) = status_seq {
+        drain(&mut body).await;
+        report.outcome = "status";
+        let resp = match rollout_status(state, svc, seq, parts.uri.query()).await {
+            Ok(resp) => resp,
+            Err(r) => reject(&mut report, r),
+        };
+        return (resp, report);
+    }
+    // Checked before anything is written: bad input changes nothing.
+    let cap = svc.rollout.as_ref().map_or(Duration::ZERO, |r| r.timeout);
+    let wait = match waiting::wait_param(parts.uri.query(), cap) {
+        Ok(w) => w,
+        Err(m) => {
+            drain(&mut body).await;
+            return (
+                hold(reject(&mut report, Rejection::BadRequest(m)), body),
+                report,
+            );
+        }
+    };
 
     let body = match read_body(&mut body, &parts.headers, state.limits.body_read).await {
         Ok(b) => b,
@@ -797,7 +850,7 @@ async fn route(
                     _ => "ignored",
                 }
             };
-            (accepted(svc, &outcome), report)
+            (accepted(state, svc, &outcome, path, wait).await, report)
         }
         Err(e) => {
             tracing::warn!(service = %svc.name, error = %e, "ingest failed; nothing written");
@@ -846,26 +899,98 @@ struct Accepted<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
     rollout: &'static str,
+    /// The queued rollout's seq and status path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     service: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a str>,
     tag: &'a str,
+    /// With `?wait=`: where the rollout stood when the answer was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy: Option<&'a crate::outcome::SeqStatus>,
 }
 
-fn accepted(svc: &ServiceConfig, o: &Outcome) -> Response<Reply> {
+/// The answer to an accepted webhook. A queued rollout names its seq and
+/// status path; with `?wait=`, the answer is held until the rollout's
+/// outcome is final or the wait ends, and its status is the outcome's
+/// (see [`waiting::status_code`]). The change is durable either way: a
+/// failed wait still answers 202.
+async fn accepted(
+    state: &AppState,
+    svc: &ServiceConfig,
+    o: &Outcome,
+    path: &str,
+    wait: Duration,
+) -> Response<Reply> {
+    // SECURITY: the status path holds the secret, echoed only to the
+    // caller that sent it (never logged).
+    let status_path = o.rollout_seq.map(|seq| format!("{path}/rollouts/{seq}"));
+    let deploy = match o.rollout_seq {
+        Some(seq) if !wait.is_zero() => {
+            let keys = Keys::new(&state.config, svc);
+            match state
+                .waits
+                .outcome(state.ingest.consul(), &keys, seq, wait)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(service = %svc.name, error = %e, "waiting for the rollout's outcome failed; answering 202");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let body = Accepted {
         changed: o.changed,
         key: &svc.key,
         previous: o.previous.as_deref(),
         reason: o.reason.as_deref(),
-        rollout: if o.rollout_queued { "queued" } else { "none" },
+        rollout: if o.rollout_queued() { "queued" } else { "none" },
+        seq: o.rollout_seq,
         service: &svc.name,
+        status: status_path.as_deref(),
         tag: &o.tag,
+        deploy: deploy.as_ref(),
     };
-    let status = if o.rollout_queued {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
+    let status = match (&deploy, o.rollout_queued()) {
+        (Some(d), _) => waiting::status_code(d.outcome),
+        (None, true) => StatusCode::ACCEPTED,
+        (None, false) => StatusCode::OK,
     };
     json_response(status, &body)
+}
+
+/// `GET /hooks/<secret>/rollouts/<seq>[?wait=…]`: where one change stands.
+async fn rollout_status(
+    state: &AppState,
+    svc: &ServiceConfig,
+    seq: &str,
+    query: Option<&str>,
+) -> Result<Response<Reply>, Rejection> {
+    let Some(rc) = &svc.rollout else {
+        return Err(Rejection::BadRequest(
+            "this service has no rollout block: its webhook answers once the key is written".into(),
+        ));
+    };
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| Rejection::BadRequest(format!("seq {seq:?} is not a number")))?;
+    let wait = waiting::wait_param(query, rc.timeout).map_err(Rejection::BadRequest)?;
+    let keys = Keys::new(&state.config, svc);
+    let status = state
+        .waits
+        .outcome(state.ingest.consul(), &keys, seq, wait)
+        .await
+        .map_err(Rejection::Outcome)?
+        .ok_or(Rejection::UnknownRollout(seq))?;
+    let body = waiting::StatusBody {
+        service: &svc.name,
+        status: &status,
+    };
+    Ok(json_response(waiting::status_code(status.outcome), &body))
 }
 
 /// Read and drop a small body before answering a rejected request, so
