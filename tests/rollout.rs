@@ -417,6 +417,40 @@ async fn canary_is_promoted_only_when_verify_url_passes() {
     tb.stop().await;
 }
 
+/// Without canaries there is no promotion to gate: verify_url is asked
+/// once the deployment succeeded, and a failure rolls back (key first,
+/// then the job), the same as a failing canary gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_url_without_canaries_rolls_back_a_deployment_it_refuses() {
+    let c = Cluster::start();
+    c.run_job("web-template", "1.0.0", &[]);
+    let verify = Receiver::start(503);
+    let rollout = format!(
+        "strategy = \"template\"\n    verify_url = \"{}\"",
+        verify.url("/verify")
+    );
+    let tb = Tagbridge::start(&c, &c.config(&rollout, ""), None).await;
+
+    assert_eq!(tb.push("1.1.0").await.0, 202);
+    let d = c.outcome_for("1.1.0", Duration::from_secs(150)).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    let detail = d["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("verify_url") && detail.contains("HTTP 503"),
+        "{d}"
+    );
+    assert_eq!(verify.bodies().len(), 3, "three attempts, a second apart");
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.0.0"; 3]);
+    assert_eq!(c.consul.kv(KEY).as_deref(), Some("1.0.0"));
+
+    verify.set_status(200);
+    assert_eq!(tb.push("1.2.0").await.0, 202);
+    let d = c.outcome_for("1.2.0", Duration::from_secs(150)).await;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    assert_eq!(c.nomad.running_tags("web"), vec!["1.2.0"; 3]);
+    tb.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_during_a_rollout_coalesce_to_the_newest() {
     let c = Cluster::start();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use backon::Retryable;
 use bytes::Bytes;
 use http_body_util::Full;
 
@@ -131,6 +132,20 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             index.observe(read.index);
             let d = read.value;
             match judge(&d) {
+                // Without canaries there was no promotion to gate: the
+                // whole new version is up, and verify_url judges it now.
+                // A failure rolls back like a failing canary gate.
+                Verdict::Succeeded if gate && !promoted => {
+                    if let Some(url) = &self.rc.verify_url {
+                        if let Err(detail) = self.verify(url).await {
+                            return Ok(Err(Failure::Verify {
+                                url: url.clone(),
+                                detail,
+                            }));
+                        }
+                    }
+                    return Ok(Ok(()));
+                }
                 Verdict::Succeeded => return Ok(Ok(())),
                 Verdict::Ended => {
                     return Ok(Err(Failure::Deployment {
@@ -207,38 +222,40 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         }))
     }
 
-    /// GET verify_url; 2xx passes.
+    /// GET verify_url; 2xx passes. Tried `verify_attempts` times, a
+    /// second apart (a service behind a load balancer may need a moment
+    /// to see its new instances).
     ///
     /// SECURITY: the URL comes from configuration, never from a payload.
     pub(super) async fn verify(&self, url: &str) -> Result<(), String> {
-        let mut last = String::new();
-        for attempt in 0..self.ctx.timings.verify_attempts {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            let req = match http::Request::get(url).body(Full::new(Bytes::new())) {
-                Ok(r) => r,
-                Err(e) => return Err(e.to_string()),
-            };
+        let once = || async {
+            let req = http::Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?;
             match self
                 .ctx
                 .http
                 .send(req, self.ctx.timings.verify_request)
                 .await
             {
-                Ok(r) if r.status.is_success() => return Ok(()),
+                Ok(r) if r.status.is_success() => Ok(()),
                 Ok(r) => {
                     let body: String = String::from_utf8_lossy(&r.body)
                         .trim()
                         .chars()
                         .take(200)
                         .collect();
-                    last = format!("HTTP {}: {body}", r.status.as_u16());
+                    Err(format!("HTTP {}: {body}", r.status.as_u16()))
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => Err(e.to_string()),
             }
-        }
-        Err(last)
+        };
+        once.retry(
+            backon::ConstantBuilder::default()
+                .with_delay(Duration::from_secs(1))
+                .with_max_times(self.ctx.timings.verify_attempts.saturating_sub(1) as usize),
+        )
+        .await
     }
 
     /// What Nomad says about the deployment's failed allocations.
