@@ -920,6 +920,11 @@ mod tests {
             actor: None,
         };
         let nothing = |r: &str| Settled::Nothing(r.into());
+        let record = |write_tag, detail: Option<&str>, reason: Option<&str>| Settled::Record {
+            write_tag,
+            detail: detail.map(Into::into),
+            reason: reason.map(Into::into),
+        };
         assert_eq!(
             settle(Decision::Older, &poll, false),
             nothing("older than current")
@@ -927,27 +932,23 @@ mod tests {
         assert_eq!(settle(Decision::Apply, &poll, true), nothing("pinned"));
         assert_eq!(
             settle(Decision::Older, &manual, false),
-            Settled::Record {
-                write_tag: false,
-                detail: Some("ignored: older than current".into()),
-                reason: Some("older than current".into()),
-            }
+            record(
+                false,
+                Some("ignored: older than current"),
+                Some("older than current")
+            )
         );
         assert_eq!(
             settle(Decision::Apply, &manual, true),
-            Settled::Record {
-                write_tag: false,
-                detail: Some("pinned: recorded, not deployed".into()),
-                reason: Some("pinned".into()),
-            }
+            record(
+                false,
+                Some("pinned: recorded, not deployed"),
+                Some("pinned")
+            )
         );
         assert_eq!(
             settle(Decision::Apply, &poll, false),
-            Settled::Record {
-                write_tag: true,
-                detail: None,
-                reason: None,
-            }
+            record(true, None, None)
         );
         assert_eq!(settle(Decision::Unchanged, &poll, true), Settled::Unchanged);
     }
