@@ -291,11 +291,7 @@ async fn conflict_pause(attempt: usize) {
 
 /// The plan for one attempt: the ops and the outcome if they commit.
 struct Plan {
-    ops: Vec<TxnOp>,
-    /// The history head it leaves (kept for the next webhook).
-    head: Option<history_store::Head>,
-    /// The desired record it writes, if any (kept for the next webhook).
-    desired: Option<Desired>,
+    written: Written,
     outcome: Outcome,
 }
 
@@ -303,9 +299,11 @@ impl Plan {
     /// Nothing to write, and why.
     fn nothing(tag: &str, previous: Option<String>, reason: String) -> Plan {
         Plan {
-            ops: Vec::new(),
-            head: None,
-            desired: None,
+            written: Written {
+                ops: Vec::new(),
+                head: None,
+                desired: None,
+            },
             outcome: Outcome {
                 tag: tag.to_string(),
                 previous,
@@ -315,6 +313,185 @@ impl Plan {
             },
         }
     }
+}
+
+/// What the decision leaves to write, before any op is built.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// Nothing to write: the tag is current.
+    Unchanged,
+    /// Nothing to write, for this reason.
+    Nothing(String),
+    /// A history entry, and the tag itself only when `write_tag`.
+    Record {
+        write_tag: bool,
+        detail: Option<String>,
+        reason: Option<String>,
+    },
+}
+
+/// What the policy's `decision` means for `change`.
+fn settle(decision: Decision, change: &Change, pinned: bool) -> Settled {
+    let record = |write_tag, detail: Option<&str>, reason: Option<&str>| Settled::Record {
+        write_tag,
+        detail: detail.map(str::to_string),
+        reason: reason.map(str::to_string),
+    };
+    match decision {
+        Decision::Unchanged => Settled::Unchanged,
+        Decision::Filtered(reason) => Settled::Nothing(reason),
+        // A listing repeats itself: what a push would only record
+        // (older, or arriving while pinned), a poll does not write.
+        Decision::Older | Decision::Apply
+            if matches!(change, Change::Poll { .. }) && (decision == Decision::Older || pinned) =>
+        {
+            let reason = if decision == Decision::Older {
+                "older than current"
+            } else {
+                "pinned"
+            };
+            Settled::Nothing(reason.into())
+        }
+        Decision::Older => record(
+            false,
+            Some("ignored: older than current"),
+            Some("older than current"),
+        ),
+        Decision::Apply if pinned => record(
+            false,
+            Some("pinned: recorded, not deployed"),
+            Some("pinned"),
+        ),
+        Decision::Apply => record(true, None, None),
+    }
+}
+
+/// The history entry `change` adds; `detail` is the decision's note (a
+/// manual deploy records the operator's reason instead).
+fn history_entry(
+    change: &Change,
+    previous: Option<String>,
+    detail: Option<String>,
+) -> HistoryEntry {
+    let (event, source, delivery, actor, digest, detail) = match change {
+        Change::Push { push, source } => (
+            Event::Received,
+            Some(source.as_str().to_string()),
+            push.delivery.clone(),
+            push.actor.clone(),
+            push.digest.clone(),
+            detail,
+        ),
+        Change::Poll { push } => (
+            Event::Received,
+            Some("poll".to_string()),
+            None,
+            None,
+            push.digest.clone(),
+            detail,
+        ),
+        Change::Manual { reason, actor, .. } => (
+            Event::Manual,
+            Some("cli".to_string()),
+            None,
+            actor.clone(),
+            None,
+            reason.clone(),
+        ),
+    };
+    HistoryEntry {
+        at: now_rfc3339(),
+        event,
+        tag: change.tag().to_string(),
+        previous,
+        digest,
+        source,
+        delivery,
+        actor,
+        detail,
+    }
+}
+
+/// The transaction recording `entry`: every record read is checked or
+/// CAS-written at the index `snap` read it with.
+fn txn_ops(
+    svc: &ServiceConfig,
+    keys: &Keys,
+    snap: &Snapshot,
+    change: &Change,
+    entry: &HistoryEntry,
+    write_tag: bool,
+) -> Result<Written, IngestError> {
+    let tag = entry.tag.as_str();
+    let mut ops = Vec::with_capacity(6 + history_store::TRIM_PER_WRITE as usize);
+    // I2: for services with a rollout only the leader writes the key,
+    // when it starts rolling the tag out, so the key only ever holds a
+    // tag being rolled out or one that passed its gate. Template jobs
+    // render the key in every allocation Nomad places (reschedules
+    // included), so a key written here, with no leader or mid-rollout,
+    // would run an unchecked tag. Ingest records desired and history.
+    let write_key = write_tag && svc.rollout.is_none();
+    let mut written = None;
+    if write_key {
+        ops.push(TxnOp::Cas {
+            key: keys.tag.clone(),
+            value: tag.as_bytes().to_vec(),
+            index: snap.key_index,
+        });
+    } else {
+        ops.push(check_op(&keys.tag, Some(snap.key_index)));
+    }
+    if write_tag {
+        let desired = Desired {
+            tag: tag.to_string(),
+            digest: entry.digest.clone(),
+            seq: next_seq(snap),
+            at: entry.at.clone(),
+        };
+        ops.push(TxnOp::Cas {
+            key: keys.desired.clone(),
+            value: serde_json::to_vec(&desired).map_err(|e| IngestError::Corrupt {
+                key: keys.desired.clone(),
+                reason: e.to_string(),
+            })?,
+            index: snap.desired_index,
+        });
+        written = Some(desired);
+    }
+    if svc.rollout.is_some() && (snap.desired.is_none() || matches!(change, Change::Manual { .. }))
+    {
+        // The seq (desired record deleted) or the decision (a manual
+        // deploy) was taken from the deployed record.
+        ops.push(check_op(&keys.deployed, Some(snap.deployed_index)));
+    }
+    let (history_ops, head) =
+        history_store::append_ops(&keys.history, &snap.history, entry, svc.history_keep);
+    ops.extend(history_ops);
+    ops.push(check_op(&keys.pin, snap.pin_index));
+    Ok(Written {
+        ops,
+        head: Some(head),
+        desired: written,
+    })
+}
+
+/// The outcome of a change the filters reject: they need no state, so
+/// this is answered without touching Consul.
+fn filtered(svc: &ServiceConfig, change: &Change) -> Option<Outcome> {
+    let Decision::Filtered(reason) =
+        svc.policy
+            .policy
+            .decide(change.tag(), change.digest(), None, None)
+    else {
+        return None;
+    };
+    Some(Outcome {
+        tag: change.tag().to_string(),
+        previous: None,
+        changed: false,
+        reason: Some(reason),
+        rollout_seq: None,
+    })
 }
 
 fn check_op(key: &str, index: Option<u64>) -> TxnOp {
@@ -398,17 +575,9 @@ impl Ingest {
         svc: &ServiceConfig,
         change: &Change,
     ) -> Result<Outcome, IngestError> {
-        let policy = &svc.policy.policy;
         // Filters need no state: answer without touching Consul.
-        if let Decision::Filtered(reason) = policy.decide(change.tag(), change.digest(), None, None)
-        {
-            return Ok(Outcome {
-                tag: change.tag().to_string(),
-                previous: None,
-                changed: false,
-                reason: Some(reason),
-                rollout_seq: None,
-            });
+        if let Some(outcome) = filtered(svc, change) {
+            return Ok(outcome);
         }
         let lane = self.lanes.get(&svc.name);
         let _turn = match lane {
@@ -423,6 +592,17 @@ impl Ingest {
                 &composed
             }
         };
+        self.apply_in_turn(svc, keys, change).await
+    }
+
+    /// Plan and commit until a plan commits (the caller holds the
+    /// service's lane): a lost CAS re-reads and decides again.
+    async fn apply_in_turn(
+        &self,
+        svc: &ServiceConfig,
+        keys: &Keys,
+        change: &Change,
+    ) -> Result<Outcome, IngestError> {
         // The reads are boxed: they are the rare path (first webhook, lost
         // CAS), and their futures (six reads in parallel) are most of this
         // one's size, which every webhook would otherwise carry and move.
@@ -450,25 +630,19 @@ impl Ingest {
                     continue;
                 }
             };
-            if plan.ops.is_empty() {
+            if plan.written.ops.is_empty() {
                 self.remember(&svc.name, Some(snap));
                 return Ok(plan.outcome);
             }
-            let result = (|| self.consul.txn(&plan.ops))
+            let result = (|| self.consul.txn(&plan.written.ops))
                 .retry(retry_policy())
                 .when(ConsulError::is_transient)
                 .await;
             match result {
                 Ok(TxnOutcome::Committed(indexes)) => {
-                    let Plan {
-                        ops,
-                        head,
-                        desired,
-                        outcome,
-                    } = plan;
-                    let written = Written { ops, head, desired };
-                    self.remember(&svc.name, committed_snapshot(snap, keys, written, &indexes));
-                    return Ok(outcome);
+                    let next = committed_snapshot(snap, keys, plan.written, &indexes);
+                    self.remember(&svc.name, next);
+                    return Ok(plan.outcome);
                 }
                 Ok(TxnOutcome::Conflict(_)) => {
                     conflict_pause(attempt).await;
@@ -505,150 +679,25 @@ impl Ingest {
     ) -> Result<Option<Plan>, IngestError> {
         let tag = change.tag();
         let current = snap.current_tag(svc).map(str::to_string);
-        let current_digest = snap
-            .desired
-            .as_ref()
-            .filter(|d| Some(&d.tag) == current.as_ref())
-            .and_then(|d| d.digest.as_deref());
-        let decision = match change {
-            Change::Push { .. } | Change::Poll { .. } => {
-                svc.policy
-                    .policy
-                    .decide(tag, change.digest(), current.as_deref(), current_digest)
-            }
-            Change::Manual { .. } => {
-                if snap.pinned() {
-                    return Err(IngestError::Pinned(svc.name.clone()));
-                }
-                if manual_is_noop(svc, snap, tag) {
-                    Decision::Unchanged
-                } else {
-                    Decision::Apply
-                }
-            }
-        };
-        let (write_tag, detail, reason) = match decision {
-            Decision::Unchanged => return Ok(None),
-            Decision::Filtered(reason) => return Ok(Some(Plan::nothing(tag, current, reason))),
-            // A listing repeats itself: what a push would only record
-            // (older, or arriving while pinned), a poll does not write.
-            Decision::Older | Decision::Apply
-                if matches!(change, Change::Poll { .. })
-                    && (decision == Decision::Older || snap.pinned()) =>
-            {
-                let reason = if decision == Decision::Older {
-                    "older than current"
-                } else {
-                    "pinned"
-                };
-                return Ok(Some(Plan::nothing(tag, current, reason.into())));
-            }
-            Decision::Older => (
-                false,
-                Some("ignored: older than current".to_string()),
-                Some("older than current".to_string()),
-            ),
-            Decision::Apply if snap.pinned() => (
-                false,
-                Some("pinned: recorded, not deployed".to_string()),
-                Some("pinned".to_string()),
-            ),
-            Decision::Apply => (true, None, None),
-        };
-
-        let (event, source, delivery, actor, digest, detail) = match change {
-            Change::Push { push, source } => (
-                Event::Received,
-                Some(source.as_str().to_string()),
-                push.delivery.clone(),
-                push.actor.clone(),
-                push.digest.clone(),
+        let decision = decide(svc, snap, change, current.as_deref())?;
+        let (write_tag, detail, reason) = match settle(decision, change, snap.pinned()) {
+            Settled::Unchanged => return Ok(None),
+            Settled::Nothing(reason) => return Ok(Some(Plan::nothing(tag, current, reason))),
+            Settled::Record {
+                write_tag,
                 detail,
-            ),
-            Change::Poll { push } => (
-                Event::Received,
-                Some("poll".to_string()),
-                None,
-                None,
-                push.digest.clone(),
-                detail,
-            ),
-            Change::Manual { reason, actor, .. } => (
-                Event::Manual,
-                Some("cli".to_string()),
-                None,
-                actor.clone(),
-                None,
-                reason.clone(),
-            ),
+                reason,
+            } => (write_tag, detail, reason),
         };
-        let at = now_rfc3339();
-        let entry = HistoryEntry {
-            at: at.clone(),
-            event,
-            tag: tag.to_string(),
-            previous: current.clone(),
-            digest: digest.clone(),
-            source,
-            delivery,
-            actor,
-            detail,
-        };
-        let mut ops = Vec::with_capacity(6 + history_store::TRIM_PER_WRITE as usize);
-        // I2: for services with a rollout only the leader writes the key,
-        // when it starts rolling the tag out, so the key only ever holds a
-        // tag being rolled out or one that passed its gate. Template jobs
-        // render the key in every allocation Nomad places (reschedules
-        // included), so a key written here, with no leader or mid-rollout,
-        // would run an unchecked tag. Ingest records desired and history.
-        let write_key = write_tag && svc.rollout.is_none();
-        let mut written = None;
-        if write_key {
-            ops.push(TxnOp::Cas {
-                key: keys.tag.clone(),
-                value: tag.as_bytes().to_vec(),
-                index: snap.key_index,
-            });
-        } else {
-            ops.push(check_op(&keys.tag, Some(snap.key_index)));
-        }
-        if write_tag {
-            let desired = Desired {
-                tag: tag.to_string(),
-                digest,
-                seq: next_seq(snap),
-                at,
-            };
-            ops.push(TxnOp::Cas {
-                key: keys.desired.clone(),
-                value: serde_json::to_vec(&desired).map_err(|e| IngestError::Corrupt {
-                    key: keys.desired.clone(),
-                    reason: e.to_string(),
-                })?,
-                index: snap.desired_index,
-            });
-            written = Some(desired);
-        }
-        if svc.rollout.is_some()
-            && (snap.desired.is_none() || matches!(change, Change::Manual { .. }))
-        {
-            // The seq (desired record deleted) or the decision (a manual
-            // deploy) was taken from the deployed record.
-            ops.push(check_op(&keys.deployed, Some(snap.deployed_index)));
-        }
-        let (history_ops, head) =
-            history_store::append_ops(&keys.history, &snap.history, &entry, svc.history_keep);
-        ops.extend(history_ops);
-        ops.push(check_op(&keys.pin, snap.pin_index));
-
+        let entry = history_entry(change, current.clone(), detail);
+        let written = txn_ops(svc, keys, snap, change, &entry, write_tag)?;
         let rollout_seq = written
+            .desired
             .as_ref()
             .filter(|_| svc.rollout.is_some())
             .map(|d| d.seq);
         Ok(Some(Plan {
-            ops,
-            head: Some(head),
-            desired: written,
+            written,
             outcome: Outcome {
                 tag: tag.to_string(),
                 previous: current,
@@ -657,6 +706,40 @@ impl Ingest {
                 rollout_seq,
             },
         }))
+    }
+}
+
+/// The tag policy's verdict on `change` against `current`. A manual
+/// deploy bypasses the order policy, but not a pin.
+fn decide(
+    svc: &ServiceConfig,
+    snap: &Snapshot,
+    change: &Change,
+    current: Option<&str>,
+) -> Result<Decision, IngestError> {
+    let tag = change.tag();
+    match change {
+        Change::Push { .. } | Change::Poll { .. } => {
+            let current_digest = snap
+                .desired
+                .as_ref()
+                .filter(|d| Some(d.tag.as_str()) == current)
+                .and_then(|d| d.digest.as_deref());
+            Ok(svc
+                .policy
+                .policy
+                .decide(tag, change.digest(), current, current_digest))
+        }
+        Change::Manual { .. } => {
+            if snap.pinned() {
+                return Err(IngestError::Pinned(svc.name.clone()));
+            }
+            if manual_is_noop(svc, snap, tag) {
+                Ok(Decision::Unchanged)
+            } else {
+                Ok(Decision::Apply)
+            }
+        }
     }
 }
 
@@ -692,10 +775,12 @@ fn manual_is_noop(svc: &ServiceConfig, snap: &Snapshot, tag: &str) -> bool {
     }
 }
 
-/// What a committed plan wrote.
+/// What a plan writes.
 struct Written {
     ops: Vec<TxnOp>,
+    /// The history head it leaves (kept for the next webhook).
     head: Option<history_store::Head>,
+    /// The desired record it writes, if any (kept for the next webhook).
     desired: Option<Desired>,
 }
 
@@ -816,6 +901,56 @@ mod tests {
             &snap(None, Some(("v3", 0, RolloutState::Deployed))),
             "v3"
         ));
+    }
+
+    #[test]
+    fn a_poll_writes_nothing_a_push_would_only_record() {
+        let poll = Change::Poll {
+            push: ImagePush {
+                repository: "acme/web".into(),
+                tag: "v1".into(),
+                digest: None,
+                actor: None,
+                delivery: None,
+            },
+        };
+        let manual = Change::Manual {
+            tag: "v1".into(),
+            reason: None,
+            actor: None,
+        };
+        let nothing = |r: &str| Settled::Nothing(r.into());
+        let record = |write_tag, detail: Option<&str>, reason: Option<&str>| Settled::Record {
+            write_tag,
+            detail: detail.map(Into::into),
+            reason: reason.map(Into::into),
+        };
+        assert_eq!(
+            settle(Decision::Older, &poll, false),
+            nothing("older than current")
+        );
+        assert_eq!(settle(Decision::Apply, &poll, true), nothing("pinned"));
+        assert_eq!(
+            settle(Decision::Older, &manual, false),
+            record(
+                false,
+                Some("ignored: older than current"),
+                Some("older than current")
+            )
+        );
+        assert_eq!(
+            settle(Decision::Apply, &manual, true),
+            record(
+                false,
+                Some("pinned: recorded, not deployed"),
+                Some("pinned")
+            )
+        );
+        assert_eq!(
+            settle(Decision::Apply, &poll, false),
+            record(true, None, None)
+        );
+        assert_eq!(settle(Decision::Unchanged, &poll, true), Settled::Unchanged);
     }
 
     #[test]

@@ -157,58 +157,80 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             return self.rollback(rec, f).await;
         };
         let prior = rec.prior_version.unwrap_or(job.version);
-        let mut eval = None;
-        let version = match rec.job_version {
-            Some(v) => v,
-            None => match self.register(&rec, prior).await? {
-                Ok(Registered::New { version, eval: e }) => {
-                    eval = Some(e);
-                    version
-                }
-                Ok(Registered::Adopted(v)) => {
-                    tracing::info!(service = %self.svc.name, tag = %rec.tag, job_version = v, "adopting the job version this rollout already registered");
-                    v
-                }
-                Err(f) => return self.rollback(rec, f).await,
-            },
+        let (version, eval) = match self.registered(&rec, prior).await? {
+            Ok(registered) => registered,
+            Err(f) => return self.rollback(rec, f).await,
         };
         if rec.job_version != Some(version) {
             rec.job_version = Some(version);
             rec.at = now_rfc3339();
-            self.commit(Writes {
-                deployed: rec.clone(),
-                key: KeyWrite::Keep,
-                history: None,
-            })
-            .await?;
+            self.record_progress(&rec).await?;
         }
         if let Some(eval_id) = eval.filter(|e| !e.is_empty()) {
             if let Err(f) = self.evaluation(&eval_id).await? {
                 return self.rollback(rec, f).await;
             }
         }
-        let (mut dep, mut version) = match rec.deployment.clone() {
-            Some(d) => (d, version),
-            None => {
-                let found = match self.deployment_for(version).await? {
-                    Some(d) => Some(d),
-                    // Run again on top of ours before ours had one.
-                    None => self.successor(&rec.tag, version).await?,
-                };
-                let Some(d) = found else {
-                    return self.rollback(rec, Failure::NoDeployment { version }).await;
-                };
-                rec.job_version = Some(d.job_version);
-                rec.deployment = Some(d.id.clone());
-                self.commit(Writes {
-                    deployed: rec.clone(),
-                    key: KeyWrite::Keep,
-                    history: None,
-                })
-                .await?;
-                (d.id, d.job_version)
-            }
+        let (dep, version) = match self.deployment_of(&mut rec, version).await? {
+            Ok(found) => found,
+            Err(f) => return self.rollback(rec, f).await,
         };
+        self.follow(rec, dep, version).await
+    }
+
+    /// The job version this rollout runs as: the one it recorded, else
+    /// one it already registered (adopted), else a new register, with the
+    /// evaluation that register started.
+    async fn registered(
+        &self,
+        rec: &Deployed,
+        prior: u64,
+    ) -> Result<Result<(u64, Option<String>), Failure>, RolloutError> {
+        if let Some(v) = rec.job_version {
+            return Ok(Ok((v, None)));
+        }
+        Ok(match self.register(rec, prior).await? {
+            Ok(Registered::New { version, eval }) => Ok((version, Some(eval))),
+            Ok(Registered::Adopted(v)) => {
+                tracing::info!(service = %self.svc.name, tag = %rec.tag, job_version = v, "adopting the job version this rollout already registered");
+                Ok((v, None))
+            }
+            Err(f) => Err(f),
+        })
+    }
+
+    /// The deployment that gates `version` (and the version it belongs
+    /// to): the one `rec` recorded, else the one Nomad shows, recorded
+    /// in `rec` before it is watched.
+    async fn deployment_of(
+        &self,
+        rec: &mut Deployed,
+        version: u64,
+    ) -> Result<Result<(String, u64), Failure>, RolloutError> {
+        if let Some(d) = rec.deployment.clone() {
+            return Ok(Ok((d, version)));
+        }
+        let found = match self.deployment_for(version).await? {
+            Some(d) => Some(d),
+            // Run again on top of ours before ours had one.
+            None => self.successor(&rec.tag, version).await?,
+        };
+        let Some(d) = found else {
+            return Ok(Err(Failure::NoDeployment { version }));
+        };
+        rec.job_version = Some(d.job_version);
+        rec.deployment = Some(d.id.clone());
+        self.record_progress(rec).await?;
+        Ok(Ok((d.id, d.job_version)))
+    }
+
+    /// Watch `dep` (of job `version`) to the end: deployed, or rolled back.
+    async fn follow(
+        &self,
+        mut rec: Deployed,
+        mut dep: String,
+        mut version: u64,
+    ) -> Result<(), RolloutError> {
         // Someone ran the job again on top of ours (an edit, a scale):
         // Nomad cancels our deployment, but when their version still names
         // our tag its deployment is this rollout's gate now (bounded: a job
@@ -235,17 +257,22 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             rec.job_version = Some(version);
             rec.deployment = Some(dep.clone());
             rec.at = now_rfc3339();
-            self.commit(Writes {
-                deployed: rec.clone(),
-                key: KeyWrite::Keep,
-                history: None,
-            })
-            .await?;
+            self.record_progress(&rec).await?;
         }
         self.rollback(
             rec,
             Failure::Registration("the job kept being run again during the rollout".into()),
         )
+        .await
+    }
+
+    /// Record how far `rec` got; the key is left as it is.
+    async fn record_progress(&self, rec: &Deployed) -> Result<(), RolloutError> {
+        self.commit(Writes {
+            deployed: rec.clone(),
+            key: KeyWrite::Keep,
+            history: None,
+        })
         .await
     }
 

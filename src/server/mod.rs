@@ -392,16 +392,19 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
     let per_address = conn::ConnLimiter::new(state.limits.max_connections_per_address);
     let tracker = TaskTracker::new();
-    let builder = Arc::new(http_builder(&state.limits));
     // `stopping`: shutdown started; connections finish their request and
     // close, and those not yet past their first request give up at once.
     // `hard_stop`: the grace is over; whatever is left is dropped.
-    let stopping = CancellationToken::new();
-    let hard_stop = CancellationToken::new();
+    let shared = ConnShared {
+        acceptor: TlsAcceptor::from(tls),
+        builder: Arc::new(http_builder(&state.limits)),
+        state: state.clone(),
+        stopping: CancellationToken::new(),
+        hard_stop: CancellationToken::new(),
+    };
     let summary_stop = CancellationToken::new();
     let summary = tokio::spawn(summarise_rejections(state.clone(), summary_stop.clone()));
     tokio::pin!(shutdown);
@@ -424,76 +427,121 @@ pub async fn run(
             },
         };
         let accepted_at = tokio::time::Instant::now();
-        // SECURITY: the per-address cap counts the TCP peer, the only
-        // address a stranger cannot choose. A trusted proxy is exempt: every
-        // client behind it shares its address, so capping it would let one
-        // of them lock the rest out; the proxy is where per-client
-        // connection limits belong (max_connections still bounds it).
-        let peer_ip = guard::canonical(peer.ip());
-        let slot = if state
-            .config
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&peer_ip))
-        {
-            None
-        } else {
-            match per_address.try_acquire(AddrKey::of(peer_ip)) {
-                Some(s) => Some(s),
-                None => {
-                    state.metrics.connection_closed("per_address_limit");
-                    state
-                        .rejects
-                        .record(AddrKey::of(peer_ip), "connection_refused", None, None);
-                    drop(tcp);
-                    continue;
-                }
-            }
+        let Ok(slot) = address_slot(&state, &per_address, peer) else {
+            drop(tcp);
+            continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let state = state.clone();
-        let builder = builder.clone();
-        let stopping = stopping.clone();
-        let hard_stop = hard_stop.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let _slot = slot;
-            state.metrics.connections_open.inc();
-            let end = serve_one(
-                tcp,
-                peer,
-                accepted_at,
-                acceptor,
-                &state,
-                &builder,
-                &stopping,
-                &hard_stop,
-            )
-            .await;
-            state.metrics.connections_open.dec();
-            if let Some(reason) = end.reason() {
-                state.metrics.connection_closed(reason);
-            }
-        });
+        tracker.spawn(connection(
+            shared.clone(),
+            tcp,
+            peer,
+            accepted_at,
+            permit,
+            slot,
+        ));
     }
 
     drop(listener);
-    stopping.cancel();
-    state.waits.stop();
+    close_connections(&shared, &tracker).await;
+    summary_stop.cancel();
+    let _ = summary.await;
+    Ok(())
+}
+
+/// What the accept loop hands every connection task.
+#[derive(Clone)]
+struct ConnShared {
+    acceptor: TlsAcceptor,
+    state: Arc<AppState>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stopping: CancellationToken,
+    hard_stop: CancellationToken,
+}
+
+/// The peer's address already holds its `max_connections_per_address`.
+struct AddressFull;
+
+/// The per-address slot a connection from `peer` holds while open
+/// (`None`: the peer is a trusted proxy, exempt); `Err` when the address
+/// is at its cap, which is counted and recorded here.
+fn address_slot(
+    state: &AppState,
+    per_address: &Arc<conn::ConnLimiter>,
+    peer: SocketAddr,
+) -> Result<Option<conn::AddrSlot>, AddressFull> {
+    // SECURITY: the per-address cap counts the TCP peer, the only
+    // address a stranger cannot choose. A trusted proxy is exempt: every
+    // client behind it shares its address, so capping it would let one
+    // of them lock the rest out; the proxy is where per-client
+    // connection limits belong (max_connections still bounds it).
+    let peer_ip = guard::canonical(peer.ip());
+    if state
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer_ip))
+    {
+        return Ok(None);
+    }
+    match per_address.try_acquire(AddrKey::of(peer_ip)) {
+        Some(s) => Ok(Some(s)),
+        None => {
+            state.metrics.connection_closed("per_address_limit");
+            state
+                .rejects
+                .record(AddrKey::of(peer_ip), "connection_refused", None, None);
+            Err(AddressFull)
+        }
+    }
+}
+
+/// One connection's task: it holds its global and per-address slots
+/// until the connection ends, and counts it.
+async fn connection(
+    shared: ConnShared,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    accepted_at: tokio::time::Instant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    slot: Option<conn::AddrSlot>,
+) {
+    let _permit = permit;
+    let _slot = slot;
+    let state = &shared.state;
+    state.metrics.connections_open.inc();
+    let end = serve_one(
+        tcp,
+        peer,
+        accepted_at,
+        shared.acceptor,
+        state,
+        &shared.builder,
+        &shared.stopping,
+        &shared.hard_stop,
+    )
+    .await;
+    state.metrics.connections_open.dec();
+    if let Some(reason) = end.reason() {
+        state.metrics.connection_closed(reason);
+    }
+}
+
+/// Shutdown: connections finish their request and close; those still
+/// open after `shutdown_grace` are dropped.
+async fn close_connections(shared: &ConnShared, tracker: &TaskTracker) {
+    shared.stopping.cancel();
+    shared.state.waits.stop();
     tracker.close();
-    let grace = state.limits.shutdown_grace;
+    let grace = shared.state.limits.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
             ?grace,
             "connections still open at the shutdown deadline; closing them"
         );
-        hard_stop.cancel();
+        shared.hard_stop.cancel();
         tracker.wait().await;
     }
-    summary_stop.cancel();
-    let _ = summary.await;
-    Ok(())
 }
 
 /// The HTTP/1.1 and HTTP/2 settings every connection is served with.
