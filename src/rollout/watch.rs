@@ -135,16 +135,8 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 // Without canaries there was no promotion to gate: the
                 // whole new version is up, and verify_url judges it now.
                 // A failure rolls back like a failing canary gate.
-                Verdict::Succeeded if gate && !promoted => {
-                    if let Some(url) = &self.rc.verify_url {
-                        if let Err(detail) = self.verify(url).await {
-                            return Ok(Err(Failure::Verify {
-                                url: url.clone(),
-                                detail,
-                            }));
-                        }
-                    }
-                    return Ok(Ok(()));
+                Verdict::Succeeded if !promoted => {
+                    return Ok(self.verify_gate(gate).await.map_or(Ok(()), Err));
                 }
                 Verdict::Succeeded => return Ok(Ok(())),
                 Verdict::Ended => {
@@ -161,16 +153,9 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                     return Ok(Err(Failure::Unhealthy { allocs }));
                 }
                 Verdict::CanariesHealthy if !promoted => {
-                    if gate {
-                        if let Some(url) = &self.rc.verify_url {
-                            if let Err(detail) = self.verify(url).await {
-                                self.fail(deployment).await?;
-                                return Ok(Err(Failure::Verify {
-                                    url: url.clone(),
-                                    detail,
-                                }));
-                            }
-                        }
+                    if let Some(refused) = self.verify_gate(gate).await {
+                        self.fail(deployment).await?;
+                        return Ok(Err(refused));
                     }
                     self.check_cancel()?;
                     self.patient(|| self.nomad.promote(&self.rc.namespace, deployment))
@@ -220,6 +205,16 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             ),
             allocs: Vec::new(),
         }))
+    }
+
+    /// verify_url's verdict where the gate applies: `Some` refuses.
+    async fn verify_gate(&self, gate: bool) -> Option<Failure> {
+        let url = self.rc.verify_url.as_ref().filter(|_| gate)?;
+        let detail = self.verify(url).await.err()?;
+        Some(Failure::Verify {
+            url: url.clone(),
+            detail,
+        })
     }
 
     /// GET verify_url; 2xx passes. Tried `verify_attempts` times, a

@@ -746,11 +746,6 @@ async fn route(
         &state.config.trusted_proxies,
     );
     report.client = Some(ip);
-    let reject = |report: &mut Report, r: Rejection| {
-        report.outcome = r.outcome();
-        report.detail = r.detail();
-        r.response()
-    };
 
     // SECURITY: the failed-attempt limit is consulted only for requests
     // that fail. A request whose secret matches is processed whatever its
@@ -831,11 +826,26 @@ async fn route(
         }
         Err(r) => return (hold(reject(&mut report, r), body), report),
     };
+    let resp = deliver(state, svc, ip, &parts, &body, wait, &mut report).await;
+    (resp, report)
+}
+
+/// The authenticated webhook's payload: parse (signature included), hold
+/// it to the service's repository, apply the best tag, answer.
+async fn deliver(
+    state: &AppState,
+    svc: &ServiceConfig,
+    ip: std::net::IpAddr,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    wait: Duration,
+    report: &mut Report,
+) -> Response<Reply> {
     let parsed = webhook::parse(
         svc.source,
         &webhook::Request {
             headers: &parts.headers,
-            body: &body,
+            body,
             signing_secret: svc.signing_secret.as_ref().map(|s| s.expose()),
         },
     );
@@ -843,10 +853,7 @@ async fn route(
         Ok(Parsed::Push(p)) => p,
         Ok(Parsed::Ping) => {
             report.outcome = "ping";
-            return (
-                json_response(StatusCode::OK, &json!({"pong": true})),
-                report,
-            );
+            return json_response(StatusCode::OK, &json!({"pong": true}));
         }
         Ok(Parsed::Ignored(reason)) => {
             report.outcome = "ignored";
@@ -854,17 +861,17 @@ async fn route(
                 "service": svc.name, "key": svc.key, "tag": null, "previous": null,
                 "changed": false, "reason": reason, "rollout": "none",
             });
-            return (json_response(StatusCode::OK, &body), report);
+            return json_response(StatusCode::OK, &body);
         }
         Err(e @ (WebhookError::SignatureMissing(_) | WebhookError::SignatureMismatch)) => {
             let r = match state.guard.fail(ip) {
                 Some(wait) => Rejection::RateLimited(wait),
                 None => Rejection::Signature(e),
             };
-            return (reject(&mut report, r), report);
+            return reject(report, r);
         }
         Err(WebhookError::Malformed(m)) => {
-            return (reject(&mut report, Rejection::BadRequest(m)), report)
+            return reject(report, Rejection::BadRequest(m));
         }
     };
     if let Some(p) = pushes
@@ -875,15 +882,12 @@ async fn route(
             "repository {:?} does not match this service's repository {:?}",
             p.repository, svc.repository
         );
-        return (reject(&mut report, Rejection::BadRequest(msg)), report);
+        return reject(report, Rejection::BadRequest(msg));
     }
     if pushes.is_empty() {
-        return (
-            reject(
-                &mut report,
-                Rejection::BadRequest(format!("{}: no tag in payload", svc.source)),
-            ),
+        return reject(
             report,
+            Rejection::BadRequest(format!("{}: no tag in payload", svc.source)),
         );
     }
     match ingest_best(state, svc, pushes).await {
@@ -898,13 +902,20 @@ async fn route(
                     _ => "ignored",
                 }
             };
-            (accepted(state, svc, &outcome, path, wait).await, report)
+            accepted(state, svc, &outcome, parts.uri.path(), wait).await
         }
         Err(e) => {
             tracing::warn!(service = %svc.name, error = %e, "ingest failed; nothing written");
-            (reject(&mut report, Rejection::Ingest(e)), report)
+            reject(report, Rejection::Ingest(e))
         }
     }
+}
+
+/// Note a rejection in the request's report and build its answer.
+fn reject(report: &mut Report, r: Rejection) -> Response<Reply> {
+    report.outcome = r.outcome();
+    report.detail = r.detail();
+    r.response()
 }
 
 /// Apply the one tag of a push that the service's policy ranks highest.
