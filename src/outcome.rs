@@ -144,6 +144,25 @@ fn decode<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
+/// The seq of the desired record when it names `tag`: a re-sent webhook
+/// for the tag being (or last) rolled out waits on that change.
+///
+/// # Errors
+///
+/// Consul unreachable, or a record that is not what tagbridge writes.
+pub async fn desired_seq(
+    consul: &Consul,
+    keys: &Keys,
+    tag: &str,
+) -> Result<Option<u64>, OutcomeError> {
+    let read = consul.kv_get(&keys.desired).await?;
+    let desired: Option<Desired> = decode(
+        &keys.desired,
+        read.value.as_ref().map(|kv| kv.value.as_slice()),
+    )?;
+    Ok(desired.filter(|d| d.tag == tag).map(|d| d.seq))
+}
+
 /// Where `seq` stands now, or, with a `wait`, once it is final or the wait
 /// ends, whichever comes first. The wait follows the deployed record with
 /// blocking queries (the controller writes it at every step), so a final
@@ -163,7 +182,8 @@ pub async fn wait_for(
     loop {
         let desired = consul.kv_get(&keys.desired).await?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let deployed = if index.current() == 0 || left.is_zero() {
+        // Consul reads `wait=0ms` as its own 5-minute default.
+        let deployed = if index.current() == 0 || left < Duration::from_millis(1) {
             consul.kv_get(&keys.deployed).await?
         } else {
             consul

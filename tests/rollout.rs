@@ -1431,6 +1431,7 @@ async fn the_readme_ci_step_fails_the_pipeline_on_a_rollback() {
         let out = std::process::Command::new("bash")
             .arg("-c")
             .arg(&script)
+            .current_dir(c.dir.path())
             .env("REPOSITORY", "acme/web")
             .env("IMAGE_TAG", tag)
             .env("TAGBRIDGE_SIGNING_SECRET", SIGNING)
@@ -1489,7 +1490,7 @@ async fn the_readme_ci_step_fails_the_pipeline_on_a_rollback() {
     );
 
     let (code, body, waited) = tokio::task::block_in_place(|| step("bad-2.0.0"));
-    assert_eq!(code, Some(22), "curl --fail exits 22 on the 502: {body}");
+    assert_eq!(code, Some(1), "the step fails on the 502: {body}");
     assert_eq!(body["deploy"]["outcome"], "rolled_back", "{body}");
     assert!(
         body["deploy"]["reason"]
@@ -1499,6 +1500,12 @@ async fn the_readme_ci_step_fails_the_pipeline_on_a_rollback() {
     );
     assert_eq!(body["deploy"]["running"], "1.1.0", "{body}");
     assert_eq!(c.consul.kv(KEY).as_deref(), Some("1.1.0"));
+    // The CI job run again for the same bad tag: unchanged, and still a
+    // failure (it waits on the change that asked for that tag).
+    let (code, again, _) = tokio::task::block_in_place(|| step("bad-2.0.0"));
+    assert_eq!(code, Some(1), "{again}");
+    assert_eq!(again["reason"], "unchanged", "{again}");
+    assert_eq!(again["deploy"]["outcome"], "rolled_back", "{again}");
     println!(
         "bad tag: the caller knew of the rollback {waited:?} after sending; the failed deployment took {:?}",
         deployment_took(&c)

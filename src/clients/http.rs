@@ -180,6 +180,21 @@ impl HttpClient {
         req: http::Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Response, RequestError> {
+        self.send_capped(req, timeout, MAX_RESPONSE_BYTES).await
+    }
+
+    /// [`HttpClient::send`], reading at most `cap` bytes of the body: a
+    /// larger answer is refused before more is read.
+    ///
+    /// # Errors
+    ///
+    /// As [`HttpClient::send`], with [`RequestError::TooLarge`] at `cap`.
+    pub async fn send_capped(
+        &self,
+        req: http::Request<Full<Bytes>>,
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<Response, RequestError> {
         let fut = async {
             let resp = self
                 .inner
@@ -187,12 +202,12 @@ impl HttpClient {
                 .await
                 .map_err(|e| RequestError::Unreachable(error_chain(&e)))?;
             let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BYTES)
+            let body = Limited::new(body, cap)
                 .collect()
                 .await
                 .map_err(|e| {
                     if e.is::<http_body_util::LengthLimitError>() {
-                        RequestError::TooLarge(MAX_RESPONSE_BYTES)
+                        RequestError::TooLarge(cap)
                     } else {
                         RequestError::Unreachable(e.to_string())
                     }

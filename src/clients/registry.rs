@@ -339,12 +339,15 @@ impl Registry {
         requests: &mut u32,
     ) -> Result<String, RegistryError> {
         // SECURITY: the realm comes from the registry's answer, and our
-        // credentials go to it. Only https, or the configured registry's
-        // own origin, may receive them; anything else is refused.
-        if !realm.starts_with("https://") && !same_origin(realm, &self.settings.address) {
+        // credentials go to it. Only the registry's own origin, or https on
+        // the registry's own site (auth.docker.io for registry-1.docker.io),
+        // may receive them: a hostile registry must not be able to send our
+        // password to another host, or make us fetch an internal URL.
+        if !same_origin(realm, &self.settings.address) && !same_site(realm, &self.settings.address)
+        {
             return Err(RegistryError::Protocol {
                 op,
-                reason: "the token realm is neither https nor the registry itself".into(),
+                reason: "the token realm is not on the registry's own site".into(),
             });
         }
         let mut url = format!("{realm}{}", if realm.contains('?') { '&' } else { '?' });
@@ -421,18 +424,10 @@ impl Registry {
                 op,
                 reason: format!("bad request URL: {e}"),
             })?;
-        let resp = self
-            .http
-            .send(req, self.settings.timeout)
+        self.http
+            .send_capped(req, self.settings.timeout, cap)
             .await
-            .map_err(|source| RegistryError::Request { op, source })?;
-        if resp.body.len() > cap {
-            return Err(RegistryError::Request {
-                op,
-                source: RequestError::TooLarge(cap),
-            });
-        }
-        Ok(resp)
+            .map_err(|source| RegistryError::Request { op, source })
     }
 }
 
@@ -548,6 +543,39 @@ fn same_origin(url: &str, base: &str) -> bool {
         ))
     };
     origin(url).is_some() && origin(url) == origin(base)
+}
+
+/// `url` is https, on the host of `base` or a host sharing its last two
+/// labels (`auth.docker.io` beside `registry-1.docker.io`). An address
+/// given as an IP must match exactly.
+fn same_site(url: &str, base: &str) -> bool {
+    let host = |u: &str| -> Option<String> {
+        let rest = u.split_once("://")?.1;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let authority = authority.rsplit('@').next()?;
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next()?,
+            None => authority.split(':').next()?,
+        };
+        Some(host.to_ascii_lowercase())
+    };
+    let (Some(a), Some(b)) = (host(url), host(base)) else {
+        return false;
+    };
+    if !url.starts_with("https://") || a.is_empty() {
+        return false;
+    }
+    if a == b {
+        return true;
+    }
+    let site = |h: &str| -> Option<String> {
+        if h.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        let labels: Vec<&str> = h.rsplitn(3, '.').collect();
+        (labels.len() >= 2).then(|| format!("{}.{}", labels[1], labels[0]))
+    };
+    site(&a).is_some() && site(&a) == site(&b)
 }
 
 /// A `WWW-Authenticate` challenge, as far as tagbridge answers one.
@@ -680,6 +708,18 @@ mod tests {
         ));
         assert!(!same_origin("http://evil/token", "https://evil"));
         assert!(!same_origin("nonsense", "nonsense"));
+    }
+
+    #[test]
+    fn a_token_realm_must_be_on_the_registry_s_own_site() {
+        let hub = "https://registry-1.docker.io";
+        assert!(same_site("https://auth.docker.io/token", hub));
+        assert!(same_site("https://ghcr.io/token", "https://ghcr.io"));
+        assert!(!same_site("https://evil.example/token", hub));
+        assert!(!same_site("https://docker.io.evil.example/token", hub));
+        assert!(!same_site("http://auth.docker.io/token", hub), "https only");
+        assert!(!same_site("https://10.0.0.2/token", "https://10.0.0.1"));
+        assert!(!same_site("https://auth.docker.io@evil.example/t", hub));
     }
 
     #[test]

@@ -198,7 +198,11 @@ impl fmt::Display for Failure {
             Failure::Unhealthy { allocs } => {
                 write!(f, "new allocation unhealthy: {}", allocs_text(allocs))
             }
-            Failure::Verify { url, detail } => write!(f, "verify_url {url} failed: {detail}"),
+            // SECURITY: the reason reaches history and the status path's
+            // callers; a URL's userinfo and query may hold credentials.
+            Failure::Verify { url, detail } => {
+                write!(f, "verify_url {} failed: {detail}", redact_url(url))
+            }
             Failure::Timeout { after, allocs } => {
                 write!(f, "rollout timed out after {}s", after.as_secs())?;
                 if !allocs.is_empty() {
@@ -512,4 +516,16 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
         self.patient(|| self.nomad.job(&self.rc.namespace, &self.rc.job))
             .await
     }
+}
+
+/// `scheme://host[:port]/path` of a URL: no userinfo, no query, no
+/// fragment.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<url>".into();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let host = authority.rsplit('@').next().unwrap_or("");
+    format!("{scheme}://{host}{path}")
 }

@@ -41,10 +41,10 @@ const SINGLE: [&str; 3] = ["key", "keyOrDefault", "keyExists"];
 
 /// What `body` reads, for the service key `key`.
 ///
-/// A listing template that names the key's path below its prefix in a
-/// literal (as in `{{ if ne .Key "IMAGE_TAG" }}`) is taken to leave the key
-/// out: that is how the README tells operators to split the key from the
-/// rest of the prefix.
+/// A listing template that compares `.Key` unequal to the key's path
+/// below its prefix (`{{ if ne .Key "IMAGE_TAG" }}`) is taken to leave the
+/// key out: that is how the README tells operators to split the key from
+/// the rest of the prefix. Any other mention of that name does not count.
 pub fn reads(body: &str, key: &str) -> Reads {
     let tokens: Vec<Token> = actions(body).flat_map(tokenize).collect();
     let literals: Vec<&str> = tokens.iter().filter_map(Token::literal).collect();
@@ -71,7 +71,10 @@ pub fn reads(body: &str, key: &str) -> Reads {
         let Some(below) = below(arg, key, deep) else {
             continue;
         };
-        let left_out = literals.contains(&below);
+        let left_out = tokens.windows(3).any(|w| {
+            matches!(w, [Token::Word(ne), Token::Word(k), Token::Literal(l)]
+                if ne == "ne" && k == "Key" && l == below)
+        });
         if out.key.is_none() && !left_out {
             out.key = Some(Reach::Prefix {
                 func: func.clone(),
@@ -221,6 +224,16 @@ mod tests {
         let r = reads(body, KEY);
         assert_eq!(r.key, None);
         assert!(r.others);
+    }
+
+    #[test]
+    fn only_ne_key_leaves_the_key_out() {
+        for body in [
+            "{{ range ls \"configs/web\" }}{{ if eq .Key \"IMAGE_TAG\" }}x{{ end }}{{ .Key }}{{ end }}",
+            "{{ env \"IMAGE_TAG\" }}{{ range ls \"configs/web\" }}{{ .Key }}{{ end }}",
+        ] {
+            assert_eq!(reads(body, KEY).key, Some(Reach::Prefix { func: "ls".into(), prefix: "configs/web".into() }), "{body}");
+        }
     }
 
     #[test]

@@ -736,3 +736,16 @@ async fn an_operator_rerun_during_the_rollbacks_revert_is_followed() {
         "reverted once"
     );
 }
+
+#[test]
+fn a_verify_url_in_a_reason_loses_its_userinfo_and_query() {
+    assert_eq!(
+        super::redact_url("https://user:pw@web.internal:8443/healthz?token=s3cret#x"),
+        "https://web.internal:8443/healthz"
+    );
+    assert_eq!(
+        super::redact_url("http://web.service.consul:8080"),
+        "http://web.service.consul:8080"
+    );
+    assert_eq!(super::redact_url("nonsense"), "<url>");
+}

@@ -231,6 +231,11 @@ impl Rejection {
                 json!({"error": format!("no change with seq {seq} (yet)")}),
                 None,
             ),
+            Rejection::Outcome(e @ crate::outcome::OutcomeError::Corrupt { .. }) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": e.to_string()}),
+                None,
+            ),
             Rejection::Outcome(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "state store unavailable; retry later"}),
@@ -985,21 +990,28 @@ async fn accepted(
     // SECURITY: the status path holds the secret, echoed only to the
     // caller that sent it (never logged).
     let status_path = o.rollout_seq.map(|seq| format!("{path}/rollouts/{seq}"));
-    let deploy = match o.rollout_seq {
-        Some(seq) if !wait.is_zero() => {
-            let keys = Keys::new(&state.config, svc);
-            match state
-                .waits
-                .outcome(state.ingest.consul(), &keys, seq, wait)
+    let waiting = !wait.is_zero() && svc.rollout.is_some();
+    let keys = Keys::new(&state.config, svc);
+    let consul = state.ingest.consul();
+    // A re-sent webhook (a CI job run again) finds its tag unchanged: it
+    // waits on the change that asked for that tag, so a rolled-back tag
+    // still fails the pipeline.
+    let seq = match o.rollout_seq {
+        None if waiting && o.reason.as_deref() == Some("unchanged") => {
+            crate::outcome::desired_seq(consul, &keys, &o.tag)
                 .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(service = %svc.name, error = %e, "waiting for the rollout's outcome failed; answering 202");
-                    None
-                }
-            }
+                .unwrap_or(None)
         }
+        seq => seq,
+    };
+    let deploy = match seq {
+        Some(seq) if waiting => match state.waits.outcome(consul, &keys, seq, wait).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(service = %svc.name, error = %e, "waiting for the rollout's outcome failed; answering without it");
+                None
+            }
+        },
         _ => None,
     };
     let body = Accepted {
@@ -1014,10 +1026,13 @@ async fn accepted(
         tag: &o.tag,
         deploy: deploy.as_ref(),
     };
-    let status = match (&deploy, o.rollout_queued()) {
+    let status = match (&deploy, seq) {
         (Some(d), _) => waiting::status_code(d.outcome),
-        (None, true) => StatusCode::ACCEPTED,
-        (None, false) => StatusCode::OK,
+        (None, Some(_)) => StatusCode::ACCEPTED,
+        // Waiting for a deploy this webhook did not ask for (older,
+        // pinned, filtered): a CI step must not read it as success.
+        (None, None) if waiting => StatusCode::CONFLICT,
+        (None, None) => StatusCode::OK,
     };
     json_response(status, &body)
 }

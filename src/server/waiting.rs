@@ -23,9 +23,12 @@ use crate::outcome::{wait_for, OutcomeError, SeqState, SeqStatus};
 
 /// Requests that may wait at once, across services. Beyond it, a request
 /// is answered at once with where the rollout stands (202 while it runs).
-// SECURITY: only holders of a service's secret can wait, but a leaked URL
-// must not hold thousands of tasks and Consul watches open.
-pub const MAX_WAITERS: usize = 256;
+// SECURITY: each waiter holds one blocking Consul request, and the Consul
+// agent serves at most 200 connections per client by default
+// (`http_max_conns_per_client`). Only holders of a service's secret can
+// wait, but a leaked URL or a busy CI farm must not take the connections
+// ingest and the leader's session renewals need.
+pub const MAX_WAITERS: usize = 32;
 
 /// The waiting requests' shared bounds.
 pub struct Waits {
