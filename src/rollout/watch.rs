@@ -125,7 +125,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 Err(RolloutError::Nomad(NomadError::Status { status, .. }))
                     if status == http::StatusCode::NOT_FOUND =>
                 {
-                    return self.judge_gone(deployment, version).await;
+                    return self.judge_gone(deployment, version, gate).await;
                 }
                 Err(e) => return Err(e),
             };
@@ -135,7 +135,10 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 // Without canaries there was no promotion to gate: the
                 // whole new version is up, and verify_url judges it now.
                 // A failure rolls back like a failing canary gate.
-                Verdict::Succeeded if !promoted => {
+                // Decided from the deployment, not from `promoted`: a
+                // leader resuming a canary deployment its predecessor
+                // promoted must not verify (and maybe roll back) again.
+                Verdict::Succeeded if d.task_groups.values().all(|g| g.desired_canaries == 0) => {
                     return Ok(self.verify_gate(gate).await.map_or(Ok(()), Err));
                 }
                 Verdict::Succeeded => return Ok(Ok(())),
@@ -188,6 +191,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         &self,
         deployment: &str,
         version: Option<u64>,
+        gate: bool,
     ) -> Result<Result<(), Failure>, RolloutError> {
         let versions = self
             .patient(|| self.nomad.job_versions(&self.rc.namespace, &self.rc.job))
@@ -195,7 +199,9 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         let stable = version.and_then(|v| versions.iter().find(|j| j.version == v).map(is_stable));
         if stable == Some(true) {
             tracing::info!(service = %self.svc.name, deployment, "deployment garbage-collected; its job version is stable: succeeded");
-            return Ok(Ok(()));
+            // Which groups had canaries is gone with the deployment: the
+            // gate runs, as it would have for a canary-less one.
+            return Ok(self.verify_gate(gate).await.map_or(Ok(()), Err));
         }
         Ok(Err(Failure::Deployment {
             status: "gone".into(),
