@@ -617,6 +617,7 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
         tokio::time::Instant::now() + rc.timeout * 3 + std::time::Duration::from_secs(120);
     let mut last_lines: Vec<String> = Vec::new();
     let mut index = crate::consul::BlockingIndex::default();
+    let mut record_index = crate::consul::BlockingIndex::default();
     let mut current: Option<String> = None;
     while tokio::time::Instant::now() < deadline {
         let deployed = read_deployed(&consul, &keys).await?;
@@ -641,7 +642,16 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
                 Some(r.value)
             }
             None => {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                // No deployment yet: wait for the deployed record to change
+                // (a blocking query), not on a timer.
+                let r = consul
+                    .kv_get_blocking(
+                        &keys.deployed,
+                        record_index.current(),
+                        std::time::Duration::from_secs(2),
+                    )
+                    .await?;
+                record_index.observe(r.index);
                 None
             }
         };

@@ -279,14 +279,16 @@ struct Lane {
     keys: Keys,
 }
 
-/// A short random pause after a lost CAS, so two replicas that collided
-/// do not collide again in lockstep.
-async fn conflict_pause(attempt: usize) {
-    use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 1];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    let ms = u64::from(b[0] % 8) * (attempt as u64 + 1);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+/// The pauses after lost CASes: short, growing and jittered, so two
+/// replicas that collided do not collide again in lockstep.
+fn conflict_pauses() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(2))
+        .with_max_delay(Duration::from_millis(60))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// The plan for one attempt: the ops and the outcome if they commit.
@@ -607,6 +609,7 @@ impl Ingest {
         // CAS), and their futures (six reads in parallel) are most of this
         // one's size, which every webhook would otherwise carry and move.
         let reread = || Box::pin(read_for_write(&self.consul, keys, svc.history_keep));
+        let mut pauses = conflict_pauses();
         let mut fresh = false;
         let mut snap = match self.take_cached(&svc.name) {
             Some(s) => s,
@@ -615,7 +618,7 @@ impl Ingest {
                 reread().await?
             }
         };
-        for attempt in 0..MAX_CAS_ATTEMPTS {
+        for _ in 0..MAX_CAS_ATTEMPTS {
             let plan = match self.plan(svc, keys, &snap, change)? {
                 Some(plan) => plan,
                 None if fresh => {
@@ -645,7 +648,7 @@ impl Ingest {
                     return Ok(plan.outcome);
                 }
                 Ok(TxnOutcome::Conflict(_)) => {
-                    conflict_pause(attempt).await;
+                    tokio::time::sleep(pauses.next().unwrap_or(Duration::from_millis(60))).await;
                     snap = reread().await?;
                     fresh = true;
                 }
