@@ -117,6 +117,7 @@ async fn campaign(
         .await?;
     let mut index = BlockingIndex::default();
     let mut renewed = tokio::time::Instant::now();
+    let mut free = lock_delay_pauses();
     loop {
         if shutdown.is_cancelled() {
             let _ = consul.session_destroy(&session).await;
@@ -146,10 +147,11 @@ async fn campaign(
             Ok(r) => {
                 index.observe(r.index);
                 if r.value.as_ref().is_some_and(|kv| kv.session.is_some()) {
+                    free = lock_delay_pauses();
                     continue;
                 }
                 // Free: Consul's lock-delay may still refuse us briefly.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(free.next().unwrap_or(Duration::from_secs(2))).await;
             }
             Err(e) => {
                 let _ = consul.session_destroy(&session).await;
@@ -191,6 +193,18 @@ async fn renew(consul: Consul, session: String, term: CancellationToken) {
             () = tokio::time::sleep(SESSION_TTL / 2) => {}
         }
     }
+}
+
+/// The pauses between tries at a free lock that Consul's lock-delay (15 s
+/// by default after a session is invalidated) still refuses.
+fn lock_delay_pauses() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// The pause after a failed blocking query: short, growing, jittered, and
