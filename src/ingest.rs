@@ -148,6 +148,7 @@ impl Snapshot {
 }
 
 /// Keys of one service's records.
+#[derive(Debug, Clone)]
 pub struct Keys {
     pub tag: String,
     pub history: HistoryKeys,
@@ -586,15 +587,17 @@ impl Ingest {
             Some(l) => Some(l.turn.lock().await),
             None => None,
         };
-        let composed;
-        let keys = match lane {
-            Some(l) => &l.keys,
-            None => {
-                composed = Keys::new(&self.config, svc);
-                &composed
-            }
-        };
-        self.apply_in_turn(svc, keys, change).await
+        let keys = self.keys(svc);
+        self.apply_in_turn(svc, &keys, change).await
+    }
+
+    /// The service's keys: composed once per configured service, composed
+    /// now for one this ingest was not built with.
+    pub fn keys(&self, svc: &ServiceConfig) -> std::borrow::Cow<'_, Keys> {
+        match self.lanes.get(&svc.name) {
+            Some(l) => std::borrow::Cow::Borrowed(&l.keys),
+            None => std::borrow::Cow::Owned(Keys::new(&self.config, svc)),
+        }
     }
 
     /// Plan and commit until a plan commits (the caller holds the

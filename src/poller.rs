@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clients::registry::RegistryError;
 use crate::config::Config;
 use crate::ingest::Ingest;
-use crate::sync::{sync, SyncError};
+use crate::sync::{sync_with, SyncError};
 
 /// Registry and Consul hiccups worth another try within the same round.
 fn transient(e: &SyncError) -> bool {
@@ -53,6 +53,16 @@ async fn poll(
     every: Duration,
     cancel: CancellationToken,
 ) {
+    let Some(registry) = config.service(&name).map(crate::sync::client) else {
+        return;
+    };
+    let registry = match registry {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(service = %name, error = %e, "poll_interval set, but no registry client: not polling");
+            return;
+        }
+    };
     let mut wait = Duration::ZERO;
     loop {
         // A timer, not a watch: the registry has nothing to block on.
@@ -63,7 +73,7 @@ async fn poll(
         let Some(svc) = config.service(&name) else {
             return;
         };
-        let round = (|| sync(&ingest, svc))
+        let round = (|| sync_with(&ingest, svc, &registry))
             .retry(
                 ExponentialBuilder::default()
                     .with_jitter()

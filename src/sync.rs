@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::clients::registry::{RegistryError, TagList};
+use crate::clients::registry::{Registry, RegistryError, TagList};
 use crate::clients::{registry_client, registry_repository};
 use crate::config::ServiceConfig;
 use crate::ingest::{Change, Ingest, IngestError, Outcome};
@@ -79,8 +79,31 @@ pub fn syncable(svc: &ServiceConfig) -> Result<(), SyncError> {
 ///
 /// See [`SyncError`].
 pub async fn sync(ingest: &Ingest, svc: &ServiceConfig) -> Result<Synced, SyncError> {
+    sync_with(ingest, svc, &client(svc)?).await
+}
+
+/// The service's registry client; the poller builds it once, so its
+/// bearer token (and the CA store) last across rounds.
+///
+/// # Errors
+///
+/// [`SyncError::PushedOrder`], [`SyncError::NoRegistry`], a CA file that
+/// does not load.
+pub fn client(svc: &ServiceConfig) -> Result<Registry, SyncError> {
     syncable(svc)?;
-    let registry = registry_client(svc)?.ok_or(SyncError::NoRegistry(svc.source))?;
+    registry_client(svc)?.ok_or(SyncError::NoRegistry(svc.source))
+}
+
+/// [`sync`] with a registry client already built.
+///
+/// # Errors
+///
+/// See [`SyncError`].
+pub async fn sync_with(
+    ingest: &Ingest,
+    svc: &ServiceConfig,
+    registry: &Registry,
+) -> Result<Synced, SyncError> {
     let repository = registry_repository(svc);
     let started = Instant::now();
     let TagList {

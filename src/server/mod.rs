@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ServiceConfig};
-use crate::ingest::{Change, Ingest, IngestError, Keys, Outcome};
+use crate::ingest::{Change, Ingest, IngestError, Outcome};
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::tls::CertStore;
 use crate::webhook::{self, Parsed, WebhookError};
@@ -991,7 +991,7 @@ async fn accepted(
     // caller that sent it (never logged).
     let status_path = o.rollout_seq.map(|seq| format!("{path}/rollouts/{seq}"));
     let waiting = !wait.is_zero() && svc.rollout.is_some();
-    let keys = Keys::new(&state.config, svc);
+    let keys = state.ingest.keys(svc);
     let consul = state.ingest.consul();
     // A re-sent webhook (a CI job run again) finds its tag unchanged: it
     // waits on the change that asked for that tag, so a rolled-back tag
@@ -1053,7 +1053,7 @@ async fn rollout_status(
         .parse()
         .map_err(|_| Rejection::BadRequest(format!("seq {seq:?} is not a number")))?;
     let wait = waiting::wait_param(query, rc.timeout).map_err(Rejection::BadRequest)?;
-    let keys = Keys::new(&state.config, svc);
+    let keys = state.ingest.keys(svc);
     let status = state
         .waits
         .outcome(state.ingest.consul(), &keys, seq, wait)
