@@ -209,57 +209,12 @@ async fn check_jobs(cfg: &Config, out: &mut dyn Write) -> Result<Vec<String>, Cl
     let nomad = nomad_client(cfg)?;
     for svc in &cfg.services {
         let Some(rc) = &svc.rollout else { continue };
-        let here = format!(
-            "service {:?}: job {:?} (namespace {:?})",
-            svc.name, rc.job, rc.namespace
-        );
-        match nomad.namespace_exists(&rc.namespace).await {
-            Ok(true) => {}
-            Ok(false) => {
-                problems.push(format!("{here}: namespace does not exist"));
-                continue;
-            }
-            Err(e) if e.is_forbidden() => {
-                problems.push(format!(
-                    "{here}: the Nomad token may not read the namespace"
-                ));
-                continue;
-            }
-            Err(e) => {
-                problems.push(format!("{here}: {e}"));
-                continue;
-            }
-        }
-        let job = match nomad.job(&rc.namespace, &rc.job).await {
-            Ok(Some(j)) => j,
-            Ok(None) => {
-                problems.push(format!("{here}: job does not exist"));
-                continue;
-            }
-            Err(e) if e.is_forbidden() => {
-                problems.push(format!("{here}: the Nomad token may not read the job"));
-                continue;
-            }
-            Err(e) => {
-                problems.push(format!("{here}: {e}"));
-                continue;
-            }
-        };
-        let review = crate::rollout::review(&job, svc, rc);
-        for p in review.unmet {
-            problems.push(format!("{here}: {p}"));
-        }
-        // Warnings do not fail `check`: the job works, with a caveat the
-        // operator should read.
-        for w in review.warnings {
-            writeln!(out, "warning: {here}: {w}")?;
-        }
-        match nomad.plan(&job).await {
-            Ok(()) => {}
-            Err(e) if e.is_forbidden() => {
-                problems.push(format!("{here}: the Nomad token may not submit the job"))
-            }
-            Err(e) => problems.push(format!("{here}: plan failed: {e}")),
+        for job in &rc.jobs {
+            let here = format!(
+                "service {:?}: job {:?} (namespace {:?})",
+                svc.name, job, rc.namespace
+            );
+            check_job(&nomad, svc, rc, job, &here, &mut problems, out).await?;
         }
     }
     if problems.is_empty() {
@@ -270,6 +225,68 @@ async fn check_jobs(cfg: &Config, out: &mut dyn Write) -> Result<Vec<String>, Cl
         )?;
     }
     Ok(problems)
+}
+
+/// One rollout job against its strategy's requirements: unmet ones added
+/// to `problems`, warnings printed.
+async fn check_job(
+    nomad: &crate::nomad::Nomad,
+    svc: &crate::config::ServiceConfig,
+    rc: &crate::config::RolloutConfig,
+    id: &str,
+    here: &str,
+    problems: &mut Vec<String>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match nomad.namespace_exists(&rc.namespace).await {
+        Ok(true) => {}
+        Ok(false) => {
+            problems.push(format!("{here}: namespace does not exist"));
+            return Ok(());
+        }
+        Err(e) if e.is_forbidden() => {
+            problems.push(format!(
+                "{here}: the Nomad token may not read the namespace"
+            ));
+            return Ok(());
+        }
+        Err(e) => {
+            problems.push(format!("{here}: {e}"));
+            return Ok(());
+        }
+    }
+    let job = match nomad.job(&rc.namespace, id).await {
+        Ok(Some(j)) => j,
+        Ok(None) => {
+            problems.push(format!("{here}: job does not exist"));
+            return Ok(());
+        }
+        Err(e) if e.is_forbidden() => {
+            problems.push(format!("{here}: the Nomad token may not read the job"));
+            return Ok(());
+        }
+        Err(e) => {
+            problems.push(format!("{here}: {e}"));
+            return Ok(());
+        }
+    };
+    let review = crate::rollout::review(&job, svc, rc);
+    for p in review.unmet {
+        problems.push(format!("{here}: {p}"));
+    }
+    // Warnings do not fail `check`: the job works, with a caveat the
+    // operator should read.
+    for w in review.warnings {
+        writeln!(out, "warning: {here}: {w}")?;
+    }
+    match nomad.plan(&job).await {
+        Ok(()) => {}
+        Err(e) if e.is_forbidden() => {
+            problems.push(format!("{here}: the Nomad token may not submit the job"))
+        }
+        Err(e) => problems.push(format!("{here}: plan failed: {e}")),
+    }
+    Ok(())
 }
 
 /// `tagbridge history <svc>`.
@@ -400,7 +417,7 @@ async fn status_of(
         "desired": snap.desired,
         "deployed": deployed,
         "pinned": snap.pinned(),
-        "rollout": svc.rollout.as_ref().map(|r| serde_json::json!({"job": r.job, "namespace": r.namespace})),
+        "rollout": svc.rollout.as_ref().map(|r| serde_json::json!({"job": r.first_job(), "jobs": r.jobs, "namespace": r.namespace})),
     });
     let row = vec![
         svc.name.clone(),
@@ -415,7 +432,10 @@ async fn status_of(
         if snap.pinned() { "yes" } else { "no" }.into(),
         svc.rollout
             .as_ref()
-            .map_or("none (KV only)".into(), |r| format!("job {}", r.job)),
+            .map_or("none (KV only)".into(), |r| match r.jobs.len() {
+                1 => format!("job {}", r.first_job()),
+                _ => format!("jobs {}", r.jobs.join(", ")),
+            }),
     ];
     Ok((doc, row))
 }
@@ -440,17 +460,30 @@ async fn live_deployments(
         if name.is_some_and(|n| n != svc.name) {
             continue;
         }
-        match nomad.latest_deployment(&rc.namespace, &rc.job, None).await {
-            Ok(r) => {
-                if let Some(d) = r.value {
-                    live.push((svc.name.clone(), deployment_lines(&d)));
-                    let doc_i = if name.is_some() { 0 } else { i };
+        // Several jobs: one block of lines per job, and the document
+        // names each job's deployment ("deployment" stays the first's).
+        let several = rc.jobs.len() > 1;
+        for (j, job) in rc.jobs.iter().enumerate() {
+            let label = match several {
+                true => format!("{} (job {job})", svc.name),
+                false => svc.name.clone(),
+            };
+            let doc_i = if name.is_some() { 0 } else { i };
+            match nomad.latest_deployment(&rc.namespace, job, None).await {
+                Ok(r) => {
+                    let Some(d) = r.value else { continue };
+                    live.push((label, deployment_lines(&d)));
                     if let Some(doc) = docs.get_mut(doc_i) {
-                        doc["deployment"] = deployment_doc(&d);
+                        if j == 0 {
+                            doc["deployment"] = deployment_doc(&d);
+                        }
+                        if several {
+                            doc["deployments"][job.as_str()] = deployment_doc(&d);
+                        }
                     }
                 }
+                Err(e) => live.push((label, vec![format!("nomad unreachable: {e}")])),
             }
-            Err(e) => live.push((svc.name.clone(), vec![format!("nomad unreachable: {e}")])),
         }
     }
     live
@@ -614,7 +647,7 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     let nomad = nomad_client(cfg)?;
     let keys = Keys::new(cfg, svc);
     let deadline =
-        tokio::time::Instant::now() + rc.timeout * 3 + std::time::Duration::from_secs(120);
+        tokio::time::Instant::now() + rc.total_timeout() * 3 + std::time::Duration::from_secs(120);
     let mut last_lines: Vec<String> = Vec::new();
     let mut index = crate::consul::BlockingIndex::default();
     let mut record_index = crate::consul::BlockingIndex::default();
@@ -656,9 +689,14 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
             }
         };
         let mut lines = vec![format!(
-            "{name}: {} {}",
+            "{name}: {} {}{}",
             deployed.as_ref().map_or("-", |d| d.outcome.as_str()),
-            deployed.as_ref().map_or("", |d| d.tag.as_str())
+            deployed.as_ref().map_or("", |d| d.tag.as_str()),
+            deployed
+                .as_ref()
+                .and_then(|d| d.job.as_deref())
+                .filter(|_| deployed.as_ref().is_some_and(Deployed::is_busy))
+                .map_or(String::new(), |j| format!(" (job {j})"))
         )];
         if let Some(d) = &dep {
             lines.extend(deployment_lines(d));

@@ -94,6 +94,26 @@ pub struct Deployed {
     /// Why a rollout failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The job `job_version`, `deployment` and `prior_version` belong to,
+    /// when the rollout names several (absent: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The jobs this rollout already rolled, in order: a rollback reverts
+    /// them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<JobDone>,
+}
+
+/// One job a multi-job rollout already rolled (and gated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDone {
+    pub job: String,
+    /// Its version before the rollout (the revert target).
+    pub prior_version: u64,
+    /// The version the rollout made.
+    pub job_version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 impl Deployed {

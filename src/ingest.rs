@@ -870,6 +870,8 @@ mod tests {
                 previous: None,
                 prior_version: None,
                 detail: None,
+                job: None,
+                done: Vec::new(),
             }),
             ..Snapshot::default()
         }

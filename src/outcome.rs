@@ -232,6 +232,8 @@ mod tests {
             previous: Some("1.0.0".into()),
             prior_version: Some(3),
             detail: (outcome == RolloutState::RolledBack).then(|| "healthz failing".into()),
+            job: None,
+            done: Vec::new(),
         }
     }
 

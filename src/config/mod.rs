@@ -259,12 +259,27 @@ impl Strategy {
 
 #[derive(Debug, Clone)]
 pub struct RolloutConfig {
-    pub job: String,
+    /// The jobs that run the image, rolled in this order, each gated
+    /// (`job = "web"` is a list of one).
+    pub jobs: Vec<String>,
     pub namespace: String,
     pub strategy: Strategy,
     pub meta_key: String,
     pub verify_url: Option<String>,
     pub timeout: Duration,
+}
+
+impl RolloutConfig {
+    /// The first job (the one a single-job rollout names).
+    pub fn first_job(&self) -> &str {
+        self.jobs.first().map_or("", String::as_str)
+    }
+
+    /// The whole rollout's bound: `timeout` bounds each job's deployment.
+    pub fn total_timeout(&self) -> Duration {
+        self.timeout
+            .saturating_mul(u32::try_from(self.jobs.len().max(1)).unwrap_or(u32::MAX))
+    }
 }
 
 impl Config {

@@ -111,6 +111,7 @@ pub(super) struct RawTags {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRollout {
     pub(super) job: Option<String>,
+    pub(super) jobs: Option<Vec<String>>,
     pub(super) namespace: Option<String>,
     pub(super) strategy: Option<String>,
     pub(super) meta_key: Option<String>,

@@ -246,13 +246,10 @@ fn tags(c: &mut Collector, name: &str, tags: RawTags) -> Option<TagPolicyConfig>
     }
 }
 
-/// The `rollout` block: which Nomad job follows the key, and how.
+/// The `rollout` block: which Nomad jobs follow the key, and how.
 fn rollout(c: &mut Collector, name: &str, r: RawRollout) -> RolloutConfig {
     let svc = Some(name);
-    let job = r.job.unwrap_or_default();
-    if job.is_empty() {
-        c.add(svc, "rollout.job", "is required");
-    }
+    let jobs = rollout_jobs(c, name, r.job, r.jobs);
     let strategy = word_or(
         c,
         svc,
@@ -295,13 +292,68 @@ fn rollout(c: &mut Collector, name: &str, r: RawRollout) -> RolloutConfig {
         Duration::from_secs(15 * 60),
     );
     RolloutConfig {
-        job,
+        jobs,
         namespace: r.namespace.unwrap_or_else(|| "default".into()),
         strategy,
         meta_key,
         verify_url: r.verify_url,
         timeout,
     }
+}
+
+/// Most jobs one rollout may name: each is rolled and gated in turn, so
+/// the list is a handful of jobs sharing an image, not a fleet.
+const MAX_JOBS: usize = 16;
+
+/// `job = "web"` or `jobs = ["web", "worker"]` (exactly one of them): the
+/// jobs in the order they roll. A job named twice would be registered
+/// twice in one rollout (I3).
+fn rollout_jobs(
+    c: &mut Collector,
+    name: &str,
+    job: Option<String>,
+    jobs: Option<Vec<String>>,
+) -> Vec<String> {
+    let svc = Some(name);
+    let list = match (job, jobs) {
+        (Some(_), Some(_)) => {
+            c.add(svc, "rollout.jobs", "set either job or jobs, not both");
+            return Vec::new();
+        }
+        (Some(j), None) => vec![j],
+        (None, Some(list)) => list,
+        (None, None) => {
+            c.add(svc, "rollout.job", "is required (or jobs, for several)");
+            return Vec::new();
+        }
+    };
+    if list.is_empty() || list.len() > MAX_JOBS {
+        c.add(
+            svc,
+            "rollout.jobs",
+            format!("names {} jobs; name 1 to {MAX_JOBS}", list.len()),
+        );
+    }
+    for (i, j) in list.iter().enumerate() {
+        // Nomad job IDs: printable, no spaces, and they become URL path
+        // segments in every call tagbridge makes.
+        if j.is_empty()
+            || j.len() > 128
+            || !j
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'%'))
+        {
+            c.add(
+                svc,
+                "rollout.jobs",
+                format!("{j:?} is not a Nomad job ID (printable, no spaces, '/', '?', '#' or '%')"),
+            );
+        }
+        if list[..i].contains(j) {
+            c.add(svc, "rollout.jobs", format!("{j:?} is named twice"));
+        }
+    }
+    list
 }
 
 /// `poll_interval`: how often the leader syncs the service from its

@@ -381,6 +381,9 @@ pub struct Driver<'a, N: NomadPort = Nomad, C: ConsulPort = Consul> {
     /// Until when outages are waited out (the rollout's own deadline, or
     /// the rollback's).
     patience: Mutex<Option<tokio::time::Instant>>,
+    /// Which of the rollout's jobs the Nomad calls address now (an index
+    /// into `rc.jobs`): the one rolling, or the one a rollback reverts.
+    cur: std::sync::atomic::AtomicUsize,
 }
 
 impl<'a> Driver<'a> {
@@ -408,6 +411,7 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
             keys: Keys::new(&ctx.config, svc),
             started: Mutex::new(None),
             patience: Mutex::new(None),
+            cur: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -513,8 +517,36 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
     }
 
     async fn job(&self) -> Result<Option<Job>, RolloutError> {
-        self.patient(|| self.nomad.job(&self.rc.namespace, &self.rc.job))
+        self.patient(|| self.nomad.job(&self.rc.namespace, self.job_id()))
             .await
+    }
+
+    /// The job the Nomad calls address now.
+    fn job_id(&self) -> &'a str {
+        let i = self.cur.load(std::sync::atomic::Ordering::Relaxed);
+        self.rc.jobs.get(i).map_or("", String::as_str)
+    }
+
+    /// Address the job at `index` in the rollout's list.
+    fn set_job(&self, index: usize) {
+        self.cur.store(index, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where `job` (a record's `job`; `None`: the first) stands in the
+    /// rollout's list; `None` when the configuration no longer names it.
+    fn job_index(&self, job: Option<&str>) -> Option<usize> {
+        match job {
+            None => Some(0),
+            Some(j) => self.rc.jobs.iter().position(|x| x == j),
+        }
+    }
+
+    /// The failure of a job that no longer exists in Nomad.
+    fn job_missing(&self) -> Failure {
+        Failure::JobMissing {
+            job: self.job_id().to_string(),
+            namespace: self.rc.namespace.clone(),
+        }
     }
 }
 

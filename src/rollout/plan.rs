@@ -9,7 +9,7 @@ use backon::BackoffBuilder as _;
 use super::record::{Committed, Guard, KeyWrite};
 use super::*;
 use crate::clock::now_rfc3339;
-use crate::history::Event;
+use crate::history::{Event, JobDone};
 use crate::nomad::Deployment;
 
 /// The tag a rollback of a rollout starting now goes back to: what the
@@ -66,11 +66,10 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             desired_index: st.desired_index,
             pin_index: st.pin_index,
         });
-        let Some(job) = self.job().await? else {
-            let failure = Failure::JobMissing {
-                job: self.rc.job.clone(),
-                namespace: self.rc.namespace.clone(),
-            };
+        let (job, missing) = self.first_job_if_all_exist().await?;
+        let Some(job) = job.filter(|_| missing.is_none()) else {
+            let failure = missing.unwrap_or_else(|| self.job_missing());
+            self.set_job(0);
             let rec = Deployed {
                 tag: prev.map(|p| p.tag.clone()).unwrap_or_default(),
                 digest: None,
@@ -82,6 +81,8 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 previous: prev.map(|p| p.tag.clone()),
                 prior_version: None,
                 detail: Some(failure.to_string()),
+                job: None,
+                done: Vec::new(),
             };
             return self
                 .finish_failed(rec, &desired.tag, failure.to_string())
@@ -121,6 +122,8 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             previous,
             prior_version: Some(job.version),
             detail: None,
+            job: None,
+            done: Vec::new(),
         };
         // The key carries the tag being deployed (template jobs render it
         // in every allocation placed from now on).
@@ -147,33 +150,89 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         }
     }
 
-    /// Register (unless already done), then evaluation, deployment, watch.
+    /// Every job of the rollout has to exist before the first is touched:
+    /// a missing later job would otherwise be found only after the first
+    /// had rolled. The first job as read (its meta and version plan the
+    /// rollout), and the failure when one is missing. Leaves the first job
+    /// addressed.
+    async fn first_job_if_all_exist(&self) -> Result<(Option<Job>, Option<Failure>), RolloutError> {
+        let mut first = None;
+        for i in (0..self.rc.jobs.len()).rev() {
+            self.set_job(i);
+            match self.job().await? {
+                None => return Ok((None, Some(self.job_missing()))),
+                Some(j) if i == 0 => first = Some(j),
+                Some(_) => {}
+            }
+        }
+        Ok((first, None))
+    }
+
+    /// Roll each job in the listed order, each gated, from the one `rec`
+    /// names; the last one's success is the rollout's. The first failure
+    /// rolls back every job this rollout touched (and the key).
     pub(super) async fn proceed(&self, mut rec: Deployed) -> Result<(), RolloutError> {
-        let Some(job) = self.job().await? else {
-            let f = Failure::JobMissing {
-                job: self.rc.job.clone(),
-                namespace: self.rc.namespace.clone(),
+        loop {
+            let Some(i) = self.job_index(rec.job.as_deref()) else {
+                let f = Failure::Registration(format!(
+                    "job {:?} is no longer in the rollout block's jobs",
+                    rec.job.as_deref().unwrap_or_default()
+                ));
+                return self.rollback(rec, f).await;
             };
-            return self.rollback(rec, f).await;
+            self.set_job(i);
+            if let Err(f) = self.proceed_job(&mut rec).await? {
+                return self.rollback(rec, f).await;
+            }
+            let Some(next) = self.rc.jobs.get(i + 1) else {
+                return self.finish_deployed(rec).await;
+            };
+            rec.done.push(JobDone {
+                job: self.job_id().to_string(),
+                prior_version: rec.prior_version.unwrap_or_default(),
+                job_version: rec.job_version.unwrap_or_default(),
+                deployment: rec.deployment.take(),
+            });
+            tracing::info!(service = %self.svc.name, tag = %rec.tag, job = %next, "job rolled; rolling the next one");
+            self.set_job(i + 1);
+            rec.job = Some(next.clone());
+            rec.job_version = None;
+            rec.prior_version = None;
+            let Some(job) = self.job().await? else {
+                return self.rollback(rec, self.job_missing()).await;
+            };
+            rec.prior_version = Some(job.version);
+            rec.at = now_rfc3339();
+            // `timeout` bounds each job's deployment.
+            self.set_started(unix_ms());
+            self.record_progress(&rec).await?;
+        }
+    }
+
+    /// One job: register (unless already done), then evaluation,
+    /// deployment, watch. `Err(failure)` asks for a rollback.
+    async fn proceed_job(&self, rec: &mut Deployed) -> Result<Result<(), Failure>, RolloutError> {
+        let Some(job) = self.job().await? else {
+            return Ok(Err(self.job_missing()));
         };
         let prior = rec.prior_version.unwrap_or(job.version);
-        let (version, eval) = match self.registered(&rec, prior).await? {
+        let (version, eval) = match self.registered(rec, prior).await? {
             Ok(registered) => registered,
-            Err(f) => return self.rollback(rec, f).await,
+            Err(f) => return Ok(Err(f)),
         };
         if rec.job_version != Some(version) {
             rec.job_version = Some(version);
             rec.at = now_rfc3339();
-            self.record_progress(&rec).await?;
+            self.record_progress(rec).await?;
         }
         if let Some(eval_id) = eval.filter(|e| !e.is_empty()) {
             if let Err(f) = self.evaluation(&eval_id).await? {
-                return self.rollback(rec, f).await;
+                return Ok(Err(f));
             }
         }
-        let (dep, version) = match self.deployment_of(&mut rec, version).await? {
+        let (dep, version) = match self.deployment_of(rec, version).await? {
             Ok(found) => found,
-            Err(f) => return self.rollback(rec, f).await,
+            Err(f) => return Ok(Err(f)),
         };
         self.follow(rec, dep, version).await
     }
@@ -224,13 +283,13 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         Ok(Ok((d.id, d.job_version)))
     }
 
-    /// Watch `dep` (of job `version`) to the end: deployed, or rolled back.
+    /// Watch `dep` (of job `version`) to the end: gated, or the failure.
     async fn follow(
         &self,
-        mut rec: Deployed,
+        rec: &mut Deployed,
         mut dep: String,
         mut version: u64,
-    ) -> Result<(), RolloutError> {
+    ) -> Result<Result<(), Failure>, RolloutError> {
         // Someone ran the job again on top of ours (an edit, a scale):
         // Nomad cancels our deployment, but when their version still names
         // our tag its deployment is this rollout's gate now (bounded: a job
@@ -240,7 +299,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 .watch(&dep, true, Some(version), self.deadline())
                 .await?
             {
-                Ok(()) => return self.finish_deployed(rec).await,
+                Ok(()) => return Ok(Ok(())),
                 Err(f) => f,
             };
             let cancelled =
@@ -250,20 +309,18 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 false => None,
             };
             let Some(d) = next else {
-                return self.rollback(rec, failure).await;
+                return Ok(Err(failure));
             };
             tracing::info!(service = %self.svc.name, tag = %rec.tag, job_version = d.job_version, "the job was run again with this tag on top of ours; following its deployment");
             (dep, version) = (d.id.clone(), d.job_version);
             rec.job_version = Some(version);
             rec.deployment = Some(dep.clone());
             rec.at = now_rfc3339();
-            self.record_progress(&rec).await?;
+            self.record_progress(rec).await?;
         }
-        self.rollback(
-            rec,
-            Failure::Registration("the job kept being run again during the rollout".into()),
-        )
-        .await
+        Ok(Err(Failure::Registration(
+            "the job kept being run again during the rollout".into(),
+        )))
     }
 
     /// Record how far `rec` got; the key is left as it is.
@@ -301,7 +358,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             return Ok(Some(job.version));
         }
         let versions = self
-            .patient(|| self.nomad.job_versions(&self.rc.namespace, &self.rc.job))
+            .patient(|| self.nomad.job_versions(&self.rc.namespace, self.job_id()))
             .await?;
         Ok(adoptable(&versions, &self.rc.meta_key, tag, prior))
     }
@@ -322,10 +379,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         for attempt in 0u32.. {
             self.check_cancel()?;
             let Some(mut job) = self.job().await? else {
-                return Ok(Err(Failure::JobMissing {
-                    job: self.rc.job.clone(),
-                    namespace: self.rc.namespace.clone(),
-                }));
+                return Ok(Err(self.job_missing()));
             };
             if let Some(v) = self.adopt(&job, tag, prior).await? {
                 return Ok(Ok(Registered::Adopted(v)));

@@ -57,12 +57,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         rec.outcome = RolloutState::Deployed;
         rec.at = now_rfc3339();
         rec.detail = None;
-        let detail = format!(
-            "job {} version {}, deployment {}",
-            self.rc.job,
-            rec.job_version.unwrap_or_default(),
-            rec.deployment.as_deref().map(short).unwrap_or("-")
-        );
+        let detail = jobs_detail(&rec, self.job_id());
         let entry = self.entry(
             Event::Deployed,
             &rec.tag,
@@ -106,6 +101,8 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             previous: Some(failed_tag.clone()),
             prior_version: rec.prior_version,
             detail: Some(reason.clone()),
+            job: rec.job.clone(),
+            done: Vec::new(),
         };
         let entry = self.entry(
             Event::RolledBack,
@@ -326,6 +323,27 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         let read = self.patient(|| self.consul.kv_get(lock)).await?;
         Ok(read.value.and_then(|kv| kv.session).as_deref() != Some(session.as_str()))
     }
+}
+
+/// "job web version 5, deployment 1a2b3c4d", one such part per job the
+/// rollout rolled, in order (`current`: the last one's name).
+fn jobs_detail(rec: &Deployed, current: &str) -> String {
+    let part = |job: &str, version: u64, deployment: Option<&str>| {
+        format!(
+            "job {job} version {version}, deployment {}",
+            deployment.map(short).unwrap_or("-")
+        )
+    };
+    rec.done
+        .iter()
+        .map(|d| part(&d.job, d.job_version, d.deployment.as_deref()))
+        .chain(std::iter::once(part(
+            current,
+            rec.job_version.unwrap_or_default(),
+            rec.deployment.as_deref(),
+        )))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Fail the transaction unless `key` is still at `index` (0: absent).

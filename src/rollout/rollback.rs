@@ -107,6 +107,33 @@ pub fn plan_rollback(o: &Observed) -> RollbackPlan {
 /// Plans tried before giving up (each write or lost race re-plans).
 const MAX_STEPS: usize = 6;
 
+/// One job a rollback brings back.
+struct Stage {
+    /// Where it stands in the rollout's list (`None`: no longer there).
+    index: Option<usize>,
+    name: String,
+    /// The record as far as this job goes: its versions and deployment.
+    view: Deployed,
+    /// The job whose rollout failed (the others had succeeded).
+    in_flight: bool,
+}
+
+/// How bringing one job back ended.
+enum Reverted {
+    /// The job is gone: nothing to revert.
+    Gone,
+    /// The job names the prior tag again, at `version` (its deployment
+    /// watched to success when this rollback made it).
+    Restored {
+        version: u64,
+        deployment: Option<String>,
+    },
+    /// The job kept changing under the rollback.
+    Kept,
+    /// The revert's own deployment failed.
+    Failed(Failure),
+}
+
 impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     pub(super) async fn rollback(
         &self,
@@ -127,10 +154,11 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         self.rollback_steps(rec, reason).await
     }
 
-    /// Restore the key, bring the job back, watch it. Idempotent: a new
-    /// leader repeats it safely from the `rolling_back` record. One loop
-    /// of observe → [`plan_rollback`] → act, kept in one place so every
-    /// write is followed by a fresh look (long for that reason).
+    /// Restore the key, then bring back every job the rollout touched:
+    /// the one in flight first, then those already rolled, newest first,
+    /// each watched to the end. Idempotent: a new leader repeats it
+    /// safely from the `rolling_back` record (a job already back on the
+    /// prior tag needs nothing).
     pub(super) async fn rollback_steps(
         &self,
         rec: Deployed,
@@ -138,8 +166,10 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     ) -> Result<(), RolloutError> {
         // A rollback gets its own time to wait out outages.
         self.set_patience(self.rc.timeout);
-        if let Some(dep) = &rec.deployment {
+        let stages = self.rollback_stages(&rec);
+        if let (Some(dep), Some(i)) = (&rec.deployment, stages.first().and_then(|s| s.index)) {
             // Already terminal is fine: stop placing new allocations.
+            self.set_job(i);
             self.fail(dep).await?;
         }
         let target = rec.previous.clone().filter(|t| !t.is_empty());
@@ -150,31 +180,113 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             history: None,
         })
         .await?;
-        let mut waited_for_nomad = false;
+        let several = self.rc.jobs.len() > 1 || !rec.done.is_empty();
+        let name = |stage: &Stage| match several {
+            true => format!("job {}: ", stage.name),
+            false => String::new(),
+        };
+        let (mut notes, mut broken) = (Vec::new(), Vec::new());
+        let mut kept = (None, None);
+        for stage in &stages {
+            let Some(i) = stage.index else {
+                broken.push(format!(
+                    "job {}: no longer in the rollout block: not reverted",
+                    stage.name
+                ));
+                continue;
+            };
+            self.set_job(i);
+            let reverted = self
+                .revert_job(&stage.view, target.clone(), stage.in_flight)
+                .await?;
+            match reverted {
+                Reverted::Gone => notes.push(format!(
+                    "{}the job is gone: key restored, nothing to revert",
+                    name(stage)
+                )),
+                Reverted::Restored {
+                    version,
+                    deployment,
+                } => {
+                    if stage.in_flight {
+                        kept = (Some(version), deployment);
+                    }
+                    if several {
+                        notes.push(format!("{}at version {version}", name(stage)));
+                    }
+                }
+                Reverted::Kept => broken.push(format!(
+                    "{}not reverted: the job kept changing",
+                    name(stage)
+                )),
+                Reverted::Failed(f) => {
+                    broken.push(format!("{}the rollback failed too: {f}", name(stage)))
+                }
+            }
+        }
+        if !broken.is_empty() {
+            let detail = format!("{reason}; {}", broken.join("; "));
+            return self.finish_failed(rec.clone(), &rec.tag, detail).await;
+        }
+        let detail = std::iter::once(reason)
+            .chain(notes)
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.finish_rolled_back(rec, target, kept.0, kept.1, detail)
+            .await
+    }
+
+    /// The jobs a rollback brings back, in order: the one in flight (as
+    /// `rec` records it), then the ones already rolled, newest first.
+    fn rollback_stages(&self, rec: &Deployed) -> Vec<Stage> {
+        let current = rec
+            .job
+            .clone()
+            .unwrap_or_else(|| self.rc.first_job().to_string());
+        let mut stages = vec![Stage {
+            index: self.job_index(rec.job.as_deref()),
+            name: current,
+            view: rec.clone(),
+            in_flight: true,
+        }];
+        stages.extend(rec.done.iter().rev().map(|d| Stage {
+            index: self.job_index(Some(&d.job)),
+            name: d.job.clone(),
+            view: Deployed {
+                job_version: Some(d.job_version),
+                prior_version: Some(d.prior_version),
+                deployment: d.deployment.clone(),
+                ..rec.clone()
+            },
+            in_flight: false,
+        }));
+        stages
+    }
+
+    /// Bring the addressed job back to `target`: one loop of observe →
+    /// [`plan_rollback`] → act, kept in one place so every write is
+    /// followed by a fresh look (long for that reason). `view` holds the
+    /// job's own versions; only the job in flight can be one Nomad's
+    /// auto_revert is reverting (the others' deployments succeeded).
+    async fn revert_job(
+        &self,
+        view: &Deployed,
+        target: Option<String>,
+        in_flight: bool,
+    ) -> Result<Reverted, RolloutError> {
+        let mut waited_for_nomad = !in_flight;
         // The newest version this rollback wrote (its deployment is watched).
         let mut wrote: Option<u64> = None;
         for _ in 0..MAX_STEPS {
             let o = self
-                .observe_for_rollback(&rec, target.clone(), waited_for_nomad)
+                .observe_for_rollback(view, target.clone(), waited_for_nomad)
                 .await?;
             let plan = plan_rollback(&o);
-            tracing::info!(service = %self.svc.name, ?plan, "rollback step");
+            tracing::info!(service = %self.svc.name, job = self.job_id(), ?plan, "rollback step");
             match plan {
-                RollbackPlan::JobGone => {
-                    return self
-                        .finish_rolled_back(
-                            rec,
-                            target,
-                            None,
-                            None,
-                            format!("{reason}; the job is gone: key restored, nothing to revert"),
-                        )
-                        .await;
-                }
+                RollbackPlan::JobGone => return Ok(Reverted::Gone),
                 RollbackPlan::Restored { version } => {
-                    return self
-                        .settle_rollback(rec, target, version, wrote, reason)
-                        .await;
+                    return self.settle_rollback(view, target, version, wrote).await;
                 }
                 RollbackPlan::AwaitNomad { after } => {
                     waited_for_nomad = true;
@@ -186,7 +298,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                     self.check_cancel()?;
                     match self
                         .nomad
-                        .revert(&self.rc.namespace, &self.rc.job, to, enforce_prior)
+                        .revert(&self.rc.namespace, self.job_id(), to, enforce_prior)
                         .await
                     {
                         Ok(_) => wrote = Some(enforce_prior + 1),
@@ -198,7 +310,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 }
                 RollbackPlan::Reregister { enforce_index } => {
                     if let Some(v) = self
-                        .reregister(&rec, target.as_deref(), enforce_index)
+                        .reregister(view, target.as_deref(), enforce_index)
                         .await?
                     {
                         wrote = Some(v);
@@ -206,12 +318,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 }
             }
         }
-        self.finish_failed(
-            rec.clone(),
-            &rec.tag,
-            format!("{reason}; not reverted: the job kept changing"),
-        )
-        .await
+        Ok(Reverted::Kept)
     }
 
     /// What Nomad shows now, for [`plan_rollback`].
@@ -227,7 +334,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             if j.version == failed && failed > 0 && JobView::of(j, &self.rc.meta_key).tag != target
             {
                 let versions = self
-                    .patient(|| self.nomad.job_versions(&self.rc.namespace, &self.rc.job))
+                    .patient(|| self.nomad.job_versions(&self.rc.namespace, self.job_id()))
                     .await?;
                 base = versions
                     .iter()
@@ -292,12 +399,11 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     /// this rollback made (if it made one), then record.
     async fn settle_rollback(
         &self,
-        rec: Deployed,
+        rec: &Deployed,
         target: Option<String>,
         version: u64,
         wrote: Option<u64>,
-        reason: String,
-    ) -> Result<(), RolloutError> {
+    ) -> Result<Reverted, RolloutError> {
         // On resume, a version above ours that names the target is the
         // revert a dead leader (or Nomad) made: watch it too.
         let ours = wrote == Some(version)
@@ -327,20 +433,13 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             tracing::info!(service = %self.svc.name, job_version = n.job_version, "the job was run again with the restored tag on top of the revert; following its deployment");
             (version, dep) = (n.job_version, Some(n));
         }
-        match outcome {
-            Ok(()) => {
-                self.finish_rolled_back(rec, target, Some(version), dep.map(|d| d.id), reason)
-                    .await
-            }
-            Err(f) => {
-                self.finish_failed(
-                    rec.clone(),
-                    &rec.tag,
-                    format!("{reason}; the rollback failed too: {f}"),
-                )
-                .await
-            }
-        }
+        Ok(match outcome {
+            Ok(()) => Reverted::Restored {
+                version,
+                deployment: dep.map(|d| d.id),
+            },
+            Err(f) => Reverted::Failed(f),
+        })
     }
 
     /// Nomad's auto_revert makes a new version: wait for it (bounded).

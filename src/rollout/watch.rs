@@ -65,7 +65,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 .patient(|| {
                     self.nomad.latest_deployment(
                         &self.rc.namespace,
-                        &self.rc.job,
+                        self.job_id(),
                         Some((index.current(), wait)),
                     )
                 })
@@ -194,7 +194,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         gate: bool,
     ) -> Result<Result<(), Failure>, RolloutError> {
         let versions = self
-            .patient(|| self.nomad.job_versions(&self.rc.namespace, &self.rc.job))
+            .patient(|| self.nomad.job_versions(&self.rc.namespace, self.job_id()))
             .await?;
         let stable = version.and_then(|v| versions.iter().find(|j| j.version == v).map(is_stable));
         if stable == Some(true) {

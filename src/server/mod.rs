@@ -811,7 +811,10 @@ async fn route(
         return (resp, report);
     }
     // Checked before anything is written: bad input changes nothing.
-    let cap = svc.rollout.as_ref().map_or(Duration::ZERO, |r| r.timeout);
+    let cap = svc
+        .rollout
+        .as_ref()
+        .map_or(Duration::ZERO, |r| r.total_timeout());
     let wait = match waiting::wait_param(parts.uri.query(), cap) {
         Ok(w) => w,
         Err(m) => {
@@ -1052,7 +1055,7 @@ async fn rollout_status(
     let seq: u64 = seq
         .parse()
         .map_err(|_| Rejection::BadRequest(format!("seq {seq:?} is not a number")))?;
-    let wait = waiting::wait_param(query, rc.timeout).map_err(Rejection::BadRequest)?;
+    let wait = waiting::wait_param(query, rc.total_timeout()).map_err(Rejection::BadRequest)?;
     let keys = state.ingest.keys(svc);
     let status = state
         .waits
