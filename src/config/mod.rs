@@ -706,6 +706,46 @@ mod tests {
         );
     }
 
+    /// `jobs` lists a rollout's jobs in the order they roll; `job` is a
+    /// list of one. A job named twice would be registered twice in one
+    /// rollout, so it is refused, as is naming none or both fields.
+    #[test]
+    fn rollout_jobs_are_one_ordered_list_of_distinct_ids() {
+        let svc = |body: &str| {
+            web(
+                "dockerhub",
+                &format!("rollout {{\n {body}\n timeout = \"2m\"\n }}"),
+            )
+        };
+        let cfg = parse(&svc(r#"jobs = ["web", "worker"]"#)).expect("valid");
+        let rc = cfg.services[0].rollout.as_ref().unwrap();
+        assert_eq!(rc.jobs, ["web", "worker"]);
+        assert_eq!(rc.first_job(), "web");
+        assert_eq!(rc.total_timeout(), Duration::from_secs(240));
+        let cfg = parse(&svc(r#"job = "web""#)).expect("valid");
+        assert_eq!(cfg.services[0].rollout.as_ref().unwrap().jobs, ["web"]);
+        for (body, want) in [
+            (
+                r#"job = "web"
+ jobs = ["worker"]"#,
+                "rollout.jobs: set either job or jobs, not both",
+            ),
+            ("", "rollout.job: is required (or jobs, for several)"),
+            ("jobs = []", "rollout.jobs: names 0 jobs; name 1 to 16"),
+            (
+                r#"jobs = ["web", "worker", "web"]"#,
+                r#"rollout.jobs: "web" is named twice"#,
+            ),
+            (
+                r#"jobs = ["web/../x"]"#,
+                r#"rollout.jobs: "web/../x" is not a Nomad job ID"#,
+            ),
+        ] {
+            let err = parse(&svc(body)).unwrap_err().to_string();
+            assert!(err.contains(want), "{body}: {err}");
+        }
+    }
+
     /// One duration helper: each field keeps its own bounds and default.
     #[test]
     fn durations_are_bounded_per_field() {

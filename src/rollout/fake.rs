@@ -567,3 +567,125 @@ impl ConsulPort for FakeConsul {
             .collect())
     }
 }
+
+/// Several scripted jobs behind one Nomad: each call goes to the job it
+/// names. Deployment IDs are unique only within one fake, so they travel
+/// as `<job>:<id>` and calls by deployment ID find their job again.
+pub struct FakeJobs {
+    pub jobs: BTreeMap<String, Arc<FakeNomad>>,
+}
+
+impl FakeJobs {
+    /// Jobs `names`, each running `tag` at version 0; `health` decides
+    /// each new version's deployment per job.
+    pub fn new(tag: &str, jobs: &[(&str, fn(&str) -> Health)]) -> Self {
+        let jobs = jobs
+            .iter()
+            .map(|(name, health)| {
+                let fake = FakeNomad::new(tag, *health);
+                fake.with(|w| w.versions[0]["ID"] = json!(name));
+                (name.to_string(), fake)
+            })
+            .collect();
+        FakeJobs { jobs }
+    }
+
+    pub fn job(&self, name: &str) -> &Arc<FakeNomad> {
+        self.jobs.get(name).expect("a job of this fake")
+    }
+
+    /// The job a `<job>:<id>` deployment ID belongs to, and its own ID.
+    fn by_deployment<'a>(&self, id: &'a str) -> (&Arc<FakeNomad>, &'a str) {
+        let (job, inner) = id.split_once(':').expect("a deployment ID of FakeJobs");
+        (self.job(job), inner)
+    }
+}
+
+fn tagged(job: &str, mut d: Deployment) -> Deployment {
+    d.id = format!("{job}:{}", d.id);
+    d
+}
+
+impl NomadPort for FakeJobs {
+    async fn job(&self, ns: &str, id: &str) -> Result<Option<Job>, NomadError> {
+        self.job(id).job(ns, id).await
+    }
+    async fn job_versions(&self, ns: &str, id: &str) -> Result<Vec<Job>, NomadError> {
+        self.job(id).job_versions(ns, id).await
+    }
+    async fn register(&self, job: &Job, enforce_index: u64) -> Result<WriteResponse, NomadError> {
+        let id = job.raw["ID"].as_str().unwrap_or_default();
+        self.job(id).register(job, enforce_index).await
+    }
+    async fn revert(
+        &self,
+        ns: &str,
+        id: &str,
+        version: u64,
+        enforce_prior_version: u64,
+    ) -> Result<WriteResponse, NomadError> {
+        self.job(id)
+            .revert(ns, id, version, enforce_prior_version)
+            .await
+    }
+    async fn latest_deployment(
+        &self,
+        ns: &str,
+        id: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<Read<Option<Deployment>>, NomadError> {
+        let r = self.job(id).latest_deployment(ns, id, block).await?;
+        Ok(Read {
+            value: r.value.map(|d| tagged(id, d)),
+            index: r.index,
+        })
+    }
+    async fn deployment(
+        &self,
+        ns: &str,
+        id: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<Read<Deployment>, NomadError> {
+        let (fake, inner) = self.by_deployment(id);
+        let job = id.split_once(':').map_or("", |(j, _)| j);
+        let r = fake.deployment(ns, inner, block).await?;
+        Ok(Read {
+            value: tagged(job, r.value),
+            index: r.index,
+        })
+    }
+    async fn deployment_allocations(
+        &self,
+        ns: &str,
+        id: &str,
+    ) -> Result<Vec<Allocation>, NomadError> {
+        let (fake, inner) = self.by_deployment(id);
+        fake.deployment_allocations(ns, inner).await
+    }
+    async fn allocation_checks(
+        &self,
+        _ns: &str,
+        _alloc: &str,
+    ) -> Result<Vec<CheckResult>, NomadError> {
+        Ok(Vec::new())
+    }
+    async fn promote(&self, ns: &str, dep: &str) -> Result<(), NomadError> {
+        let (fake, inner) = self.by_deployment(dep);
+        fake.promote(ns, inner).await
+    }
+    async fn fail_deployment(&self, ns: &str, dep: &str) -> Result<(), NomadError> {
+        let (fake, inner) = self.by_deployment(dep);
+        fake.fail_deployment(ns, inner).await
+    }
+    async fn evaluation(
+        &self,
+        ns: &str,
+        id: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<Read<Evaluation>, NomadError> {
+        // The fakes answer no evaluation ID, so none is ever asked for by
+        // job; any one of them answers "complete".
+        let first = self.jobs.values().next().expect("a job");
+        first.evaluation(ns, id, block).await
+    }
+}

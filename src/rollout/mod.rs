@@ -30,6 +30,8 @@ mod watch;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
+mod several_jobs_tests;
+#[cfg(test)]
 mod tests;
 
 pub use ports::{ConsulPort, NomadPort};
