@@ -568,6 +568,9 @@ impl ConsulPort for FakeConsul {
     }
 }
 
+/// How a job's new versions behave, by tag.
+pub type HealthOf = fn(&str) -> Health;
+
 /// Several scripted jobs behind one Nomad: each call goes to the job it
 /// names. Deployment IDs are unique only within one fake, so they travel
 /// as `<job>:<id>` and calls by deployment ID find their job again.
@@ -578,7 +581,7 @@ pub struct FakeJobs {
 impl FakeJobs {
     /// Jobs `names`, each running `tag` at version 0; `health` decides
     /// each new version's deployment per job.
-    pub fn new(tag: &str, jobs: &[(&str, fn(&str) -> Health)]) -> Self {
+    pub fn new(tag: &str, jobs: &[(&str, HealthOf)]) -> Self {
         let jobs = jobs
             .iter()
             .map(|(name, health)| {

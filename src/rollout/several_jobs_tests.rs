@@ -129,11 +129,11 @@ impl World {
         self.consul.with(|kv| {
             kv.kv
                 .iter()
-                .filter(|(k, _)| {
+                .rev()
+                .find(|(k, _)| {
                     k.strip_prefix(PREFIX)
                         .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
                 })
-                .last()
                 .map(|(_, v)| serde_json::from_slice(&v.0).expect("entry is JSON"))
                 .expect("a history entry")
         })
