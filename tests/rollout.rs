@@ -1540,3 +1540,95 @@ async fn the_readme_ci_step_fails_the_pipeline_on_a_rollback() {
     assert_eq!(c.consul.kv(KEY).as_deref(), Some("1.1.0"));
     tb.stop().await;
 }
+
+/// The deployment of `job`'s `version`, from Nomad's list of them.
+fn deployment_of(c: &Cluster, job: &str, version: u64) -> Value {
+    let all = c
+        .nomad
+        .api_ok("GET", &format!("/v1/job/{job}/deployments"), None);
+    all.as_array()
+        .and_then(|a| a.iter().find(|d| d["JobVersion"] == version).cloned())
+        .unwrap_or_else(|| panic!("no deployment of {job} v{version}: {all}"))
+}
+
+/// One image, two jobs (a web job and a worker reading the same key):
+/// they roll in the listed order, the worker only once web's deployment
+/// succeeded; a tag only the worker cannot run rolls both back, key
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_jobs_roll_in_order_and_a_failure_rolls_back_all_of_them() {
+    let c = Cluster::start();
+    // Web fails only tags starting with "bad-web"; the worker every "bad".
+    let set_bad_prefix = |prefix: &'static str| {
+        move |job: &mut Value| {
+            job["TaskGroups"][0]["Tasks"][0]["Env"]["BAD_PREFIX"] = json!(prefix);
+        }
+    };
+    c.run_job_with("web-template", "1.0.0", &[], set_bad_prefix("bad-web"));
+    tokio::task::block_in_place(|| {
+        let testsvc = testsvc_bin();
+        let vars = [
+            ("testsvc", testsvc.to_str().expect("utf-8 path")),
+            ("count", "2"),
+            ("job_name", "worker"),
+        ];
+        let mut job = c.nomad.parse_job(&job_file("web-template"), &vars);
+        job["Meta"]["image_tag"] = json!("1.0.0");
+        set_bad_prefix("bad")(&mut job);
+        c.nomad.register(&job);
+        let d = c
+            .nomad
+            .wait_deployment_terminal("worker", Duration::from_secs(90));
+        assert_eq!(d["Status"], "successful", "worker's first deployment: {d}");
+    });
+    let rollout =
+        "jobs     = [\"web\", \"worker\"]\n    timeout  = \"3m\"\n    strategy = \"template\"";
+    let config = rollout_config(&c, &c.consul, &c.nomad, "", Some(rollout));
+    let tb = Tagbridge::start(&c, &config, None).await;
+
+    let (status, body) = tb.push("2.0.0").await;
+    assert_eq!(status, 202, "{body}");
+    let d = c.outcome_for("2.0.0", Duration::from_secs(240)).await;
+    assert_eq!(d["outcome"], "deployed", "{d}");
+    assert_eq!(c.nomad.job("web")["Meta"]["image_tag"], "2.0.0");
+    assert_eq!(c.nomad.job("worker")["Meta"]["image_tag"], "2.0.0");
+    assert_eq!(c.nomad.running_tags("web"), vec!["2.0.0"; 3]);
+    assert_eq!(c.nomad.running_tags("worker"), vec!["2.0.0"; 2]);
+    // In order, each gated: web's deployment had finished (its last
+    // change) before the worker's was created.
+    let (web, worker) = (deployment_of(&c, "web", 1), deployment_of(&c, "worker", 1));
+    assert_eq!(web["Status"], "successful", "{web}");
+    assert!(
+        web["ModifyIndex"].as_u64() < worker["CreateIndex"].as_u64(),
+        "web finished at index {} before the worker's deployment began at {}",
+        web["ModifyIndex"],
+        worker["CreateIndex"]
+    );
+
+    let (status, _) = tb.push("bad-worker-3").await;
+    assert_eq!(status, 202);
+    let d = c
+        .outcome_for("bad-worker-3", Duration::from_secs(300))
+        .await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    assert_eq!(d["tag"], "2.0.0");
+    let reason = d["detail"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("unhealthy tag bad-worker-3"),
+        "the worker's failed check: {reason}"
+    );
+    assert!(
+        reason.contains("job worker: at version") && reason.contains("job web: at version"),
+        "both jobs were brought back: {reason}"
+    );
+    assert_eq!(c.consul.kv(KEY).as_deref(), Some("2.0.0"), "the key too");
+    for (job, count) in [("web", 3), ("worker", 2)] {
+        let j = c.nomad.job(job);
+        assert_eq!(j["Meta"]["image_tag"], "2.0.0", "{job}: {j}");
+        assert_eq!(j["Version"], 3, "{job}: v2 = bad-worker-3, v3 = its revert");
+        assert_eq!(c.nomad.running_tags(job), vec!["2.0.0"; count], "{job}");
+    }
+    // Web had run the tag healthily before the worker failed it.
+    assert_eq!(deployment_of(&c, "web", 2)["Status"], "successful");
+    tb.stop().await;
+}

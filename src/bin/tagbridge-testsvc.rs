@@ -5,7 +5,7 @@
 //! Why it exists: a rollout can only be proven against instances that say
 //! which tag they run and whether they are healthy. This service reports
 //! the tag it was started with (`GET /tag`) and fails its health check
-//! (`GET /healthz` → 500) for any tag starting with `bad`, so a test can
+//! (`GET /healthz` → 500) for any tag starting with `bad` (`BAD_PREFIX`), so a test can
 //! push a broken release on purpose. It also waits `WARMUP` seconds
 //! *before* it binds its port, like real services that load caches or run
 //! migrations first: without that, the classic consul-template
@@ -25,6 +25,9 @@
 //! * `BIND` — address to listen on: an IP (combined with the port) or a
 //!   full `ip:port`; default `0.0.0.0`.
 //! * `WARMUP` — seconds (float) to sleep before binding; default `0`.
+//! * `BAD_PREFIX` — tags starting with it fail the health check; default
+//!   `bad`. Two jobs sharing one tag can then disagree (a release only the
+//!   worker cannot run), as the multi-job rollout test needs.
 //!
 //! Routes: `GET /healthz` → `200 ok <tag>` or `500 unhealthy tag <tag>`;
 //! `GET /` and `GET /tag` → `200 <tag>`; anything else → `404`. One thread
@@ -106,6 +109,8 @@ fn warmup() -> Result<Duration, String> {
 
 fn run() -> Result<(), String> {
     let tag: Arc<str> = read_tag()?.into();
+    let bad_prefix = env("BAD_PREFIX").unwrap_or_else(|| "bad".into());
+    let healthy = !tag.starts_with(bad_prefix.as_str());
     let addr = listen_addr()?;
     let warm = warmup()?;
     if !warm.is_zero() {
@@ -119,7 +124,7 @@ fn run() -> Result<(), String> {
             Ok(stream) => {
                 let tag = tag.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &tag);
+                    let _ = serve(stream, &tag, healthy);
                 });
             }
             Err(e) => eprintln!("accept: {e}"),
@@ -129,7 +134,7 @@ fn run() -> Result<(), String> {
 }
 
 /// Answer one request on `stream`, then close it.
-fn serve(stream: TcpStream, tag: &str) -> std::io::Result<()> {
+fn serve(stream: TcpStream, tag: &str, healthy: bool) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(&stream);
@@ -149,7 +154,7 @@ fn serve(stream: TcpStream, tag: &str) -> std::io::Result<()> {
     let method = parts.next().unwrap_or_default();
     let target = parts.next().unwrap_or_default();
     let path = target.split('?').next().unwrap_or_default();
-    let (status, body) = route(method, path, tag);
+    let (status, body) = route(method, path, tag, healthy);
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
@@ -165,9 +170,9 @@ fn serve(stream: TcpStream, tag: &str) -> std::io::Result<()> {
     out.flush()
 }
 
-fn route(method: &str, path: &str, tag: &str) -> (u16, String) {
+fn route(method: &str, path: &str, tag: &str, healthy: bool) -> (u16, String) {
     match (method, path) {
-        ("GET", "/healthz") if tag.starts_with("bad") => (500, format!("unhealthy tag {tag}")),
+        ("GET", "/healthz") if !healthy => (500, format!("unhealthy tag {tag}")),
         ("GET", "/healthz") => (200, format!("ok {tag}")),
         ("GET", "/" | "/tag") => (200, tag.to_string()),
         _ => (404, "not found".to_string()),
