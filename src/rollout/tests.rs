@@ -21,6 +21,11 @@ const DEPLOYED: &str = "tagbridge/deployed/web";
 const PIN: &str = "tagbridge/pin/web";
 
 fn config() -> Arc<Config> {
+    config_with("")
+}
+
+/// The test service, with `extra` lines in its rollout block.
+fn config_with(extra: &str) -> Arc<Config> {
     let text = format!(
         r#"
 consul {{ address = "http://127.0.0.1:9" }}
@@ -34,6 +39,7 @@ service "web" {{
     job      = "web"
     strategy = "template"
     timeout  = "3m"
+    {extra}
   }}
 }}
 "#
@@ -71,7 +77,10 @@ impl World {
     /// The job runs `tag` (version 0), the key holds it, the deployed
     /// record says so.
     fn new(tag: &str) -> Self {
-        let cfg = config();
+        Self::with_config(tag, config())
+    }
+
+    fn with_config(tag: &str, cfg: Arc<Config>) -> Self {
         let ctx = crate::clients::rollout_context(&cfg).expect("context");
         let w = World {
             ctx,
@@ -494,6 +503,60 @@ async fn a_collected_deployment_of_a_stable_version_counts_as_deployed() {
         w.desire("slow-1", 1);
         w.drive().await.expect("drive");
         assert_eq!(w.deployed()["outcome"], outcome, "stable = {stable}");
+        w.assert_i1(tag);
+    }
+}
+
+/// A leader resuming a canary deployment runs the verify_url gate only
+/// if its predecessor had not promoted yet: promotion was the gate's
+/// decision, and a second request (refused here) must not roll back a
+/// release that passed it. The unpromoted case shows the gate would
+/// refuse.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_canary_deployment_is_verified_only_if_not_yet_promoted() {
+    let refusing = config_with(r#"verify_url = "http://127.0.0.1:9/healthz""#);
+    for (promoted, outcome, tag) in [(true, "deployed", "slow-2"), (false, "rolled_back", "1.0")] {
+        let w = World::with_config("1.0", refusing.clone());
+        let (v, dep) = w.nomad.with(|n| {
+            let mut doc = n.current().clone();
+            doc["Meta"]["image_tag"] = json!("slow-2");
+            let v = n.put_version(doc, "image_tag");
+            // As the dead leader left it: the canary healthy, promoted or not.
+            let d = n.deployments.last_mut().unwrap();
+            let g = d.task_groups.get_mut("web").unwrap();
+            g.desired_canaries = 1;
+            g.healthy_allocs = 1;
+            g.promoted = promoted;
+            (v, d.id.clone())
+        });
+        w.desire("slow-2", 1);
+        w.consul.with(|kv| {
+            kv.put(KEY, b"slow-2");
+            kv.put(
+                DEPLOYED,
+                &serde_json::to_vec(&json!({
+                    "tag": "slow-2", "seq": 1, "at": "x", "outcome": "in_progress",
+                    "job_version": v, "deployment": dep, "previous": "1.0",
+                    "prior_version": 0, "started": unix_ms()
+                }))
+                .unwrap(),
+            );
+        });
+        // Nomad finishes a promoted deployment a little later.
+        let nomad = w.nomad.clone();
+        let finisher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            nomad.act(|n| {
+                let promoted = n.deployments.last().unwrap().task_groups["web"].promoted;
+                if promoted {
+                    n.finish_latest("successful");
+                }
+            });
+        });
+        w.drive().await.expect("drive");
+        finisher.abort();
+        let d = w.deployed();
+        assert_eq!(d["outcome"], outcome, "promoted = {promoted}: {d}");
         w.assert_i1(tag);
     }
 }
