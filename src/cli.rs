@@ -951,6 +951,10 @@ fn rollback_ops(
             value: rb.target.as_bytes().to_vec(),
             index: snap.key_index,
         });
+        // The target's digest is not known here: the digest key goes.
+        ops.extend(keys.digest.as_ref().and_then(|dk| {
+            crate::ingest::digest_key_op(dk, None, snap.digest.as_deref(), snap.digest_index)
+        }));
     } else {
         // `running` and the target came from the deployed record.
         ops.push(match snap.deployed_index {

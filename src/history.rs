@@ -88,6 +88,10 @@ pub struct Deployed {
     /// The tag that ran before this rollout (the rollback target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// The digest key's value when this rollout started, if it named the
+    /// digest of `previous`: a rollback restores it with the tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_digest: Option<String>,
     /// The job version before this rollout (the revert target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prior_version: Option<u64>,

@@ -120,6 +120,10 @@ impl From<HistoryError> for IngestError {
 pub struct Snapshot {
     pub tag: Option<String>,
     pub key_index: u64,
+    /// The digest key's value and ModifyIndex (0: absent or not
+    /// configured).
+    pub digest: Option<String>,
+    pub digest_index: u64,
     /// The history's head (one key per entry; entries are never read
     /// here, so a write costs the same whatever the history's length).
     pub history: HeadRead,
@@ -151,6 +155,8 @@ impl Snapshot {
 #[derive(Debug, Clone)]
 pub struct Keys {
     pub tag: String,
+    /// The service's `digest_key`, when it has one.
+    pub digest: Option<String>,
     pub history: HistoryKeys,
     pub desired: String,
     pub deployed: String,
@@ -161,6 +167,7 @@ impl Keys {
     pub fn new(cfg: &Config, svc: &ServiceConfig) -> Self {
         Keys {
             tag: svc.key.clone(),
+            digest: svc.digest_key.clone(),
             history: HistoryKeys::new(&cfg.state_key("history", &svc.name)),
             desired: cfg.state_key("desired", &svc.name),
             deployed: cfg.state_key("deployed", &svc.name),
@@ -177,7 +184,8 @@ fn retry_policy() -> ExponentialBuilder {
         .with_jitter()
 }
 
-/// Read every record of a service (six reads in parallel).
+/// Read every record of a service (six reads in parallel, seven with a
+/// digest key).
 ///
 /// # Errors
 ///
@@ -196,13 +204,20 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
             .retry(retry_policy())
             .when(ConsulError::is_transient)
     };
-    let (tag, head, legacy, desired, pin, deployed) = tokio::try_join!(
+    let digest_read = async {
+        match &keys.digest {
+            Some(k) => retried(k).await.map(|r| r.value),
+            None => Ok(None),
+        }
+    };
+    let (tag, head, legacy, desired, pin, deployed, digest) = tokio::try_join!(
         retried(&keys.tag),
         retried(&keys.history.head),
         retried(&keys.history.legacy),
         retried(&keys.desired),
         retried(&keys.pin),
         retried(&keys.deployed),
+        digest_read,
     )?;
     // Written only by the controller; one it cannot read is treated as
     // absent here (the controller reports it), not as a reason to refuse
@@ -228,12 +243,10 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
         _ => None,
     };
     Ok(Snapshot {
-        tag: tag
-            .value
-            .as_ref()
-            .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string())
-            .filter(|t| !t.is_empty()),
+        tag: tag.value.as_ref().and_then(value_text),
         key_index: tag.value.as_ref().map_or(0, |kv| kv.modify_index),
+        digest: digest.as_ref().and_then(value_text),
+        digest_index: digest.as_ref().map_or(0, |kv| kv.modify_index),
         history,
         desired: desired_rec,
         desired_index: desired.value.as_ref().map_or(0, |kv| kv.modify_index),
@@ -241,6 +254,37 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Ing
         deployed_index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
         deployed: deployed_rec,
     })
+}
+
+/// A KV value as text, trimmed; `None` when empty.
+fn value_text(kv: &crate::consul::KvPair) -> Option<String> {
+    Some(String::from_utf8_lossy(&kv.value).trim().to_string()).filter(|t| !t.is_empty())
+}
+
+/// The op that makes the digest key `key` hold `want` (`None`: absent),
+/// conditioned on what was read of it (`now` at `index`, 0: absent); no
+/// op when it already does. Ingest (KV-only services) and the controller
+/// (rollout services) write the digest key beside the tag key with it, so
+/// the key never names the digest of a tag other than the one beside it.
+pub(crate) fn digest_key_op(
+    key: &str,
+    want: Option<&str>,
+    now: Option<&str>,
+    index: u64,
+) -> Option<TxnOp> {
+    match want {
+        Some(d) if now == Some(d) => None,
+        Some(d) => Some(TxnOp::Cas {
+            key: key.to_string(),
+            value: d.as_bytes().to_vec(),
+            index,
+        }),
+        None if index > 0 => Some(TxnOp::DeleteCas {
+            key: key.to_string(),
+            index,
+        }),
+        None => None,
+    }
 }
 
 /// Read a service's records for a write: an old single-value history is
@@ -426,7 +470,7 @@ fn txn_ops(
     write_tag: bool,
 ) -> Result<Written, IngestError> {
     let tag = entry.tag.as_str();
-    let mut ops = Vec::with_capacity(6 + history_store::TRIM_PER_WRITE as usize);
+    let mut ops = Vec::with_capacity(7 + history_store::TRIM_PER_WRITE as usize);
     // I2: for services with a rollout only the leader writes the key,
     // when it starts rolling the tag out, so the key only ever holds a
     // tag being rolled out or one that passed its gate. Template jobs
@@ -441,6 +485,16 @@ fn txn_ops(
             value: tag.as_bytes().to_vec(),
             index: snap.key_index,
         });
+        // The digest travels with the tag: written when known, deleted
+        // when not (it must never name the digest of the tag before).
+        if let Some(dk) = &keys.digest {
+            ops.extend(digest_key_op(
+                dk,
+                entry.digest.as_deref(),
+                snap.digest.as_deref(),
+                snap.digest_index,
+            ));
+        }
     } else {
         ops.push(check_op(&keys.tag, Some(snap.key_index)));
     }
@@ -731,10 +785,21 @@ fn decide(
                 .as_ref()
                 .filter(|d| Some(d.tag.as_str()) == current)
                 .and_then(|d| d.digest.as_deref());
-            Ok(svc
-                .policy
-                .policy
-                .decide(tag, change.digest(), current, current_digest))
+            let decision =
+                svc.policy
+                    .policy
+                    .decide(tag, change.digest(), current, current_digest);
+            // With a digest key, the first digest learnt for the current
+            // tag (resolve_digest just turned on, a payload that has one
+            // at last) is a change: the digest key must come to name it.
+            let digest_learnt = svc.digest_key.is_some()
+                && current == Some(tag)
+                && current_digest.is_none()
+                && change.digest().is_some();
+            Ok(match decision {
+                Decision::Unchanged if digest_learnt => Decision::Apply,
+                d => d,
+            })
         }
         Change::Manual { .. } => {
             if snap.pinned() {
@@ -800,10 +865,18 @@ fn committed_snapshot(
 ) -> Option<Snapshot> {
     let index_of = |key: &str| indexes.iter().find(|(k, _)| k == key).map(|(_, i)| *i);
     for op in plan.ops {
+        if let TxnOp::DeleteCas { key, .. } = &op {
+            if keys.digest.as_ref() == Some(key) {
+                (snap.digest, snap.digest_index) = (None, 0);
+            }
+        }
         if let TxnOp::Cas { key, value, .. } = op {
             // Consul did not say: read afresh next time.
             let idx = index_of(&key)?;
-            if key == keys.tag {
+            if keys.digest.as_ref() == Some(&key) {
+                snap.digest = Some(String::from_utf8(value).ok()?);
+                snap.digest_index = idx;
+            } else if key == keys.tag {
                 snap.tag = Some(String::from_utf8(value).ok()?);
                 snap.key_index = idx;
             } else if key == keys.history.head {
@@ -868,6 +941,7 @@ mod tests {
                 at: "t".into(),
                 outcome,
                 previous: None,
+                previous_digest: None,
                 prior_version: None,
                 detail: None,
                 job: None,

@@ -230,6 +230,7 @@ mod tests {
             at: "2026-11-30T00:01:00Z".into(),
             outcome,
             previous: Some("1.0.0".into()),
+            previous_digest: None,
             prior_version: Some(3),
             detail: (outcome == RolloutState::RolledBack).then(|| "healthz failing".into()),
             job: None,

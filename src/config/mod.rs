@@ -200,6 +200,12 @@ pub struct ServiceConfig {
     pub source: Source,
     pub repository: String,
     pub key: String,
+    /// Where the digest of the tag in `key` is written, in the same
+    /// transaction (deleted when that tag's digest is unknown).
+    pub digest_key: Option<String>,
+    /// Ask the registry for the digest of a push whose payload has none
+    /// (Docker Hub, Quay), so a re-pushed tag is a change.
+    pub resolve_digest: bool,
     pub signing_secret: Option<Secret>,
     pub allow_cidrs: Vec<IpNet>,
     pub history_keep: usize,
@@ -831,5 +837,82 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("must be set together"), "{err}");
+    }
+
+    #[test]
+    fn digest_key_is_checked_like_key_and_never_shared() {
+        let cfg = parse(&web(
+            "dockerhub",
+            "digest_key = \"configs/web/IMAGE_DIGEST\"\nresolve_digest = true",
+        ))
+        .expect("valid");
+        let s = &cfg.services[0];
+        assert_eq!(s.digest_key.as_deref(), Some("configs/web/IMAGE_DIGEST"));
+        assert!(s.resolve_digest);
+        assert!(!parse(&web("dockerhub", "")).unwrap().services[0].resolve_digest);
+
+        let err = parse(&web("dockerhub", "digest_key = \"configs/web/IMAGE_TAG\"")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"t.hcl: service "web": digest_key: must differ from key: the tag and its digest are two values"#
+        );
+        let err = parse(&web("dockerhub", "digest_key = \"tagbridge/web\"")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"digest_key: "tagbridge/web" is inside state_prefix"#),
+            "{err}"
+        );
+        let err = parse(&web("dockerhub", "digest_key = \"/x/\"")).unwrap_err();
+        assert!(err.to_string().contains("service \"web\": digest_key: "), "{err}");
+
+        // Across services: a digest key may be neither another's key nor
+        // another's digest key, in either direction.
+        let two = |a_extra: &str, b_key: &str, b_extra: &str| {
+            format!(
+                r#"{}
+                   service "zzz" {{
+                     secret_sha256 = "{}"
+                     source = "quay"
+                     repository = "acme/zzz"
+                     key = "{b_key}"
+                     {b_extra}
+                   }}"#,
+                web("dockerhub", a_extra),
+                SHA.replace('9', "8")
+            )
+        };
+        let err = parse(&two("", "k/z", "digest_key = \"configs/web/IMAGE_TAG\"")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"t.hcl: service "zzz": digest_key: "configs/web/IMAGE_TAG" is also service "web"'s key"#
+        );
+        let err = parse(&two("digest_key = \"d/web\"", "d/web", "")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"t.hcl: service "zzz": key: "d/web" is also service "web"'s digest_key"#
+        );
+        let err = parse(&two("digest_key = \"d/x\"", "k/z", "digest_key = \"d/x\"")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"t.hcl: service "zzz": digest_key: "d/x" is also service "web"'s digest_key"#
+        );
+        assert!(parse(&two("digest_key = \"d/web\"", "k/z", "digest_key = \"d/z\"")).is_ok());
+    }
+
+    #[test]
+    fn resolve_digest_needs_a_registry() {
+        let err = parse(&web("harbor", "resolve_digest = true")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"t.hcl: service "web": resolve_digest: needs a registry: source harbor has no one address; add a registry block with its address"#
+        );
+        let cfg = parse(&web(
+            "harbor",
+            "resolve_digest = true\nregistry { address = \"https://harbor.internal\" }",
+        ))
+        .expect("valid");
+        assert!(cfg.services[0].resolve_digest);
+        // Docker Hub and Quay have their registry by default.
+        assert!(parse(&web("quay", "resolve_digest = true")).is_ok());
     }
 }

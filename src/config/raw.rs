@@ -80,6 +80,8 @@ pub(super) struct RawService {
     pub(super) source: Option<String>,
     pub(super) repository: Option<String>,
     pub(super) key: Option<String>,
+    pub(super) digest_key: Option<String>,
+    pub(super) resolve_digest: Option<bool>,
     pub(super) signing_secret_file: Option<String>,
     pub(super) allow_cidrs: Option<Vec<String>>,
     pub(super) history_keep: Option<i64>,

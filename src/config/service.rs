@@ -49,15 +49,24 @@ fn unique(c: &mut Collector, services: &[ServiceConfig]) {
                     ),
                 );
             }
-            if a.key == b.key {
-                c.add(
-                    Some(&b.name),
-                    "key",
-                    format!("{:?} is also service {:?}'s key", b.key, a.name),
-                );
+            // Every KV key one service writes against every key another
+            // writes: the tag key and the digest key alike.
+            for (field, mine) in written_keys(b) {
+                if let Some((theirs, _)) = written_keys(a).find(|(_, k)| *k == mine) {
+                    c.add(
+                        Some(&b.name),
+                        field,
+                        format!("{mine:?} is also service {:?}'s {theirs}", a.name),
+                    );
+                }
             }
         }
     }
+}
+
+/// The KV keys a service writes, with the field that names each.
+fn written_keys(s: &ServiceConfig) -> impl Iterator<Item = (&'static str, &str)> {
+    std::iter::once(("key", s.key.as_str())).chain(s.digest_key.as_deref().map(|d| ("digest_key", d)))
 }
 
 /// One service block; `None` when anything in it is wrong.
@@ -89,7 +98,17 @@ fn service(
         }),
     };
     let repository = repository(c, name, s.repository.unwrap_or_default());
-    let key = key(c, name, s.key.unwrap_or_default(), state_prefix);
+    let digest_key = s
+        .digest_key
+        .map(|d| key(c, name, "digest_key", d, state_prefix));
+    let key = key(c, name, "key", s.key.unwrap_or_default(), state_prefix);
+    if digest_key.as_deref() == Some(key.as_str()) {
+        c.add(
+            svc,
+            "digest_key",
+            "must differ from key: the tag and its digest are two values",
+        );
+    }
     let signing_secret = signing_secret(c, name, s.signing_secret_file, source, purpose);
     let allow_cidrs = allow_cidrs(c, name, s.allow_cidrs);
     let history_keep = match s.history_keep {
@@ -104,6 +123,14 @@ fn service(
     let rollout = s.rollout.map(|r| rollout(c, name, r));
     let registry = super::registry::block(c, name, source, s.registry);
     let poll_interval = poll_interval(c, name, s.poll_interval.as_deref(), &registry, &policy);
+    let resolve_digest = s.resolve_digest.unwrap_or(false);
+    if resolve_digest && registry.is_none() {
+        c.add(
+            svc,
+            "resolve_digest",
+            format!("needs a registry: source {source} has no one address; add a registry block with its address"),
+        );
+    }
     if c.problems.len() != before {
         return None;
     }
@@ -113,6 +140,8 @@ fn service(
         source,
         repository,
         key,
+        digest_key,
+        resolve_digest,
         signing_secret,
         allow_cidrs,
         history_keep,
@@ -161,14 +190,15 @@ fn repository(c: &mut Collector, name: &str, repository: String) -> String {
     repository.to_string()
 }
 
-/// The KV key the tag is written to: never inside tagbridge's own prefix.
-fn key(c: &mut Collector, name: &str, key: String, state_prefix: &str) -> String {
+/// A KV key the service writes (`field`: `key`, the tag's, or
+/// `digest_key`): never inside tagbridge's own prefix.
+fn key(c: &mut Collector, name: &str, field: &str, key: String, state_prefix: &str) -> String {
     if let Err(e) = valid_key(&key) {
-        c.add(Some(name), "key", e);
+        c.add(Some(name), field, e);
     } else if key == state_prefix || key.starts_with(&format!("{state_prefix}/")) {
         c.add(
             Some(name),
-            "key",
+            field,
             format!("{key:?} is inside state_prefix {state_prefix:?}, which tagbridge owns"),
         );
     }

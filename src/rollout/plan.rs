@@ -51,6 +51,42 @@ pub fn adoptable(versions: &[Job], meta_key: &str, tag: &str, prior: u64) -> Opt
         .max()
 }
 
+/// Job meta `<meta_key>_digest`: the digest of the tag in `<meta_key>`,
+/// so a jobspec can pull `image@${NOMAD_META_<meta_key>_digest}`;
+/// removed when unknown (it must never name another tag's digest).
+pub(super) fn set_digest_meta(job: &mut Job, meta_key: &str, digest: Option<&str>) {
+    let key = format!("{meta_key}_digest");
+    match digest {
+        Some(d) => job.set_meta(&key, d),
+        None => {
+            if let Some(meta) = job.raw.get_mut("Meta").and_then(|m| m.as_object_mut()) {
+                meta.remove(&key);
+            }
+        }
+    }
+}
+
+/// The digest a rollback restores with `previous`: the digest key's, or
+/// else the job's `<meta_key>_digest`, each only when it sits beside
+/// `previous` itself (never another tag's digest).
+fn previous_digest(
+    previous: Option<&str>,
+    (key_now, digest_now): (Option<&str>, Option<String>),
+    job: &Job,
+    meta_key: &str,
+) -> Option<String> {
+    let previous = previous?;
+    let from_key = digest_now.filter(|_| key_now == Some(previous));
+    let from_job = || {
+        (job.meta(meta_key) == Some(previous))
+            .then(|| job.meta(&format!("{meta_key}_digest")))
+            .flatten()
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+    };
+    from_key.filter(|d| !d.is_empty()).or_else(from_job)
+}
+
 /// What a register attempt left.
 enum Registered {
     New { version: u64, eval: String },
@@ -79,6 +115,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 at: now_rfc3339(),
                 outcome: RolloutState::Failed,
                 previous: prev.map(|p| p.tag.clone()),
+                previous_digest: None,
                 prior_version: None,
                 detail: Some(failure.to_string()),
                 job: None,
@@ -103,6 +140,10 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             .await?
             .value
             .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
+        let digest_now = self
+            .patient(|| self.digest_now())
+            .await?
+            .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
         let previous = plan_previous(
             &desired.tag,
             prev,
@@ -119,6 +160,12 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             deployment: None,
             at: now_rfc3339(),
             outcome: RolloutState::InProgress,
+            previous_digest: previous_digest(
+                previous.as_deref(),
+                (key_now.as_deref(), digest_now),
+                &job,
+                &self.rc.meta_key,
+            ),
             previous,
             prior_version: Some(job.version),
             detail: None,
@@ -129,7 +176,10 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         // in every allocation placed from now on).
         let w = Writes {
             deployed: rec.clone(),
-            key: KeyWrite::Set(desired.tag.clone()),
+            key: KeyWrite::Set {
+                tag: desired.tag.clone(),
+                digest: desired.digest.clone(),
+            },
             history: None,
         };
         match self.commit_guarded(w, guard).await? {
@@ -391,6 +441,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             // digest, a rollback to the running tag): Nomad ignores a
             // register that changes nothing and would start no deployment.
             job.set_meta(&format!("{}_seq", self.rc.meta_key), &rec.seq.to_string());
+            set_digest_meta(&mut job, &self.rc.meta_key, rec.digest.as_deref());
             if let Some(hook) = &self.ctx.before_register {
                 hook(attempt).await;
             }

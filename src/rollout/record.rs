@@ -24,8 +24,11 @@ pub(super) const STARTED: &str = "started";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum KeyWrite {
     Keep,
-    Set(String),
-    /// Restore "no key": the rollout replaced a key that did not exist.
+    /// The tag, and its digest for the `digest_key` (`None`: unknown, so
+    /// the digest key is deleted).
+    Set { tag: String, digest: Option<String> },
+    /// Restore "no key": the rollout replaced a key that did not exist
+    /// (the digest key goes too).
     Delete,
 }
 
@@ -92,7 +95,9 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         let tag = target.clone().unwrap_or_default();
         let out = Deployed {
             tag: tag.clone(),
-            digest: None,
+            // The digest restored with the tag (the key's, at the start).
+            digest: rec.previous_digest.clone().filter(|_| target.is_some()),
+            previous_digest: None,
             seq: rec.seq,
             job_version: version,
             deployment,
@@ -226,11 +231,12 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 ),
                 None => None,
             };
-            let (key, deployed) = self
+            let (key, deployed, digest) = self
                 .patient(|| async {
                     tokio::try_join!(
                         self.consul.kv_get(&self.keys.tag),
                         self.consul.kv_get(&self.keys.deployed),
+                        self.digest_now(),
                     )
                 })
                 .await?;
@@ -256,7 +262,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
             let key_index = key.value.as_ref().map_or(0, |kv| kv.modify_index);
             match &w.key {
-                KeyWrite::Set(tag) if current.as_deref() != Some(tag.as_str()) => {
+                KeyWrite::Set { tag, .. } if current.as_deref() != Some(tag.as_str()) => {
                     ops.push(TxnOp::Cas {
                         key: self.keys.tag.clone(),
                         value: tag.as_bytes().to_vec(),
@@ -268,6 +274,18 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                     index: key_index,
                 }),
                 _ => {}
+            }
+            // The digest key moves with the tag key, CAS on what was read.
+            let want_digest = match &w.key {
+                KeyWrite::Keep => None,
+                KeyWrite::Set { digest, .. } => Some(digest.as_deref()),
+                KeyWrite::Delete => Some(None),
+            };
+            if let (Some(dk), Some(want)) = (&self.keys.digest, want_digest) {
+                let (now, index) = digest.as_ref().map_or((None, 0), |kv| {
+                    (Some(String::from_utf8_lossy(&kv.value)), kv.modify_index)
+                });
+                ops.extend(crate::ingest::digest_key_op(dk, want, now.as_deref(), index));
             }
             if let Some(g) = guard {
                 ops.push(check_index(&self.keys.desired, g.desired_index));
@@ -311,6 +329,14 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 Some(d) => tokio::time::sleep(d).await,
                 None => return Err(RolloutError::Fenced(self.keys.deployed.clone())),
             }
+        }
+    }
+
+    /// The digest key as it is now (`None`: absent or not configured).
+    pub(super) async fn digest_now(&self) -> Result<Option<crate::consul::KvPair>, ConsulError> {
+        match &self.keys.digest {
+            Some(k) => Ok(self.consul.kv_get(k).await?.value),
+            None => Ok(None),
         }
     }
 

@@ -176,7 +176,10 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         // The key first: allocations placed by the revert render it.
         self.commit(Writes {
             deployed: rec.clone(),
-            key: target.clone().map_or(KeyWrite::Delete, KeyWrite::Set),
+            key: target.clone().map_or(KeyWrite::Delete, |tag| KeyWrite::Set {
+                tag,
+                digest: rec.previous_digest.clone(),
+            }),
             history: None,
         })
         .await?;
@@ -381,6 +384,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             }
         }
         job.set_meta(&format!("{}_seq", self.rc.meta_key), &rec.seq.to_string());
+        super::plan::set_digest_meta(&mut job, &self.rc.meta_key, rec.previous_digest.as_deref());
         self.check_cancel()?;
         match self.nomad.register(&job, enforce_index).await {
             Ok(_) => {
