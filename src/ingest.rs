@@ -785,10 +785,10 @@ fn decide(
                 .as_ref()
                 .filter(|d| Some(d.tag.as_str()) == current)
                 .and_then(|d| d.digest.as_deref());
-            let decision =
-                svc.policy
-                    .policy
-                    .decide(tag, change.digest(), current, current_digest);
+            let decision = svc
+                .policy
+                .policy
+                .decide(tag, change.digest(), current, current_digest);
             // With a digest key, the first digest learnt for the current
             // tag (resolve_digest just turned on, a payload that has one
             // at last) is a change: the digest key must come to name it.

@@ -32,6 +32,13 @@ pub struct OpLabels {
     pub op: &'static str,
 }
 
+/// A `resolve_digest` request's outcome, per service (a fixed list).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DigestLabels {
+    pub service: String,
+    pub outcome: &'static str,
+}
+
 /// Every metric tagbridge exports.
 pub struct Metrics {
     registry: Registry,
@@ -42,6 +49,7 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_closed: Family<ConnLabels, Counter>,
     pub failed_attempt_addresses: Gauge,
+    pub digest_resolves: Family<DigestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +108,12 @@ impl Metrics {
             "Client addresses the failed-attempt limit tracks now (bounded)",
             failed_attempt_addresses.clone(),
         );
+        let digest_resolves = Family::<DigestLabels, Counter>::default();
+        registry.register(
+            "digest_resolves",
+            "resolve_digest requests to a service's registry, by outcome",
+            digest_resolves.clone(),
+        );
         Self {
             registry,
             webhooks,
@@ -109,7 +123,17 @@ impl Metrics {
             connections_open,
             connections_closed,
             failed_attempt_addresses,
+            digest_resolves,
         }
+    }
+
+    pub fn digest_resolved(&self, service: &str, outcome: &'static str) {
+        self.digest_resolves
+            .get_or_create(&DigestLabels {
+                service: service.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
     pub fn connection_closed(&self, reason: &'static str) {

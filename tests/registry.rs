@@ -471,3 +471,194 @@ async fn the_leader_polls_the_registry_and_applies_a_missed_tag() {
     assert_eq!(code, 1);
     assert!(err.contains("poll_interval: needs tags.order"), "{err}");
 }
+
+/// A `serve` configuration for a KV-only Docker Hub service "web" that
+/// resolves digests on `registry` and writes them to
+/// `configs/web/IMAGE_DIGEST`; the TLS pair it serves, for the client.
+fn resolving_config(
+    dir: &common::TempDir,
+    registry: &str,
+) -> (std::path::PathBuf, common::TestTls) {
+    let tls = common::TestTls::new(dir);
+    let (_, hash) = common::secret_pair("web");
+    let path = dir.write(
+        "tagbridge.hcl",
+        format!(
+            r#"
+listen       = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+tls {{
+  cert_file = "{cert}"
+  key_file  = "{key}"
+}}
+service "web" {{
+  secret_sha256  = "{hash}"
+  source         = "dockerhub"
+  repository     = "acme/web"
+  key            = "configs/web/IMAGE_TAG"
+  digest_key     = "configs/web/IMAGE_DIGEST"
+  resolve_digest = true
+  tags {{
+    exclude = ["-rc"]
+  }}
+  registry {{
+    address = "{registry}"
+  }}
+}}
+"#,
+            cert = tls.cert_file.display(),
+            key = tls.key_file.display(),
+        ),
+    );
+    (path, tls)
+}
+
+/// A Docker Hub push of `acme/web:<tag>` (no digest, as Docker Hub sends
+/// it), with a `callback_url` tagbridge must never call.
+async fn hub_push(
+    client: &reqwest::Client,
+    serving: &common::Serving,
+    tag: &str,
+) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({
+        "callback_url": "http://127.0.0.1:9/never",
+        "push_data": {"tag": tag, "pusher": "ci"},
+        "repository": {"repo_name": "acme/web"},
+    });
+    let resp = client
+        .post(serving.url(&format!("/hooks/{}", common::secret_pair("web").0)))
+        .json(&body)
+        .send()
+        .await
+        .expect("webhook");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// The value and ModifyIndex of each key under `configs/web/`.
+fn web_keys(consul: &common::ConsulAgent) -> std::collections::BTreeMap<String, (String, u64)> {
+    use base64::Engine as _;
+    let body = common::blocking_get(&format!("{}/v1/kv/configs/web/?recurse", consul.addr()))
+        .expect("consul list");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).expect("kv JSON");
+    list.iter()
+        .map(|e| {
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(e["Value"].as_str().unwrap_or_default())
+                .expect("base64");
+            (
+                e["Key"].as_str().unwrap().to_string(),
+                (
+                    String::from_utf8(value).unwrap(),
+                    e["ModifyIndex"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// `resolve_digest` with a `digest_key`, end to end through the real
+/// binary: Docker Hub's payload has no digest, so the registry is asked;
+/// the tag and its digest land in one transaction, a re-push of the same
+/// tag with new content is a change, and a registry that cannot answer
+/// gets the webhook a 502 with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repushed_docker_hub_tag_is_a_change_once_its_digest_is_resolved() {
+    let mut reg = Some(CraneRegistry::start());
+    let consul = common::ConsulAgent::start();
+    let dir = common::TempDir::new("resolve");
+    let crane = reg.as_ref().unwrap();
+    let first = crane.push_empty("acme/web", "prod");
+    let (cfg, tls) = resolving_config(&dir, &crane.addr());
+    let serving = tokio::task::block_in_place(|| {
+        common::Serving::start(
+            &cfg,
+            &[("CONSUL_HTTP_ADDR", consul.addr())],
+            dir.path().join("serve.log"),
+        )
+    });
+    let client = tls.client();
+    const TAG: &str = "configs/web/IMAGE_TAG";
+    const DIGEST: &str = "configs/web/IMAGE_DIGEST";
+
+    let (status, body) = hub_push(&client, &serving, "prod").await;
+    assert_eq!(
+        (status, &body["changed"]),
+        (200, &serde_json::json!(true)),
+        "{body}"
+    );
+    let keys = tokio::task::block_in_place(|| web_keys(&consul));
+    assert_eq!(keys[TAG].0, "prod");
+    assert_eq!(keys[DIGEST].0, first);
+    assert_eq!(keys[TAG].1, keys[DIGEST].1, "one transaction: {keys:?}");
+
+    // The same content again: unchanged, nothing written.
+    let (status, body) = hub_push(&client, &serving, "prod").await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (200, Some("unchanged")),
+        "{body}"
+    );
+    assert_eq!(tokio::task::block_in_place(|| web_keys(&consul)), keys);
+
+    // Re-pushed with new content: a change, and the digest key moves.
+    let second = tokio::task::block_in_place(|| crane.repush("acme/web", "prod", "2"));
+    assert_ne!(first, second);
+    let (status, body) = hub_push(&client, &serving, "prod").await;
+    assert_eq!(
+        (status, &body["changed"]),
+        (200, &serde_json::json!(true)),
+        "{body}"
+    );
+    let moved = tokio::task::block_in_place(|| web_keys(&consul));
+    assert_eq!(moved[TAG].0, "prod");
+    assert_eq!(moved[DIGEST].0, second);
+    // Consul leaves a key written with the value it holds at its index,
+    // so the transaction shows in the desired record written with it.
+    assert_eq!(moved[TAG].1, keys[TAG].1);
+    let desired_index = tokio::task::block_in_place(|| consul.fingerprint())
+        .into_iter()
+        .find(|(k, _)| k == "tagbridge/desired/web")
+        .map(|(_, i)| i);
+    assert_eq!(Some(moved[DIGEST].1), desired_index, "one transaction");
+    assert!(moved[DIGEST].1 > keys[DIGEST].1);
+    let h = consul.history("web");
+    let digests: Vec<&str> = h
+        .iter()
+        .map(|e| e["digest"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(digests, [second.as_str(), first.as_str()], "{h:?}");
+
+    // The registry is gone: 502 with a one-line reason, nothing written.
+    drop(reg.take());
+    let before = tokio::task::block_in_place(|| consul.fingerprint());
+    let (status, body) = hub_push(&client, &serving, "prod").await;
+    assert_eq!(status, 502, "{body}");
+    let reason = body["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("digest of acme/web:prod unknown: ") && !reason.contains('\n'),
+        "{reason}"
+    );
+    // A tag the filters refuse never reaches the registry: 200, ignored.
+    let (status, body) = hub_push(&client, &serving, "2.0-rc").await;
+    assert_eq!(
+        (status, &body["changed"]),
+        (200, &serde_json::json!(false)),
+        "{body}"
+    );
+    assert_eq!(tokio::task::block_in_place(|| consul.fingerprint()), before);
+    let log = serving.log_text();
+    assert!(
+        log.contains("resolve_digest failed; nothing written"),
+        "{log}"
+    );
+
+    // A tag written without a known digest (an operator's deploy) takes
+    // the digest key away: it never names the digest of another tag.
+    let (code, _, err) =
+        tokio::task::block_in_place(|| tagbridge(&cfg, &consul, &["deploy", "web", "hotfix-1"]));
+    assert_eq!(code, 0, "{err}");
+    let keys = tokio::task::block_in_place(|| web_keys(&consul));
+    assert_eq!(keys[TAG].0, "hotfix-1");
+    assert!(!keys.contains_key(DIGEST), "{keys:?}");
+}

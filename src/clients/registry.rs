@@ -145,6 +145,11 @@ impl Registry {
         }
     }
 
+    /// The bound on each request (token fetches included).
+    pub fn timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
     /// The digest `repository:tag` names now, or `None` when the registry
     /// does not know the tag.
     ///

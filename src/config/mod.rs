@@ -863,7 +863,10 @@ mod tests {
             "{err}"
         );
         let err = parse(&web("dockerhub", "digest_key = \"/x/\"")).unwrap_err();
-        assert!(err.to_string().contains("service \"web\": digest_key: "), "{err}");
+        assert!(
+            err.to_string().contains("service \"web\": digest_key: "),
+            "{err}"
+        );
 
         // Across services: a digest key may be neither another's key nor
         // another's digest key, in either direction.
@@ -896,7 +899,12 @@ mod tests {
             err.to_string(),
             r#"t.hcl: service "zzz": digest_key: "d/x" is also service "web"'s digest_key"#
         );
-        assert!(parse(&two("digest_key = \"d/web\"", "k/z", "digest_key = \"d/z\"")).is_ok());
+        assert!(parse(&two(
+            "digest_key = \"d/web\"",
+            "k/z",
+            "digest_key = \"d/z\""
+        ))
+        .is_ok());
     }
 
     #[test]

@@ -66,7 +66,8 @@ fn unique(c: &mut Collector, services: &[ServiceConfig]) {
 
 /// The KV keys a service writes, with the field that names each.
 fn written_keys(s: &ServiceConfig) -> impl Iterator<Item = (&'static str, &str)> {
-    std::iter::once(("key", s.key.as_str())).chain(s.digest_key.as_deref().map(|d| ("digest_key", d)))
+    std::iter::once(("key", s.key.as_str()))
+        .chain(s.digest_key.as_deref().map(|d| ("digest_key", d)))
 }
 
 /// One service block; `None` when anything in it is wrong.

@@ -26,7 +26,10 @@ pub(super) enum KeyWrite {
     Keep,
     /// The tag, and its digest for the `digest_key` (`None`: unknown, so
     /// the digest key is deleted).
-    Set { tag: String, digest: Option<String> },
+    Set {
+        tag: String,
+        digest: Option<String>,
+    },
     /// Restore "no key": the rollout replaced a key that did not exist
     /// (the digest key goes too).
     Delete,
@@ -285,7 +288,12 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 let (now, index) = digest.as_ref().map_or((None, 0), |kv| {
                     (Some(String::from_utf8_lossy(&kv.value)), kv.modify_index)
                 });
-                ops.extend(crate::ingest::digest_key_op(dk, want, now.as_deref(), index));
+                ops.extend(crate::ingest::digest_key_op(
+                    dk,
+                    want,
+                    now.as_deref(),
+                    index,
+                ));
             }
             if let Some(g) = guard {
                 ops.push(check_index(&self.keys.desired, g.desired_index));

@@ -176,10 +176,12 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         // The key first: allocations placed by the revert render it.
         self.commit(Writes {
             deployed: rec.clone(),
-            key: target.clone().map_or(KeyWrite::Delete, |tag| KeyWrite::Set {
-                tag,
-                digest: rec.previous_digest.clone(),
-            }),
+            key: target
+                .clone()
+                .map_or(KeyWrite::Delete, |tag| KeyWrite::Set {
+                    tag,
+                    digest: rec.previous_digest.clone(),
+                }),
             history: None,
         })
         .await?;

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod conn;
+pub mod digest;
 pub mod guard;
 pub mod reject_log;
 pub mod waiting;
@@ -106,6 +107,8 @@ pub struct AppState {
     pub certs: Option<Arc<CertStore>>,
     /// Requests waiting for a rollout's outcome.
     pub waits: waiting::Waits,
+    /// `resolve_digest` services' registry clients.
+    pub digests: digest::Resolvers,
 }
 
 impl AppState {
@@ -123,6 +126,7 @@ impl AppState {
                 metrics.failed_attempt_addresses.clone(),
             ),
             rejects: RejectLog::default(),
+            digests: digest::Resolvers::new(&config),
             config,
             ingest,
             metrics,
@@ -149,6 +153,8 @@ enum Rejection {
     UnknownRollout(u64),
     /// The status path could not read the records.
     Outcome(crate::outcome::OutcomeError),
+    /// `resolve_digest`: the registry gave no digest for the pushed tag.
+    Digest(digest::DigestError),
 }
 
 impl Rejection {
@@ -165,6 +171,7 @@ impl Rejection {
             Rejection::Ingest(_) => "unavailable",
             Rejection::UnknownRollout(_) => "unknown_rollout",
             Rejection::Outcome(_) => "unavailable",
+            Rejection::Digest(_) => "registry_error",
         }
     }
 
@@ -174,6 +181,7 @@ impl Rejection {
             Rejection::Signature(e) => Some(e.to_string()),
             Rejection::BadRequest(reason) => Some(reason.clone()),
             Rejection::Outcome(e) => Some(e.to_string()),
+            Rejection::Digest(e) => Some(e.to_string()),
             _ => None,
         }
     }
@@ -240,6 +248,12 @@ impl Rejection {
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "state store unavailable; retry later"}),
                 Some(5),
+            ),
+            // Nothing was written; the registry may deliver again.
+            Rejection::Digest(e) => (
+                StatusCode::BAD_GATEWAY,
+                json!({"error": e.to_string()}),
+                None,
             ),
         };
         let mut resp = json_response(status, &body);
@@ -898,7 +912,18 @@ async fn deliver(
             Rejection::BadRequest(format!("{}: no tag in payload", svc.source)),
         );
     }
-    match ingest_best(state, svc, pushes).await {
+    let push = match best_resolved(state, svc, pushes).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(service = %svc.name, error = %e, "resolve_digest failed; nothing written");
+            return reject(report, Rejection::Digest(e));
+        }
+    };
+    let change = Change::Push {
+        push,
+        source: svc.source,
+    };
+    match state.ingest.apply(svc, &change).await {
         Ok(outcome) => {
             report.tag = Some(outcome.tag.clone());
             report.outcome = if outcome.changed {
@@ -926,33 +951,33 @@ fn reject(report: &mut Report, r: Rejection) -> Response<Reply> {
     r.response()
 }
 
-/// Apply the one tag of a push that the service's policy ranks highest.
+/// The one tag of a push that the service's policy ranks highest, with
+/// its digest asked of the registry when the payload has none and the
+/// service sets `resolve_digest`.
 ///
 /// SECURITY: a push may list thousands of tags (Quay, Harbor); applying
 /// each would cost a Consul transaction apiece while the client waits, and
-/// flood the history. One push is one decision and one transaction.
-async fn ingest_best(
+/// flood the history. One push is one decision and one transaction, and
+/// at most one registry request: only for the tag that is applied, and
+/// never for one the filters refuse (that push writes nothing anyway).
+async fn best_resolved(
     state: &AppState,
     svc: &ServiceConfig,
     mut pushes: Vec<webhook::ImagePush>,
-) -> Result<Outcome, IngestError> {
-    let pick = svc
+) -> Result<webhook::ImagePush, digest::DigestError> {
+    let best = svc
         .policy
         .policy
-        .best_candidate(pushes.iter().map(|p| p.tag.as_str()))
-        // None passes the filters: the last one gets the filter's reason.
-        .unwrap_or(pushes.len() - 1);
-    let push = pushes.swap_remove(pick);
-    state
-        .ingest
-        .apply(
-            svc,
-            &Change::Push {
-                push,
-                source: svc.source,
-            },
-        )
-        .await
+        .best_candidate(pushes.iter().map(|p| p.tag.as_str()));
+    // None passes the filters: the last one gets the filter's reason.
+    let mut push = pushes.swap_remove(best.unwrap_or(pushes.len() - 1));
+    if best.is_some() && push.digest.is_none() {
+        push.digest = state
+            .digests
+            .resolve(svc, &push.tag, &state.metrics)
+            .await?;
+    }
+    Ok(push)
 }
 
 /// The answer to an accepted webhook. Serialised straight from borrowed
