@@ -812,3 +812,138 @@ fn a_verify_url_in_a_reason_loses_its_userinfo_and_query() {
     );
     assert_eq!(super::redact_url("nonsense"), "<url>");
 }
+
+// ------------------------------------------------- digest_key (issue 11)
+
+const DIGEST_KEY: &str = "configs/web/IMAGE_DIGEST";
+const D0: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+/// [`World::new`] for a service with a `digest_key`: the key holds `tag`,
+/// the digest key `digest`, and the job's meta names both.
+fn digest_world(tag: &str, digest: &str) -> World {
+    let text = format!(
+        r#"
+consul {{ address = "http://127.0.0.1:9" }}
+nomad {{ address = "http://127.0.0.1:9" }}
+service "web" {{
+  secret_sha256 = "{SHA}"
+  source        = "dockerhub"
+  repository    = "acme/web"
+  key           = "{KEY}"
+  digest_key    = "{DIGEST_KEY}"
+  rollout {{
+    job      = "web"
+    strategy = "template"
+    timeout  = "3m"
+  }}
+}}
+"#
+    );
+    let cfg = Arc::new(
+        Config::parse(
+            std::path::Path::new("t.hcl"),
+            &text,
+            Purpose::Client,
+            &|_| None,
+        )
+        .expect("test config"),
+    );
+    let mut w = World::new(tag);
+    w.ctx = crate::clients::rollout_context(&cfg).expect("context");
+    w.consul.with(|kv| kv.put(DIGEST_KEY, digest.as_bytes()));
+    w.nomad.with(|n| {
+        let mut doc = n.current().clone();
+        doc["Meta"]["image_tag_digest"] = json!(digest);
+        n.put_version(doc, "image_tag");
+    });
+    w
+}
+
+impl World {
+    fn desire_digest(&self, tag: &str, digest: Option<&str>, seq: u64) {
+        self.consul.with(|kv| {
+            let rec = json!({"tag": tag, "digest": digest, "seq": seq, "at": "x"});
+            kv.put(DESIRED, &serde_json::to_vec(&rec).unwrap());
+        });
+    }
+
+    fn digest_key(&self) -> Option<String> {
+        self.consul.with(|kv| kv.get(DIGEST_KEY))
+    }
+}
+
+/// The digest travels with the tag: the key, the digest key and the job's
+/// `<meta_key>_digest` name the new tag's digest once it is deployed.
+#[tokio::test(start_paused = true)]
+async fn a_deployed_tag_moves_the_digest_key_and_the_digest_meta_with_it() {
+    let w = digest_world("1.0", D0);
+    w.desire_digest("1.1", Some(D1), 1);
+    w.drive().await.expect("drive");
+    w.assert_i1("1.1");
+    assert_eq!(w.digest_key().as_deref(), Some(D1));
+    assert_eq!(w.meta("image_tag_digest").as_deref(), Some(D1));
+    assert_eq!(w.deployed()["digest"], D1);
+
+    // A tag without a known digest takes the digest key and meta away.
+    w.desire_digest("1.2", None, 2);
+    w.drive().await.expect("drive");
+    w.assert_i1("1.2");
+    assert_eq!(w.digest_key(), None);
+    assert_eq!(w.meta("image_tag_digest"), None);
+}
+
+/// A rollback restores the digest key together with the tag (captured at
+/// the rollout's start), and the final record names the restored digest.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_restores_the_digest_key_with_the_tag() {
+    let w = digest_world("1.0", D0);
+    // Written with the key at the rollout's start, in one transaction.
+    w.consul.with(|kv| {
+        kv.before_txn = Some(Box::new(|_, ops| {
+            let sets = |k: &str| {
+                ops.iter()
+                    .any(|op| matches!(op, crate::consul::TxnOp::Cas { key, .. } if key == k))
+            };
+            if sets(KEY) {
+                assert!(
+                    sets(DIGEST_KEY),
+                    "the digest key moves with the key: {ops:?}"
+                );
+            }
+        }));
+    });
+    w.desire_digest("bad-1", Some(D1), 1);
+    w.drive().await.expect("drive");
+    w.assert_i1("1.0");
+    let d = w.deployed();
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    assert_eq!(w.digest_key().as_deref(), Some(D0), "restored");
+    assert_eq!(d["digest"], D0, "{d}");
+    assert_eq!(w.meta("image_tag_digest").as_deref(), Some(D0));
+}
+
+/// A digest key that does not sit beside the rollback target's tag (the
+/// key named another tag when the rollout started) is never restored:
+/// the rollback deletes it instead.
+#[tokio::test(start_paused = true)]
+async fn a_digest_of_another_tag_is_not_restored() {
+    let w = digest_world("1.0", D0);
+    // The key was changed by hand after the job's meta last moved.
+    w.consul.with(|kv| kv.put(KEY, b"0.9"));
+    w.nomad.with(|n| {
+        let mut doc = n.current().clone();
+        doc["Meta"]
+            .as_object_mut()
+            .unwrap()
+            .remove("image_tag_digest");
+        n.put_version(doc, "image_tag");
+    });
+    w.desire_digest("bad-1", Some(D1), 1);
+    w.drive().await.expect("drive");
+    let d = w.deployed();
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    assert_eq!(w.key().as_deref(), Some("1.0"));
+    assert_eq!(w.digest_key(), None, "no digest known for 1.0");
+    assert_eq!(d["digest"], Value::Null);
+}
