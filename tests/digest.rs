@@ -1,0 +1,163 @@
+//! `digest_key` on a rollout service, against real Consul and Nomad
+//! agents: the controller writes the digest key with the tag key when a
+//! rollout starts, sets the job's `<meta_key>_digest`, and a rollback
+//! restores the digest key together with the tag.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::*;
+use common::nomad::*;
+use common::*;
+use serde_json::{json, Value};
+
+const DIGEST_KEY: &str = "configs/web/IMAGE_DIGEST";
+const D0: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+struct Cluster {
+    // Field order is drop order: Nomad before Consul.
+    nomad: NomadAgent,
+    consul: ConsulAgent,
+    dir: TempDir,
+    tls: TestTls,
+}
+
+impl Site for Cluster {
+    fn dir(&self) -> &TempDir {
+        &self.dir
+    }
+    fn tls(&self) -> &TestTls {
+        &self.tls
+    }
+}
+
+/// The tag key and the digest key, read together (one consistent read).
+fn tag_and_digest(consul: &ConsulAgent) -> (Option<String>, Option<String>) {
+    use base64::Engine as _;
+    let url = format!("{}/v1/kv/configs/web/?recurse", consul.addr());
+    let list: Vec<Value> = match blocking_get_status(&url) {
+        Ok((200, body)) => serde_json::from_str(&body).expect("kv JSON"),
+        Ok((404, _)) => Vec::new(),
+        other => panic!("consul list: {other:?}"),
+    };
+    let value = |key: &str| {
+        list.iter().find(|e| e["Key"] == key).map(|e| {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(e["Value"].as_str().unwrap_or_default())
+                .expect("base64");
+            String::from_utf8(raw).expect("utf-8")
+        })
+    };
+    (value(KEY), value(DIGEST_KEY))
+}
+
+fn deployed(consul: &ConsulAgent) -> Option<Value> {
+    consul
+        .kv("tagbridge/deployed/web")
+        .map(|v| serde_json::from_str(&v).expect("deployed record is JSON"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_digest_key_is_written_at_rollout_start_and_restored_on_rollback() {
+    let (consul, nomad) = tokio::task::block_in_place(|| {
+        let consul = ConsulAgent::start();
+        let nomad = NomadAgent::start(&consul);
+        (consul, nomad)
+    });
+    let dir = TempDir::new("digest");
+    let tls = TestTls::new(&dir);
+    let c = Cluster {
+        nomad,
+        consul,
+        dir,
+        tls,
+    };
+    tokio::task::block_in_place(|| {
+        // As operators run it: Nomad may reschedule a failed allocation.
+        run_example_job(
+            &c.consul,
+            &c.nomad,
+            "web-template",
+            "1.0.0",
+            &[("progress_deadline", "5m")],
+            |job| {
+                job["TaskGroups"][0]["ReschedulePolicy"] = json!({
+                    "Attempts": 3, "Interval": 3_600_000_000_000u64, "Delay": 5_000_000_000u64,
+                    "DelayFunction": "constant", "Unlimited": false
+                });
+            },
+            Duration::from_secs(90),
+        );
+        c.consul.put(DIGEST_KEY, D0);
+    });
+    let rollout = "job      = \"web\"\n    timeout  = \"3m\"\n    strategy = \"template\"";
+    let config = rollout_config(&c, &c.consul, &c.nomad, "", Some(rollout)).replace(
+        &format!("key                 = \"{KEY}\""),
+        &format!("key                 = \"{KEY}\"\n  digest_key          = \"{DIGEST_KEY}\""),
+    );
+    assert!(config.contains("digest_key"), "{config}");
+    let tb = Tagbridge::start(&c, &config, None).await;
+
+    // A generic push carrying its digest.
+    let body =
+        serde_json::to_vec(&json!({"repository": "acme/web", "tag": "bad-2.0", "digest": D1}))
+            .unwrap();
+    let server = tb.server.as_ref().expect("running");
+    let resp = tb
+        .client
+        .post(server.url(&format!("/hooks/{}", secret_pair("web").0)))
+        .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(resp.status().as_u16(), 202);
+
+    // While the rollout runs, the key and the digest key name the new tag
+    // and its digest together, and the registered job carries the digest.
+    let mut seen_pair = false;
+    let mut seen_meta = false;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let last = loop {
+        let (d, pair, meta) = tokio::task::block_in_place(|| {
+            let pair = tag_and_digest(&c.consul);
+            let meta = c.nomad.job("web")["Meta"]["image_tag_digest"].clone();
+            (deployed(&c.consul), pair, meta)
+        });
+        // Together or not at all: never the new tag beside the old digest.
+        match pair {
+            (Some(t), Some(dg)) if t == "bad-2.0" => {
+                assert_eq!(dg, D1);
+                seen_pair = true;
+            }
+            (Some(t), dg) => assert_eq!((t.as_str(), dg.as_deref()), ("1.0.0", Some(D0))),
+            other => panic!("a key went missing: {other:?}"),
+        }
+        seen_meta |= meta == D1;
+        let settled = d.as_ref().is_some_and(|d| {
+            d["tag"] == "1.0.0"
+                && !matches!(d["outcome"].as_str(), Some("in_progress" | "rolling_back"))
+                && d["seq"] == 1
+        });
+        if settled {
+            break d.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outcome within 180 s: {d:?}; nomad log:\n{}",
+            c.nomad.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(seen_pair, "the rollout's start wrote tag and digest");
+    assert!(seen_meta, "the register set image_tag_digest");
+
+    // Rolled back: the digest restored with the tag, and recorded.
+    assert_eq!(last["outcome"], "rolled_back", "{last}");
+    assert_eq!(last["digest"], D0, "{last}");
+    let pair = tokio::task::block_in_place(|| tag_and_digest(&c.consul));
+    assert_eq!(pair, (Some("1.0.0".into()), Some(D0.into())));
+    tb.stop().await;
+}
