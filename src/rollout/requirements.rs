@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::template_reads::{reads, Reach};
+use super::template_reads::{reads, reads_beside, Reach};
 use crate::config::{RolloutConfig, ServiceConfig, Strategy};
 use crate::nomad::Job;
 
@@ -50,7 +50,9 @@ pub fn review(job: &Job, svc: &ServiceConfig, rc: &RolloutConfig) -> Review {
         })
         .collect();
     match rc.strategy {
-        Strategy::Template => template_strategy(&tasks, &svc.key, &mut out),
+        Strategy::Template => {
+            template_strategy(&tasks, &svc.key, svc.digest_key.as_deref(), &mut out)
+        }
         Strategy::Jobspec => {
             let needles = [
                 format!("NOMAD_META_{}", rc.meta_key),
@@ -76,7 +78,10 @@ pub fn review(job: &Job, svc: &ServiceConfig, rc: &RolloutConfig) -> Review {
 /// template that reaches the key through a prefix (the classic setup's
 /// `range ls`) counts; when it is noop, the other keys it renders stop
 /// restarting the task, which the operator is warned about.
-fn template_strategy(tasks: &[&Value], key: &str, out: &mut Review) {
+///
+/// The `digest_key` is written with the key, so a template reading it
+/// (and not the key) must be noop too; beside the key it is no "other".
+fn template_strategy(tasks: &[&Value], key: &str, digest_key: Option<&str>, out: &mut Review) {
     let mut reading = 0;
     for task in tasks {
         let name = task.get("Name").and_then(Value::as_str).unwrap_or("");
@@ -86,13 +91,22 @@ fn template_strategy(tasks: &[&Value], key: &str, out: &mut Review) {
                 .get("EmbeddedTmpl")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            let r = reads(body, key);
-            let Some(reach) = r.key else { continue };
-            reading += 1;
             let mode = tpl
                 .get("ChangeMode")
                 .and_then(Value::as_str)
                 .unwrap_or("restart");
+            let r = reads_beside(body, key, digest_key.as_slice());
+            let Some(reach) = r.key else {
+                if let Some(dk) =
+                    digest_key.filter(|dk| mode != "noop" && reads(body, dk).key.is_some())
+                {
+                    out.unmet.push(format!(
+                        "task {name:?}: the template reading digest_key {dk:?} has change_mode = {mode:?}; it must be \"noop\": tagbridge writes it with the key when a rollout starts, and every instance would restart at once"
+                    ));
+                }
+                continue;
+            };
+            reading += 1;
             let how = match &reach {
                 Reach::Exact => String::new(),
                 Reach::Prefix { func, prefix } => format!(" (through {func} {prefix:?})"),
@@ -149,7 +163,19 @@ mod tests {
     const KEY: &str = "configs/web/IMAGE_TAG";
 
     fn config(strategy: &str) -> Config {
-        let text = format!(
+        let text = config_text(strategy);
+        let no_env = |_: &str| None;
+        Config::parse(
+            std::path::Path::new("t.hcl"),
+            &text,
+            Purpose::Client,
+            &no_env,
+        )
+        .expect("test config")
+    }
+
+    fn config_text(strategy: &str) -> String {
+        format!(
             r#"
 consul {{ address = "http://127.0.0.1:9" }}
 nomad {{ address = "http://127.0.0.1:9" }}
@@ -165,15 +191,7 @@ service "web" {{
 }}
 "#,
             sha = "ab".repeat(32)
-        );
-        let no_env = |_: &str| None;
-        Config::parse(
-            std::path::Path::new("t.hcl"),
-            &text,
-            Purpose::Client,
-            &no_env,
         )
-        .expect("test config")
     }
 
     /// A one-group job with a sane update block and these templates
@@ -195,7 +213,22 @@ service "web" {{
     }
 
     fn review_of(templates: &[(&str, &str)]) -> Review {
-        let cfg = config("template");
+        review_with(templates, "")
+    }
+
+    /// [`review_of`] with `extra` lines in the service block.
+    fn review_with(templates: &[(&str, &str)], extra: &str) -> Review {
+        let text = config_text("template").replace(
+            &format!("key           = \"{KEY}\""),
+            &format!("key           = \"{KEY}\"\n  {extra}"),
+        );
+        let cfg = Config::parse(
+            std::path::Path::new("t.hcl"),
+            &text,
+            Purpose::Client,
+            &|_| None,
+        )
+        .expect("test config");
         let svc = &cfg.services[0];
         review(&job(templates), svc, svc.rollout.as_ref().expect("rollout"))
     }
@@ -245,5 +278,26 @@ service "web" {{
             r.unmet[0].starts_with("no task template reads the key"),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn a_digest_key_read_with_the_key_is_no_other_key_and_must_be_noop_alone() {
+        const DK: &str = "digest_key = \"configs/web/IMAGE_DIGEST\"";
+        let both =
+            "T={{ key \"configs/web/IMAGE_TAG\" }}\nD={{ key \"configs/web/IMAGE_DIGEST\" }}\n";
+        assert_eq!(review_with(&[(both, "noop")], DK), Review::default());
+        // Without digest_key configured, the same template renders another key.
+        assert_eq!(review_of(&[(both, "noop")]).warnings.len(), 1);
+        // The split layout's rest template would render the digest key and
+        // restart every instance when a rollout starts.
+        let r = review_with(&[(REST, "restart"), (OWN, "noop")], DK);
+        assert_eq!(r.unmet.len(), 1, "{r:?}");
+        assert!(
+            r.unmet[0].contains("reading digest_key \"configs/web/IMAGE_DIGEST\""),
+            "{r:?}"
+        );
+        let own_digest = "D={{ key \"configs/web/IMAGE_DIGEST\" }}";
+        let r = review_with(&[(OWN, "noop"), (own_digest, "noop")], DK);
+        assert_eq!(r, Review::default());
     }
 }

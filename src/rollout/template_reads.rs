@@ -46,6 +46,12 @@ const SINGLE: [&str; 3] = ["key", "keyOrDefault", "keyExists"];
 /// key out: that is how the README tells operators to split the key from
 /// the rest of the prefix. Any other mention of that name does not count.
 pub fn reads(body: &str, key: &str) -> Reads {
+    reads_beside(body, key, &[])
+}
+
+/// [`reads`], where the keys in `beside` (the service's `digest_key`,
+/// written with the key) do not count as other keys.
+pub fn reads_beside(body: &str, key: &str, beside: &[&str]) -> Reads {
     let tokens: Vec<Token> = actions(body).flat_map(tokenize).collect();
     let literals: Vec<&str> = tokens.iter().filter_map(Token::literal).collect();
     let mut out = Reads {
@@ -61,7 +67,7 @@ pub fn reads(body: &str, key: &str) -> Reads {
         };
         let arg = without_dc(arg);
         if SINGLE.contains(&func.as_str()) {
-            out.others |= arg != key;
+            out.others |= arg != key && !beside.contains(&arg);
             continue;
         }
         let Some(&(_, deep)) = LISTING.iter().find(|(f, _)| f == func) else {
