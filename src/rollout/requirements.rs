@@ -162,18 +162,6 @@ mod tests {
 
     const KEY: &str = "configs/web/IMAGE_TAG";
 
-    fn config(strategy: &str) -> Config {
-        let text = config_text(strategy);
-        let no_env = |_: &str| None;
-        Config::parse(
-            std::path::Path::new("t.hcl"),
-            &text,
-            Purpose::Client,
-            &no_env,
-        )
-        .expect("test config")
-    }
-
     fn config_text(strategy: &str) -> String {
         format!(
             r#"
