@@ -14,7 +14,8 @@
 //! * `server` — the HTTPS webhook listener: `conn` (a connection's
 //!   deadlines, per-address caps), `guard` (secret matching, client
 //!   address, failed-attempt limit), `reject_log` (rejections summarised),
-//!   `admin` (health, readiness, metrics).
+//!   `admin` (health, readiness, metrics), `digest` (`resolve_digest`: a
+//!   pushed tag's digest asked of its registry, one request at a time).
 //! * `webhook` — one file per registry source, normalised to `ImagePush`;
 //!   `grammar` (the input grammar), `signature` (authenticity checks),
 //!   `decode` (JSON decoding and client-facing messages).

@@ -64,12 +64,13 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         rec.at = now_rfc3339();
         rec.detail = None;
         let detail = jobs_detail(&rec, self.job_id());
-        let entry = self.entry(
+        let mut entry = self.entry(
             Event::Deployed,
             &rec.tag,
             rec.previous.clone(),
             Some(detail.clone()),
         );
+        entry.digest = rec.digest.clone();
         self.commit(Writes {
             deployed: rec.clone(),
             key: KeyWrite::Keep,
@@ -112,12 +113,13 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             job: rec.job.clone(),
             done: Vec::new(),
         };
-        let entry = self.entry(
+        let mut entry = self.entry(
             Event::RolledBack,
             &tag,
             Some(failed_tag.clone()),
             Some(reason.clone()),
         );
+        entry.digest = out.digest.clone();
         self.commit(Writes {
             deployed: out,
             key: KeyWrite::Keep,

@@ -135,3 +135,109 @@ fn outcome_of(e: &RegistryError) -> &'static str {
         RegistryError::Status { .. } | RegistryError::Protocol { .. } => "error",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    const DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    /// A registry on loopback that holds every manifest HEAD for a while,
+    /// counting how many it holds at once (the most, and in all).
+    async fn slow_registry() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n, m) = (now.clone(), most.clone());
+        tokio::spawn(async move {
+            // Bounded: the test makes three requests.
+            for _ in 0..16 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (n, m) = (n.clone(), m.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    // One request per connection is enough here.
+                    let mut got = 0;
+                    while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") && got < buf.len() {
+                        match s.read(&mut buf[got..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => got += k,
+                        }
+                    }
+                    let held = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(held, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nDocker-Content-Digest: {DIGEST}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (addr, now, most)
+    }
+
+    fn config(registry: &str, resolve: bool) -> Config {
+        let text = format!(
+            r#"service "web" {{
+                 secret_sha256 = "{}"
+                 source = "quay"
+                 repository = "acme/web"
+                 key = "configs/web/IMAGE_TAG"
+                 resolve_digest = {resolve}
+                 registry {{ address = "{registry}" }}
+               }}"#,
+            "ab".repeat(32)
+        );
+        Config::parse(
+            std::path::Path::new("t.hcl"),
+            &text,
+            crate::config::Purpose::Client,
+            &|_| None,
+        )
+        .expect("config")
+    }
+
+    /// SECURITY: concurrent deliveries for one service never have more
+    /// than one registry request in flight; each still gets its answer.
+    #[tokio::test]
+    async fn one_request_in_flight_per_service() {
+        let (addr, _, most) = slow_registry().await;
+        let cfg = config(&addr, true);
+        let resolvers = Resolvers::new(&cfg);
+        let metrics = Metrics::new();
+        let svc = &cfg.services[0];
+        let (a, b, c) = tokio::join!(
+            resolvers.resolve(svc, "prod", &metrics),
+            resolvers.resolve(svc, "prod", &metrics),
+            resolvers.resolve(svc, "v2", &metrics),
+        );
+        for r in [a, b, c] {
+            assert_eq!(r.expect("resolved").as_deref(), Some(DIGEST));
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "one HEAD at a time");
+        assert!(metrics
+            .encode()
+            .contains("tagbridge_digest_resolves_total{service=\"web\",outcome=\"resolved\"} 3"));
+    }
+
+    #[tokio::test]
+    async fn a_service_without_resolve_digest_asks_nothing() {
+        let (addr, _, most) = slow_registry().await;
+        let cfg = config(&addr, false);
+        let resolvers = Resolvers::new(&cfg);
+        let got = resolvers
+            .resolve(&cfg.services[0], "prod", &Metrics::new())
+            .await;
+        assert_eq!(got.expect("no error"), None);
+        assert_eq!(most.load(Ordering::SeqCst), 0);
+    }
+}
