@@ -75,20 +75,15 @@ async fn the_digest_key_is_written_at_rollout_start_and_restored_on_rollback() {
         tls,
     };
     tokio::task::block_in_place(|| {
-        // As operators run it: Nomad may reschedule a failed allocation.
+        let limit = Duration::from_secs(90);
         run_example_job(
             &c.consul,
             &c.nomad,
             "web-template",
             "1.0.0",
-            &[("progress_deadline", "5m")],
-            |job| {
-                job["TaskGroups"][0]["ReschedulePolicy"] = json!({
-                    "Attempts": 3, "Interval": 3_600_000_000_000u64, "Delay": 5_000_000_000u64,
-                    "DelayFunction": "constant", "Unlimited": false
-                });
-            },
-            Duration::from_secs(90),
+            &[],
+            |_| {},
+            limit,
         );
         c.consul.put(DIGEST_KEY, D0);
     });

@@ -302,9 +302,21 @@ fn sync_config_with(
     order: &str,
     extra: &str,
 ) -> std::path::PathBuf {
+    served_config(dir, registry, order, extra).0
+}
+
+/// The configuration of the Docker Hub service "web" on `registry` (tag
+/// order `order`, `-rc` and `-beta` excluded, `extra` lines in the service
+/// block), and the TLS pair it serves, for a client of `serve`.
+fn served_config(
+    dir: &common::TempDir,
+    registry: &str,
+    order: &str,
+    extra: &str,
+) -> (std::path::PathBuf, common::TestTls) {
     let tls = common::TestTls::new(dir);
     let (_, hash) = common::secret_pair("web");
-    dir.write(
+    let path = dir.write(
         "tagbridge.hcl",
         format!(
             r#"
@@ -332,7 +344,8 @@ service "web" {{
             cert = tls.cert_file.display(),
             key = tls.key_file.display(),
         ),
-    )
+    );
+    (path, tls)
 }
 
 fn history(config: &std::path::Path, consul: &common::ConsulAgent) -> Vec<serde_json::Value> {
@@ -472,47 +485,6 @@ async fn the_leader_polls_the_registry_and_applies_a_missed_tag() {
     assert!(err.contains("poll_interval: needs tags.order"), "{err}");
 }
 
-/// A `serve` configuration for a KV-only Docker Hub service "web" that
-/// resolves digests on `registry` and writes them to
-/// `configs/web/IMAGE_DIGEST`; the TLS pair it serves, for the client.
-fn resolving_config(
-    dir: &common::TempDir,
-    registry: &str,
-) -> (std::path::PathBuf, common::TestTls) {
-    let tls = common::TestTls::new(dir);
-    let (_, hash) = common::secret_pair("web");
-    let path = dir.write(
-        "tagbridge.hcl",
-        format!(
-            r#"
-listen       = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-service "web" {{
-  secret_sha256  = "{hash}"
-  source         = "dockerhub"
-  repository     = "acme/web"
-  key            = "configs/web/IMAGE_TAG"
-  digest_key     = "configs/web/IMAGE_DIGEST"
-  resolve_digest = true
-  tags {{
-    exclude = ["-rc"]
-  }}
-  registry {{
-    address = "{registry}"
-  }}
-}}
-"#,
-            cert = tls.cert_file.display(),
-            key = tls.key_file.display(),
-        ),
-    );
-    (path, tls)
-}
-
 /// A Docker Hub push of `acme/web:<tag>` (no digest, as Docker Hub sends
 /// it), with a `callback_url` tagbridge must never call.
 async fn hub_push(
@@ -569,7 +541,8 @@ async fn a_repushed_docker_hub_tag_is_a_change_once_its_digest_is_resolved() {
     let dir = common::TempDir::new("resolve");
     let crane = reg.as_ref().unwrap();
     let first = crane.push_empty("acme/web", "prod");
-    let (cfg, tls) = resolving_config(&dir, &crane.addr());
+    let resolving = "digest_key     = \"configs/web/IMAGE_DIGEST\"\n  resolve_digest = true";
+    let (cfg, tls) = served_config(&dir, &crane.addr(), "pushed", resolving);
     let serving = tokio::task::block_in_place(|| {
         common::Serving::start(
             &cfg,

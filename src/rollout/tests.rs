@@ -822,33 +822,9 @@ const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111
 /// [`World::new`] for a service with a `digest_key`: the key holds `tag`,
 /// the digest key `digest`, and the job's meta names both.
 fn digest_world(tag: &str, digest: &str) -> World {
-    let text = format!(
-        r#"
-consul {{ address = "http://127.0.0.1:9" }}
-nomad {{ address = "http://127.0.0.1:9" }}
-service "web" {{
-  secret_sha256 = "{SHA}"
-  source        = "dockerhub"
-  repository    = "acme/web"
-  key           = "{KEY}"
-  digest_key    = "{DIGEST_KEY}"
-  rollout {{
-    job      = "web"
-    strategy = "template"
-    timeout  = "3m"
-  }}
-}}
-"#
-    );
-    let cfg = Arc::new(
-        Config::parse(
-            std::path::Path::new("t.hcl"),
-            &text,
-            Purpose::Client,
-            &|_| None,
-        )
-        .expect("test config"),
-    );
+    let mut cfg = (*config()).clone();
+    cfg.services[0].digest_key = Some(DIGEST_KEY.into());
+    let cfg = Arc::new(cfg);
     let mut w = World::new(tag);
     w.ctx = crate::clients::rollout_context(&cfg).expect("context");
     w.consul.with(|kv| kv.put(DIGEST_KEY, digest.as_bytes()));
