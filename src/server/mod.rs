@@ -713,7 +713,10 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) 
     if svc.is_some() {
         state.metrics.ingest_seconds.observe(elapsed.as_secs_f64());
     }
-    if resp.status().is_client_error() {
+    // A tag the registry does not know (or a registry that is down)
+    // answers 502 as often as the holder of an unsigned URL asks.
+    let summarised = resp.status().is_client_error() || report.outcome == "registry_error";
+    if summarised {
         // SECURITY: a stranger chooses how many of these there are, so
         // they are summarised (at most one line per address per interval)
         // rather than logged one by one; the metric counts each.
@@ -915,7 +918,7 @@ async fn deliver(
     let push = match best_resolved(state, svc, pushes).await {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(service = %svc.name, error = %e, "resolve_digest failed; nothing written");
+            report.tag = Some(e.tag.clone());
             return reject(report, Rejection::Digest(e));
         }
     };
