@@ -1,7 +1,8 @@
 //! `digest_key` on a rollout service, against real Consul and Nomad
 //! agents: the controller writes the digest key with the tag key when a
 //! rollout starts, sets the job's `<meta_key>_digest`, and a rollback
-//! restores the digest key together with the tag.
+//! restores the digest key together with the tag; the running tag
+//! re-pushed with a new digest (a mutable tag) rolls out again.
 
 mod common;
 
@@ -15,6 +16,7 @@ use serde_json::{json, Value};
 const DIGEST_KEY: &str = "configs/web/IMAGE_DIGEST";
 const D0: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
 struct Cluster {
     // Field order is drop order: Nomad before Consul.
@@ -60,7 +62,7 @@ fn deployed(consul: &ConsulAgent) -> Option<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_digest_key_is_written_at_rollout_start_and_restored_on_rollback() {
+async fn the_digest_key_moves_with_rollouts_rollbacks_and_a_repushed_tag() {
     let (consul, nomad) = tokio::task::block_in_place(|| {
         let consul = ConsulAgent::start();
         let nomad = NomadAgent::start(&consul);
@@ -154,5 +156,53 @@ async fn the_digest_key_is_written_at_rollout_start_and_restored_on_rollback() {
     assert_eq!(last["digest"], D0, "{last}");
     let pair = tokio::task::block_in_place(|| tag_and_digest(&c.consul));
     assert_eq!(pair, (Some("1.0.0".into()), Some(D0.into())));
+
+    // The running tag re-pushed with new content (a mutable tag): a change
+    // that rolls out, the new digest with it.
+    let version_before = tokio::task::block_in_place(|| c.nomad.job("web")["Version"].clone());
+    let body = serde_json::to_vec(&json!({"repository": "acme/web", "tag": "1.0.0", "digest": D2}))
+        .unwrap();
+    let resp = tb
+        .client
+        .post(server.url(&format!("/hooks/{}", secret_pair("web").0)))
+        .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(
+        resp.status().as_u16(),
+        202,
+        "a re-push with a new digest is a change"
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let d = loop {
+        let d = tokio::task::block_in_place(|| deployed(&c.consul));
+        if let Some(d) = d
+            .clone()
+            .filter(|d| d["seq"] == 2 && d["outcome"] == "deployed")
+        {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no deploy of the re-push within 180 s: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (&d["tag"], &d["digest"]),
+        (&json!("1.0.0"), &json!(D2)),
+        "{d}"
+    );
+    let job = tokio::task::block_in_place(|| c.nomad.job("web"));
+    assert_eq!(job["Meta"]["image_tag_digest"], D2);
+    assert!(
+        job["Version"].as_u64() > version_before.as_u64(),
+        "a new job version rolled the allocations: {} after {version_before}",
+        job["Version"]
+    );
+    let pair = tokio::task::block_in_place(|| tag_and_digest(&c.consul));
+    assert_eq!(pair, (Some("1.0.0".into()), Some(D2.into())));
     tb.stop().await;
 }
