@@ -258,11 +258,8 @@ async fn lead(ctx: Context) {
     let prefix = format!("{}/desired/", ctx.config.state_prefix);
     let ctx = Arc::new(ctx);
     // Registry polls (poll_interval) run while this term lasts.
-    let ingest = crate::ingest::Ingest::new(
-        ctx.consul.clone(),
-        ctx.config.clone(),
-        Arc::new(crate::metrics::Metrics::new()),
-    );
+    let ingest =
+        crate::ingest::Ingest::new(ctx.consul.clone(), ctx.config.clone(), ctx.metrics.clone());
     let polls = tokio::spawn(crate::poller::run(
         ctx.config.clone(),
         Arc::new(ingest),

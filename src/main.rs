@@ -236,7 +236,7 @@ async fn serve(
     )?;
     tokio::spawn(certs.clone().watch(Duration::from_secs(5), cancel.clone()));
 
-    let controller = start_controller(&cfg, &cancel)?;
+    let controller = start_controller(&cfg, &cancel, &state.metrics)?;
     let admin_task = tokio::spawn(server::admin::run(
         admin,
         state.clone(),
@@ -281,6 +281,7 @@ fn app_state(cfg: &Arc<Config>, certs: &Arc<CertStore>) -> anyhow::Result<Arc<Ap
 fn start_controller(
     cfg: &Arc<Config>,
     cancel: &CancellationToken,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<(tokio::task::JoinHandle<()>, Notifier)>> {
     if !cfg
         .services
@@ -289,7 +290,10 @@ fn start_controller(
     {
         return Ok(None);
     }
-    let ctx = tagbridge::clients::rollout_context(cfg).context("Nomad client")?;
+    let mut ctx = tagbridge::clients::rollout_context(cfg).context("Nomad client")?;
+    // The poller's deliveries count in the metrics the admin listener
+    // exports, like the webhooks'.
+    ctx.metrics = metrics.clone();
     tracing::info!(nomad = %cfg.nomad.address, "rollout controller enabled");
     let notifier = ctx.notifier.clone();
     let task = tokio::spawn(tagbridge::controller::run(ctx, cancel.clone()));

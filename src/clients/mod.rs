@@ -77,6 +77,7 @@ pub fn rollout_context(cfg: &Arc<Config>) -> Result<crate::rollout::Context, Cli
         cancel: tokio_util::sync::CancellationToken::new(),
         timings: crate::rollout::Timings::default(),
         before_register: None,
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     })
 }
 

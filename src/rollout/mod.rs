@@ -96,6 +96,9 @@ pub struct Context {
     pub cancel: CancellationToken,
     pub timings: Timings,
     pub before_register: Option<Hook>,
+    /// Where the leader's own deliveries (registry polls) are counted:
+    /// the metrics the admin listener exports.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a rollout could not be driven (as opposed to a rollout that ran

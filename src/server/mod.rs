@@ -922,6 +922,8 @@ async fn deliver(
             return reject(report, Rejection::Digest(e));
         }
     };
+    // Named in the log line even when nothing could be written.
+    report.tag = Some(push.tag.clone());
     let change = Change::Push {
         push,
         source: svc.source,
