@@ -61,6 +61,22 @@ fn deployed(consul: &ConsulAgent) -> Option<Value> {
         .map(|v| serde_json::from_str(&v).expect("deployed record is JSON"))
 }
 
+/// A signed generic push of `tag` carrying `digest`: its status.
+async fn push(tb: &Tagbridge, tag: &str, digest: &str) -> u16 {
+    let body = serde_json::to_vec(&json!({"repository": "acme/web", "tag": tag, "digest": digest}))
+        .unwrap();
+    let server = tb.server.as_ref().expect("running");
+    let resp = tb
+        .client
+        .post(server.url(&format!("/hooks/{}", secret_pair("web").0)))
+        .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+    resp.status().as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_digest_key_moves_with_rollouts_rollbacks_and_a_repushed_tag() {
     let (consul, nomad) = tokio::task::block_in_place(|| {
@@ -98,19 +114,7 @@ async fn the_digest_key_moves_with_rollouts_rollbacks_and_a_repushed_tag() {
     let tb = Tagbridge::start(&c, &config, None).await;
 
     // A generic push carrying its digest.
-    let body =
-        serde_json::to_vec(&json!({"repository": "acme/web", "tag": "bad-2.0", "digest": D1}))
-            .unwrap();
-    let server = tb.server.as_ref().expect("running");
-    let resp = tb
-        .client
-        .post(server.url(&format!("/hooks/{}", secret_pair("web").0)))
-        .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
-        .body(body)
-        .send()
-        .await
-        .expect("webhook");
-    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(push(&tb, "bad-2.0", D1).await, 202);
 
     // While the rollout runs, the key and the digest key name the new tag
     // and its digest together, and the registered job carries the digest.
@@ -160,18 +164,8 @@ async fn the_digest_key_moves_with_rollouts_rollbacks_and_a_repushed_tag() {
     // The running tag re-pushed with new content (a mutable tag): a change
     // that rolls out, the new digest with it.
     let version_before = tokio::task::block_in_place(|| c.nomad.job("web")["Version"].clone());
-    let body = serde_json::to_vec(&json!({"repository": "acme/web", "tag": "1.0.0", "digest": D2}))
-        .unwrap();
-    let resp = tb
-        .client
-        .post(server.url(&format!("/hooks/{}", secret_pair("web").0)))
-        .header("X-Hub-Signature-256", hub_sig(SIGNING.as_bytes(), &body))
-        .body(body)
-        .send()
-        .await
-        .expect("webhook");
     assert_eq!(
-        resp.status().as_u16(),
+        push(&tb, "1.0.0", D2).await,
         202,
         "a re-push with a new digest is a change"
     );

@@ -10,41 +10,12 @@ use serde_json::{json, Value};
 
 use super::fake::{FakeConsul, FakeJobs, Health};
 use super::*;
-use crate::config::{Config, Purpose};
+use crate::config::Config;
 
-const SHA: &str = "9f2c1e6b8a0d4c3b2a19f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3";
-const KEY: &str = "configs/web/IMAGE_TAG";
-const DESIRED: &str = "tagbridge/desired/web";
-const DEPLOYED: &str = "tagbridge/deployed/web";
+use super::tests::{config_for, DEPLOYED, DESIRED, KEY};
 
 fn config() -> Arc<Config> {
-    let text = format!(
-        r#"
-consul {{ address = "http://127.0.0.1:9" }}
-nomad {{ address = "http://127.0.0.1:9" }}
-service "web" {{
-  secret_sha256 = "{SHA}"
-  source        = "dockerhub"
-  repository    = "acme/web"
-  key           = "{KEY}"
-  rollout {{
-    jobs     = ["web", "worker"]
-    strategy = "template"
-    timeout  = "3m"
-  }}
-}}
-"#
-    );
-    let no_env = |_: &str| None;
-    Arc::new(
-        Config::parse(
-            std::path::Path::new("t.hcl"),
-            &text,
-            Purpose::Client,
-            &no_env,
-        )
-        .expect("test config"),
-    )
+    config_for(r#"jobs = ["web", "worker"]"#, "")
 }
 
 /// The web job fails tags starting with "bad".

@@ -15,9 +15,9 @@ use super::*;
 use crate::config::{Config, Purpose};
 
 const SHA: &str = "9f2c1e6b8a0d4c3b2a19f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3";
-const KEY: &str = "configs/web/IMAGE_TAG";
-const DESIRED: &str = "tagbridge/desired/web";
-const DEPLOYED: &str = "tagbridge/deployed/web";
+pub(super) const KEY: &str = "configs/web/IMAGE_TAG";
+pub(super) const DESIRED: &str = "tagbridge/desired/web";
+pub(super) const DEPLOYED: &str = "tagbridge/deployed/web";
 const PIN: &str = "tagbridge/pin/web";
 
 fn config() -> Arc<Config> {
@@ -26,6 +26,13 @@ fn config() -> Arc<Config> {
 
 /// The test service, with `extra` lines in its rollout block.
 fn config_with(extra: &str) -> Arc<Config> {
+    config_for(r#"job = "web""#, extra)
+}
+
+/// The test service "web" (dockerhub, key [`KEY`]) whose rollout block
+/// names its job(s) with `jobs` (a `job` or `jobs` line), template
+/// strategy, a 3-minute timeout, and `extra` lines.
+pub(super) fn config_for(jobs: &str, extra: &str) -> Arc<Config> {
     let text = format!(
         r#"
 consul {{ address = "http://127.0.0.1:9" }}
@@ -36,7 +43,7 @@ service "web" {{
   repository    = "acme/web"
   key           = "{KEY}"
   rollout {{
-    job      = "web"
+    {jobs}
     strategy = "template"
     timeout  = "3m"
     {extra}
