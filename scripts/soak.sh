@@ -11,7 +11,11 @@
 # prints its counts: webhooks, rollouts, rollbacks, faults injected by
 # kind, invariant violations.
 #
-#   scripts/soak.sh [-d SECONDS] [-s SEED] [-n SERVICES]
+#   scripts/soak.sh [-d SECONDS] [-s SEED] [-n SERVICES] [-w]
+#
+# -w gives every service a second job <svc>-worker (one allocation, same
+# key) rolled after it (`jobs = [...]`); some failing tags fail only on the
+# worker, so rollbacks also revert a job that had already rolled.
 #
 # The driver is tests/soak.rs (an ignored test reusing the test harness);
 # the replicas' logs are kept in a directory printed at the start.
@@ -22,13 +26,15 @@ cd "$(dirname "$0")/.."
 SECS=600
 SEED=
 SERVICES=3
-while getopts d:s:n: opt; do
+WORKERS=0
+while getopts d:s:n:w opt; do
   case $opt in
   d) SECS=$OPTARG ;;
   s) SEED=$OPTARG ;;
   n) SERVICES=$OPTARG ;;
+  w) WORKERS=1 ;;
   *)
-    echo "usage: $0 [-d SECONDS] [-s SEED] [-n SERVICES]" >&2
+    echo "usage: $0 [-d SECONDS] [-s SEED] [-n SERVICES] [-w]" >&2
     exit 2
     ;;
   esac
@@ -48,10 +54,13 @@ target=${CARGO_TARGET_DIR:-target}
 case $target in /*) ;; *) target=$PWD/$target ;; esac
 
 logs=$(mktemp -d -t tagbridge-soak-XXXXXX)
-echo "== soak: ${SECS} s of faults, ${SERVICES} services; replica logs in $logs"
+jobs=
+[ "$WORKERS" = 0 ] || jobs=" (each with a worker job)"
+echo "== soak: ${SECS} s of faults, ${SERVICES} services${jobs}; replica logs in $logs"
 export TAGBRIDGE_SOAK_BIN=$target/release/tagbridge
 export TAGBRIDGE_SOAK_SECS=$SECS
 export TAGBRIDGE_SOAK_SERVICES=$SERVICES
+export TAGBRIDGE_SOAK_WORKERS=$WORKERS
 export TAGBRIDGE_SOAK_LOGS=$logs
 [ -z "$SEED" ] || export TAGBRIDGE_SOAK_SEED=$SEED
 # The test harness bounds itself: faults for SECS, quiet within 10 min.

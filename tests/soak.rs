@@ -14,15 +14,15 @@
 //! run again with an edited meta key or count, as `nomad job run
 //! -check-index` does). At the end it waits for quiet and checks:
 //!
-//! * I1: per service, the key, the job's meta and the deployed record name
-//!   the same tag, and every running allocation runs the job's version and
-//!   answers with that tag.
+//! * I1: per service, the key, each job's meta and the deployed record
+//!   name the same tag, and every running allocation of each job runs the
+//!   job's version and answers with that tag.
 //! * I2: no change of the key seen by a watcher was written in ingest's
 //!   transaction (its ModifyIndex is never a desired record's or a history
 //!   entry's), and each names what the deployed record says: the tag being
 //!   rolled out or the one a rollback restores.
-//! * I3: per tag, the job versions that switched the meta to it are at
-//!   most its attempts (one rollout, plus one per rollback to it).
+//! * I3: per job and tag, the job versions that switched the meta to it
+//!   are at most its attempts (one rollout, plus one per rollback to it).
 //! * I4: the last operator edit of each job (meta key, count) survives.
 //! * I5: every acknowledged webhook is in the history, the newest
 //!   acknowledged tag is the desired one, and the key moved backwards
@@ -30,6 +30,11 @@
 //!
 //! Knobs (environment): `TAGBRIDGE_SOAK_SECS` (default 600),
 //! `TAGBRIDGE_SOAK_SEED`, `TAGBRIDGE_SOAK_SERVICES` (default 3),
+//! `TAGBRIDGE_SOAK_WORKERS=1` (every service also runs `<svc>-worker`, one
+//! allocation, same key, and rolls `jobs = ["<svc>", "<svc>-worker"]`;
+//! failing tags are `bad-all-N`, failing on both jobs, or `bad-w-N`,
+//! failing only on the worker, so rollbacks come both before and after
+//! the first job rolled),
 //! `TAGBRIDGE_SOAK_LOGS` (a directory kept for the replicas' logs),
 //! `TAGBRIDGE_SOAK_BIN` (default: the debug build).
 //! Every loop is bounded by the soak's duration or a limit of its own.
@@ -48,8 +53,29 @@ use common::*;
 use serde_json::{json, Value};
 
 const SIGNING: &str = "soak-signing-key";
-/// Nomad job versions and allocations per service.
+/// Allocations of a service's main job.
 const COUNT: u64 = 2;
+/// Allocations of a worker job (one: the machine has two shared cores).
+const WORKER_COUNT: u64 = 1;
+/// Suffix of a service's second job under `TAGBRIDGE_SOAK_WORKERS=1`.
+const WORKER: &str = "-worker";
+
+/// The jobs a service rolls, in its rollout block's order.
+fn jobs_of(svc: &str, workers: bool) -> Vec<String> {
+    let mut jobs = vec![svc.to_string()];
+    if workers {
+        jobs.push(format!("{svc}{WORKER}"));
+    }
+    jobs
+}
+
+/// The count a job starts with (an operator scale toggles from it).
+fn base_count(job: &str) -> u64 {
+    match job.ends_with(WORKER) {
+        true => WORKER_COUNT,
+        false => COUNT,
+    }
+}
 
 /// xorshift64*: reproducible from the printed seed, no dependency.
 struct Rng(u64);
@@ -80,7 +106,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The number in a soak tag (`ok-17`, `bad-18`): its place in the order.
+/// The number in a soak tag (`ok-17`, `bad-18`, `bad-w-19`): its place in
+/// the order.
 fn num(tag: &str) -> u64 {
     tag.rsplit('-')
         .next()
@@ -187,16 +214,16 @@ struct Version {
 }
 
 /// Poll every job's versions (Nomad keeps only the last few, so poll
-/// often) until `stop`; every version ever seen, per service.
+/// often) until `stop`; every version ever seen, per job.
 fn watch_versions(
     nomad: String,
-    services: Vec<String>,
+    jobs: Vec<String>,
     stop: Arc<AtomicBool>,
 ) -> HashMap<String, BTreeMap<u64, Version>> {
     let mut out: HashMap<String, BTreeMap<u64, Version>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
-        for svc in &services {
-            let url = format!("{nomad}/v1/job/{svc}/versions");
+        for job_id in &jobs {
+            let url = format!("{nomad}/v1/job/{job_id}/versions");
             let Ok((200, body)) = blocking_get_status(&url) else {
                 continue;
             };
@@ -205,7 +232,7 @@ fn watch_versions(
                 let Some(n) = job["Version"].as_u64() else {
                     continue;
                 };
-                out.entry(svc.clone()).or_default().insert(
+                out.entry(job_id.clone()).or_default().insert(
                     n,
                     Version {
                         tag: job["Meta"]["image_tag"].as_str().unwrap_or_default().into(),
@@ -259,17 +286,30 @@ struct Soak {
     cfg: PathBuf,
     logs: PathBuf,
     services: Vec<String>,
+    /// Whether every service also rolls `<svc>-worker`.
+    workers: bool,
     replicas: Vec<Replica>,
     rng: Rng,
     next_tag: u64,
     sent: Vec<Sent>,
+    /// Per job.
     edits: HashMap<String, Edits>,
     faults: BTreeMap<&'static str, u32>,
+    /// Leader kills while a rollout or rollback had already rolled or
+    /// reverted one job of several (the record's `done` not empty).
+    kills_between_jobs: u32,
     started: Instant,
     _dir: TempDir,
 }
 
-fn config(s: &[String], consul: &str, nomad: &str, tls: &TestTls, signing: &str) -> String {
+fn config(
+    s: &[String],
+    workers: bool,
+    consul: &str,
+    nomad: &str,
+    tls: &TestTls,
+    signing: &str,
+) -> String {
     let mut cfg = format!(
         r#"
 listen       = "127.0.0.1:0"
@@ -291,6 +331,10 @@ nomad {{
     );
     for svc in s {
         let (_, hash) = secret_pair(svc);
+        let jobs = match workers {
+            true => format!("jobs     = {:?}", jobs_of(svc, true)),
+            false => format!("job      = \"{svc}\""),
+        };
         cfg.push_str(&format!(
             r#"
 service "{svc}" {{
@@ -304,7 +348,7 @@ service "{svc}" {{
     order = "numeric"
   }}
   rollout {{
-    job      = "{svc}"
+    {jobs}
     strategy = "template"
     timeout  = "4m"
   }}
@@ -318,7 +362,7 @@ service "{svc}" {{
 impl Soak {
     /// The cluster, the jobs running `ok-0`, the config and both replicas
     /// (one straight sequence, hence its length).
-    fn start(seed: u64, n: usize) -> Self {
+    fn start(seed: u64, n: usize, workers: bool) -> Self {
         let consul = ConsulAgent::start_durable();
         let (nomad, server) = NomadAgent::start_split(&consul);
         let dir = TempDir::new("soak");
@@ -328,32 +372,40 @@ impl Soak {
         for svc in &services {
             let key = format!("configs/{svc}/IMAGE_TAG");
             consul.put(&key, "ok-0");
-            let mut job = nomad.parse_job(
-                &job_file("web-template"),
-                &[
-                    ("testsvc", testsvc.to_str().unwrap()),
-                    ("count", &COUNT.to_string()),
-                    ("job_name", svc),
-                    ("tag_key", &key),
-                    // A loaded 2-core machine starts instances slowly; bad
-                    // tags still fail at this deadline.
-                    ("healthy_deadline", "30s"),
-                    ("progress_deadline", "3m"),
-                ],
-            );
-            job["Meta"]["image_tag"] = json!("ok-0");
-            nomad.register(&job);
+            for job_id in jobs_of(svc, workers) {
+                let mut job = nomad.parse_job(
+                    &job_file("web-template"),
+                    &[
+                        ("testsvc", testsvc.to_str().unwrap()),
+                        ("count", &base_count(&job_id).to_string()),
+                        ("job_name", &job_id),
+                        ("tag_key", &key),
+                        // A loaded 2-core machine starts instances slowly;
+                        // bad tags still fail at this deadline.
+                        ("healthy_deadline", "30s"),
+                        ("progress_deadline", "3m"),
+                    ],
+                );
+                job["Meta"]["image_tag"] = json!("ok-0");
+                if workers && job_id == *svc {
+                    // The worker keeps testsvc's default (`bad` fails);
+                    // the main job runs `bad-w-N` healthily.
+                    job["TaskGroups"][0]["Tasks"][0]["Env"]["BAD_PREFIX"] = json!("bad-all");
+                }
+                nomad.register(&job);
+            }
         }
-        for svc in &services {
-            let d = nomad.wait_deployment_terminal(svc, Duration::from_secs(180));
+        for job_id in services.iter().flat_map(|s| jobs_of(s, workers)) {
+            let d = nomad.wait_deployment_terminal(&job_id, Duration::from_secs(180));
             assert_eq!(
                 d["Status"], "successful",
-                "initial deployment of {svc}: {d}"
+                "initial deployment of {job_id}: {d}"
             );
         }
         let signing = dir.write("signing.key", SIGNING);
         let text = config(
             &services,
+            workers,
             &consul.addr(),
             &nomad.addr(),
             &tls,
@@ -379,6 +431,7 @@ impl Soak {
             cfg,
             logs,
             services,
+            workers,
             replicas: ["a", "b"]
                 .into_iter()
                 .map(|name| Replica {
@@ -393,6 +446,7 @@ impl Soak {
             sent: Vec::new(),
             edits: HashMap::new(),
             faults: BTreeMap::new(),
+            kills_between_jobs: 0,
             started: Instant::now(),
             _dir: dir,
         };
@@ -400,6 +454,30 @@ impl Soak {
             soak.launch(i);
         }
         soak
+    }
+
+    fn jobs(&self, svc: &str) -> Vec<String> {
+        jobs_of(svc, self.workers)
+    }
+
+    fn all_jobs(&self) -> Vec<String> {
+        self.services.iter().flat_map(|s| self.jobs(s)).collect()
+    }
+
+    /// Services whose rollout (or its rollback) is under way with a job
+    /// already rolled: a leader killed now dies between jobs.
+    fn between_jobs(&self) -> Vec<String> {
+        let consul = self.consul.addr();
+        self.services
+            .iter()
+            .filter_map(|svc| {
+                let (d, _) = json_entry(&consul, &format!("tagbridge/deployed/{svc}"))?;
+                let outcome = d["outcome"].as_str()?;
+                let busy = matches!(outcome, "in_progress" | "rolling_back");
+                let done = d["done"].as_array().is_some_and(|a| !a.is_empty());
+                (busy && done).then(|| format!("{svc} {outcome} {}", d["tag"]))
+            })
+            .collect()
     }
 
     fn say(&self, what: &str) {
@@ -441,6 +519,10 @@ impl Soak {
             None => (self.rng.below(2) as usize, "replica_kill_no_leader"),
         };
         let back_in = self.rng.secs(0, 8);
+        let between = match kind == "leader_kill" && self.workers {
+            true => self.between_jobs(),
+            false => Vec::new(),
+        };
         let r = &mut self.replicas[victim];
         let Some(p) = r.proc.as_mut() else { return };
         p.kill9();
@@ -448,8 +530,13 @@ impl Soak {
         r.restart_at = Some(Instant::now() + back_in);
         let name = r.name;
         self.fault(kind);
+        let mut note = String::new();
+        if !between.is_empty() {
+            self.kills_between_jobs += 1;
+            note = format!(" (between jobs: {})", between.join(", "));
+        }
         self.say(&format!(
-            "{kind}: replica {name} SIGKILLed, back in {back_in:?}"
+            "{kind}: replica {name} SIGKILLed, back in {back_in:?}{note}"
         ));
     }
 
@@ -490,16 +577,19 @@ impl Soak {
     /// `-check-index` (EnforceIndex): a lost race is re-read, never
     /// overwritten, as an operator following the docs would.
     fn operator_edit(&mut self) {
-        let svc = self.services[self.rng.below(self.services.len() as u64) as usize].clone();
+        let jobs = self.all_jobs();
+        let job_id = jobs[self.rng.below(jobs.len() as u64) as usize].clone();
         let scale = self.rng.chance(40);
         let mark = format!("edit-{}", self.rng.below(1_000_000));
+        let base = base_count(&job_id);
         for _ in 0..5 {
-            let Ok((200, mut job)) = self.nomad.api("GET", &format!("/v1/job/{svc}"), None) else {
+            let Ok((200, mut job)) = self.nomad.api("GET", &format!("/v1/job/{job_id}"), None)
+            else {
                 return;
             };
             let index = job["JobModifyIndex"].as_u64().unwrap_or(0);
-            let count = job["TaskGroups"][0]["Count"].as_u64().unwrap_or(COUNT);
-            let new_count = if count == COUNT { COUNT + 1 } else { COUNT };
+            let count = job["TaskGroups"][0]["Count"].as_u64().unwrap_or(base);
+            let new_count = if count == base { base + 1 } else { base };
             if scale {
                 job["TaskGroups"][0]["Count"] = json!(new_count);
             } else {
@@ -508,7 +598,7 @@ impl Soak {
             let body = json!({"Job": job, "EnforceIndex": true, "JobModifyIndex": index});
             match self.nomad.api("POST", "/v1/jobs", Some(&body)) {
                 Ok((200, _)) => {
-                    let e = self.edits.entry(svc.clone()).or_default();
+                    let e = self.edits.entry(job_id.clone()).or_default();
                     let kind = if scale {
                         e.count = Some(new_count);
                         "operator_scale"
@@ -521,12 +611,12 @@ impl Soak {
                         true => format!("count {count} -> {new_count}"),
                         false => format!("meta soak_edit = {mark}"),
                     };
-                    self.say(&format!("{kind}: {svc} ({what})"));
+                    self.say(&format!("{kind}: {job_id} ({what})"));
                     return;
                 }
                 Ok((_, b)) if b.to_string().contains("modify index") => continue,
                 other => {
-                    self.say(&format!("operator edit of {svc} refused: {other:?}"));
+                    self.say(&format!("operator edit of {job_id} refused: {other:?}"));
                     return;
                 }
             }
@@ -557,7 +647,12 @@ impl Soak {
         let first = self.rng.below(live.len() as u64) as usize;
         let mut out = Vec::new();
         for k in 0..n {
-            let kind = if self.rng.chance(30) { "bad" } else { "ok" };
+            let kind = match (self.rng.chance(30), self.workers) {
+                (false, _) => "ok",
+                (true, false) => "bad",
+                (true, true) if self.rng.chance(50) => "bad-all",
+                (true, true) => "bad-w",
+            };
             let tag = format!("{kind}-{}", self.next_tag);
             self.next_tag += 1;
             let base = &live[(first + k) % live.len()];
@@ -653,8 +748,12 @@ impl Soak {
             if progress.elapsed() >= Duration::from_secs(60) {
                 progress = Instant::now();
                 let acked = self.sent.iter().filter(|s| s.acked()).count();
+                let between = match self.workers {
+                    true => format!(", leader kills between jobs {}", self.kills_between_jobs),
+                    false => String::new(),
+                };
                 self.say(&format!(
-                    "progress: {} webhooks ({acked} acknowledged), faults {:?}",
+                    "progress: {} webhooks ({acked} acknowledged), faults {:?}{between}",
                     self.sent.len(),
                     self.faults
                 ));
@@ -662,8 +761,9 @@ impl Soak {
         }
     }
 
-    /// Whether one service is quiet: no rollout in flight or due, Nomad's
-    /// latest deployment over, every allocation of the count running.
+    /// Whether one service is quiet: no rollout in flight or due, and for
+    /// each of its jobs Nomad's latest deployment over, every allocation of
+    /// the count running.
     fn quiet(&self, svc: &str) -> Result<(), String> {
         let consul = self.consul.addr();
         let desired = json_entry(&consul, &format!("tagbridge/desired/{svc}"));
@@ -677,23 +777,30 @@ impl Soak {
                 return Err(format!("deployed {d} for desired {want}"));
             }
         }
-        let Ok((200, job)) = self.nomad.api("GET", &format!("/v1/job/{svc}"), None) else {
-            return Err("nomad unreachable".into());
+        self.jobs(svc).iter().try_for_each(|j| self.job_quiet(j))
+    }
+
+    fn job_quiet(&self, job_id: &str) -> Result<(), String> {
+        let Ok((200, job)) = self.nomad.api("GET", &format!("/v1/job/{job_id}"), None) else {
+            return Err(format!("{job_id}: nomad unreachable"));
         };
         if let Ok((200, d)) = self
             .nomad
-            .api("GET", &format!("/v1/job/{svc}/deployment"), None)
+            .api("GET", &format!("/v1/job/{job_id}/deployment"), None)
         {
             let status = d["Status"].as_str().unwrap_or_default();
             if !d.is_null() && !TERMINAL_DEPLOYMENT.contains(&status) {
-                return Err(format!("deployment {status}"));
+                return Err(format!("{job_id}: deployment {status}"));
             }
         }
-        let allocs = self.nomad.allocations(svc);
+        let allocs = self.nomad.allocations(job_id);
         let running = live_allocs(&allocs);
         let count = job["TaskGroups"][0]["Count"].as_u64().unwrap_or(0);
         if running.len() as u64 != count {
-            return Err(format!("{} of {count} allocations running", running.len()));
+            return Err(format!(
+                "{job_id}: {} of {count} allocations running",
+                running.len()
+            ));
         }
         Ok(())
     }
@@ -747,6 +854,10 @@ struct Report {
     rolled_back: usize,
     healthy_rolled_back: usize,
     failed: usize,
+    /// Rollbacks that reverted only the first job (it failed) and those
+    /// that also reverted a job already rolled (a later one failed).
+    rolled_back_first_only: usize,
+    rolled_back_after_rolled: usize,
     older: usize,
     registrations: usize,
     key_changes: usize,
@@ -774,12 +885,28 @@ impl Soak {
                         if e["previous"].as_str().is_some_and(|p| p.starts_with("ok-")) {
                             r.healthy_rolled_back += 1;
                         }
+                        // The reason names each job it brought back.
+                        let detail = e["detail"].as_str().unwrap_or_default();
+                        let back: Vec<String> = self
+                            .jobs(svc)
+                            .into_iter()
+                            .filter(|j| detail.contains(&format!("job {j}: at version")))
+                            .collect();
+                        match back.len() {
+                            0 => {}
+                            1 => r.rolled_back_first_only += 1,
+                            _ => r.rolled_back_after_rolled += 1,
+                        }
                     }
                     Some("failed") => r.failed += 1,
                     _ => {}
                 }
             }
-            self.check_i1(svc, &mut r);
+            for job in self.jobs(svc) {
+                self.check_i1(svc, &job, &mut r);
+                check_i3(&job, versions.get(&job), &history, &mut r);
+                self.check_i4(&job, &mut r);
+            }
             let mine: Vec<&KeyChange> = keys.iter().filter(|k| &k.svc == svc).collect();
             let prefix = format!("tagbridge/history/{svc}/");
             let history_indexes: HashSet<u64> = self
@@ -790,16 +917,15 @@ impl Soak {
                 .map(|(_, i)| i)
                 .collect();
             check_i2(&mine, &history_indexes, &mut r);
-            check_i3(svc, versions.get(svc), &history, &mut r);
-            self.check_i4(svc, &mut r);
             self.check_i5(svc, &mine, &history, &mut r);
         }
         r
     }
 
-    fn check_i1(&self, svc: &str, r: &mut Report) {
+    /// I1 for one job of `svc` (the key and record are the service's).
+    fn check_i1(&self, svc: &str, job_id: &str, r: &mut Report) {
         let key = self.consul.kv(&format!("configs/{svc}/IMAGE_TAG"));
-        let job = self.nomad.job(svc);
+        let job = self.nomad.job(job_id);
         let meta = job["Meta"]["image_tag"].as_str().map(str::to_string);
         let deployed = json_entry(&self.consul.addr(), &format!("tagbridge/deployed/{svc}"));
         let recorded = deployed
@@ -807,11 +933,11 @@ impl Soak {
             .map(|(d, _)| d["tag"].as_str().unwrap_or_default().to_string());
         if key != meta || (deployed.is_some() && recorded != key) {
             r.violations.push(format!(
-                "I1 {svc}: key {key:?}, job meta {meta:?}, deployed record {recorded:?}"
+                "I1 {svc}: key {key:?}, job {job_id} meta {meta:?}, deployed record {recorded:?}"
             ));
         }
         let version = job["Version"].as_u64();
-        let allocs = self.nomad.allocations(svc);
+        let allocs = self.nomad.allocations(job_id);
         let stale: Vec<String> = live_allocs(&allocs)
             .iter()
             .filter(|a| a["JobVersion"].as_u64() != version)
@@ -819,26 +945,28 @@ impl Soak {
             .collect();
         if !stale.is_empty() {
             r.violations.push(format!(
-                "I1 {svc}: allocations not on job version {version:?}: {stale:?}"
+                "I1 {svc}: allocations of {job_id} not on its version {version:?}: {stale:?}"
             ));
         }
-        let tags = self.nomad.running_tags(svc);
+        let tags = self.nomad.running_tags(job_id);
         let count = job["TaskGroups"][0]["Count"].as_u64().unwrap_or(0) as usize;
         let want = key.clone().unwrap_or_default();
         if tags.len() != count || tags.iter().any(|t| *t != want) {
             r.violations.push(format!(
-                "I1 {svc}: instances answer {tags:?}, expected {count} × {want}"
+                "I1 {svc}: instances of {job_id} answer {tags:?}, expected {count} × {want}"
             ));
         }
     }
 
-    fn check_i4(&self, svc: &str, r: &mut Report) {
-        let Some(e) = self.edits.get(svc) else { return };
-        let job = self.nomad.job(svc);
+    fn check_i4(&self, job_id: &str, r: &mut Report) {
+        let Some(e) = self.edits.get(job_id) else {
+            return;
+        };
+        let job = self.nomad.job(job_id);
         if let Some(m) = &e.meta {
             if job["Meta"]["soak_edit"].as_str() != Some(m.as_str()) {
                 r.violations.push(format!(
-                    "I4 {svc}: the operator's last meta edit {m} is gone: {}",
+                    "I4 {job_id}: the operator's last meta edit {m} is gone: {}",
                     job["Meta"]
                 ));
             }
@@ -846,7 +974,7 @@ impl Soak {
         if let Some(c) = e.count {
             if job["TaskGroups"][0]["Count"].as_u64() != Some(c) {
                 r.violations.push(format!(
-                    "I4 {svc}: the operator's count {c} is gone: {}",
+                    "I4 {job_id}: the operator's count {c} is gone: {}",
                     job["TaskGroups"][0]["Count"]
                 ));
             }
@@ -957,18 +1085,19 @@ fn check_i2(keys: &[&KeyChange], history_indexes: &HashSet<u64>, r: &mut Report)
     }
 }
 
-/// I3: per tag, the versions that switched the job's meta to it are at
-/// most its attempts: one rollout (or the initial run), plus one per
-/// rollback to it (`rolled_back` to it, or `failed` with it as previous).
+/// I3 for one job: per tag, the versions that switched its meta to it
+/// are at most its attempts: one rollout (or the initial run), plus one
+/// per rollback to it (`rolled_back` to it, or `failed` with it as
+/// previous), from its service's history.
 fn check_i3(
-    svc: &str,
+    job_id: &str,
     versions: Option<&BTreeMap<u64, Version>>,
     history: &[Value],
     r: &mut Report,
 ) {
     let Some(versions) = versions else {
         r.violations
-            .push(format!("I3 {svc}: no job version was ever seen"));
+            .push(format!("I3 {job_id}: no job version was ever seen"));
         return;
     };
     let mut switched: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
@@ -993,7 +1122,7 @@ fn check_i3(
             .count();
         if vs.len() > 1 + rollbacks_to {
             r.violations.push(format!(
-                "I3 {svc}: {tag} registered by versions {vs:?} but attempted {} time(s)",
+                "I3 {job_id}: {tag} registered by versions {vs:?} but attempted {} time(s)",
                 1 + rollbacks_to
             ));
         }
@@ -1005,6 +1134,7 @@ fn check_i3(
 fn soak() {
     let secs = env_u64("TAGBRIDGE_SOAK_SECS", 600);
     let n = env_u64("TAGBRIDGE_SOAK_SERVICES", 3).clamp(1, 8) as usize;
+    let workers = env_u64("TAGBRIDGE_SOAK_WORKERS", 0) == 1;
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
@@ -1015,11 +1145,15 @@ fn soak() {
         std::env::set_var("CARGO_BIN_EXE_tagbridge", bin);
     }
     let bin = assert_cmd::cargo::cargo_bin("tagbridge");
+    let shape = match workers {
+        true => format!("{n} services × 2 jobs"),
+        false => format!("{n} services"),
+    };
     println!(
-        "SOAK seed {seed}, {secs} s, {n} services, tagbridge {}",
+        "SOAK seed {seed}, {secs} s, {shape}, tagbridge {}",
         bin.display()
     );
-    let mut soak = Soak::start(seed, n);
+    let mut soak = Soak::start(seed, n, workers);
     soak.say(&format!(
         "cluster up; replica logs in {}",
         soak.logs.display()
@@ -1031,7 +1165,7 @@ fn soak() {
         std::thread::spawn(move || watch_keys(c, s, st))
     };
     let versions = {
-        let (a, s, st) = (soak.nomad.addr(), soak.services.clone(), stop.clone());
+        let (a, s, st) = (soak.nomad.addr(), soak.all_jobs(), stop.clone());
         std::thread::spawn(move || watch_versions(a, s, st))
     };
     soak.run(Instant::now() + Duration::from_secs(secs));
@@ -1049,6 +1183,11 @@ fn soak() {
         .iter()
         .filter(|s| s.tag.starts_with("bad"))
         .count();
+    let worker_only = soak
+        .sent
+        .iter()
+        .filter(|s| s.tag.starts_with("bad-w-"))
+        .count();
     let unanswered = soak.sent.iter().filter(|s| s.status.is_none()).count();
     let refused = soak.sent.len() - acked.len() - unanswered;
     let faults: Vec<String> = soak
@@ -1060,7 +1199,7 @@ fn soak() {
     for v in &r.violations {
         *by_inv.entry(&v[..2]).or_default() += 1;
     }
-    println!("SOAK RESULT (seed {seed}, {secs} s of faults, {n} services, 2 replicas)");
+    println!("SOAK RESULT (seed {seed}, {secs} s of faults, {shape}, 2 replicas)");
     println!(
         "  webhooks: sent {} ({bad} with a failing tag), acknowledged {} (202 queued {queued}, 200 recorded only {}, of which older {}), refused {refused}, unanswered {unanswered}",
         soak.sent.len(),
@@ -1068,10 +1207,22 @@ fn soak() {
         acked.len() - queued,
         r.older
     );
+    if workers {
+        println!("  failing tags: {worker_only} fail only on the worker, the others on both jobs");
+    }
     println!(
         "  rollouts: {} tag registrations, {} deployed, {} rolled back ({} of them healthy tags, on a loaded machine), {} failed",
         r.registrations, r.deployed, r.rolled_back, r.healthy_rolled_back, r.failed
     );
+    if workers {
+        println!(
+            "  multi-job: {} rollouts over 2 jobs ended; rollbacks reverting the first job only {}, reverting a job that had already rolled {}; leader kills between jobs {}",
+            r.deployed + r.rolled_back + r.failed,
+            r.rolled_back_first_only,
+            r.rolled_back_after_rolled,
+            soak.kills_between_jobs
+        );
+    }
     println!(
         "  key changes watched: {} ({} not attributable: deployed record rewritten before the read)",
         r.key_changes, r.key_changes_unverified
