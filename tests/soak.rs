@@ -35,7 +35,9 @@
 //! failing tags are `bad-all-N`, failing on both jobs, or `bad-w-N`,
 //! failing only on the worker, so rollbacks come both before and after
 //! the first job rolled),
-//! `TAGBRIDGE_SOAK_LOGS` (a directory kept for the replicas' logs),
+//! `TAGBRIDGE_SOAK_LOGS` (a directory kept for the replicas' logs and, at
+//! the end, every job version seen, `versions.txt`, and each service's
+//! history, `history-<svc>.json`),
 //! `TAGBRIDGE_SOAK_BIN` (default: the debug build).
 //! Every loop is bounded by the soak's duration or a limit of its own.
 
@@ -207,10 +209,15 @@ fn watch_keys(consul: String, services: Vec<String>, stop: Arc<AtomicBool>) -> V
     out
 }
 
-/// One job version as the versions watcher saw it.
+/// One job version as the versions watcher saw it (the fields after the
+/// tag are kept for the dump that explains a finding, see [`dump`]).
 #[derive(Debug, Clone)]
 struct Version {
     tag: String,
+    /// The operator's mark (`soak_edit` meta), if any.
+    edit: String,
+    count: u64,
+    job_modify_index: u64,
 }
 
 /// Poll every job's versions (Nomad keeps only the last few, so poll
@@ -236,6 +243,9 @@ fn watch_versions(
                     n,
                     Version {
                         tag: job["Meta"]["image_tag"].as_str().unwrap_or_default().into(),
+                        edit: job["Meta"]["soak_edit"].as_str().unwrap_or_default().into(),
+                        count: job["TaskGroups"][0]["Count"].as_u64().unwrap_or(0),
+                        job_modify_index: job["JobModifyIndex"].as_u64().unwrap_or(0),
                     },
                 );
             }
@@ -853,6 +863,8 @@ struct Report {
     deployed: usize,
     rolled_back: usize,
     healthy_rolled_back: usize,
+    /// Why each healthy tag was rolled back: `svc tag: reason`.
+    healthy_reasons: Vec<String>,
     failed: usize,
     /// Rollbacks that reverted only the first job (it failed) and those
     /// that also reverted a job already rolled (a later one failed).
@@ -882,8 +894,10 @@ impl Soak {
                     Some("deployed") => r.deployed += 1,
                     Some("rolled_back") => {
                         r.rolled_back += 1;
-                        if e["previous"].as_str().is_some_and(|p| p.starts_with("ok-")) {
+                        if let Some(p) = e["previous"].as_str().filter(|p| p.starts_with("ok-")) {
                             r.healthy_rolled_back += 1;
+                            r.healthy_reasons
+                                .push(format!("{svc} {p}: {}", e["detail"].as_str().unwrap_or("")));
                         }
                         // The reason names each job it brought back.
                         let detail = e["detail"].as_str().unwrap_or_default();
@@ -1129,6 +1143,29 @@ fn check_i3(
     }
 }
 
+/// Keep what explains a finding next to the replicas' logs: every job
+/// version the watcher saw (Nomad keeps only the last few) and each
+/// service's history, both gone with the cluster otherwise.
+fn dump(soak: &Soak, versions: &HashMap<String, BTreeMap<u64, Version>>) {
+    let mut text = String::new();
+    for job in soak.all_jobs() {
+        for (n, v) in versions.get(&job).into_iter().flatten() {
+            text.push_str(&format!(
+                "{job} v{n} tag={} count={} soak_edit={} job_modify_index={}\n",
+                v.tag, v.count, v.edit, v.job_modify_index
+            ));
+        }
+    }
+    let _ = std::fs::write(soak.logs.join("versions.txt"), text);
+    for svc in &soak.services {
+        let history = Value::Array(soak.consul.history(svc));
+        let _ = std::fs::write(
+            soak.logs.join(format!("history-{svc}.json")),
+            serde_json::to_string_pretty(&history).unwrap_or_default(),
+        );
+    }
+}
+
 #[test]
 #[ignore = "a randomized soak of several minutes: run it with scripts/soak.sh"]
 fn soak() {
@@ -1237,9 +1274,14 @@ fn soak() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    for why in &r.healthy_reasons {
+        let short: String = why.chars().take(300).collect();
+        println!("  healthy tag rolled back: {short}");
+    }
     for v in &r.violations {
         println!("  VIOLATION {v}");
     }
+    dump(&soak, &versions);
     if !r.violations.is_empty() {
         let _ = std::fs::write(soak.logs.join("nomad-client.log"), soak.nomad.log());
         println!("  logs: {}", soak.logs.display());
