@@ -131,6 +131,13 @@ pub enum Failure {
     NoDeployment {
         version: u64,
     },
+    /// Someone registered the job on top of ours, without our tag, before
+    /// Nomad started our version's deployment: the tag was never tried.
+    Overtaken {
+        version: u64,
+        now: u64,
+        naming: Option<String>,
+    },
     Deployment {
         status: String,
         description: String,
@@ -192,6 +199,11 @@ impl fmt::Display for Failure {
             Failure::NoDeployment { version } => write!(
                 f,
                 "Nomad created no deployment for job version {version} (is the update block missing, or the change not destructive?)"
+            ),
+            Failure::Overtaken { version, now, naming } => write!(
+                f,
+                "job version {version} was replaced by version {now} (naming {}) before Nomad started its deployment: the job was run at the same moment, so this tag was not tried",
+                naming.as_deref().unwrap_or("no tag")
             ),
             Failure::Deployment { status, description, allocs } => {
                 write!(f, "deployment {status}: {description}")?;

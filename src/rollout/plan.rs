@@ -325,12 +325,30 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             None => self.successor(&rec.tag, version).await?,
         };
         let Some(d) = found else {
-            return Ok(Err(Failure::NoDeployment { version }));
+            return Ok(Err(self.missing_deployment(version).await?));
         };
         rec.job_version = Some(d.job_version);
         rec.deployment = Some(d.id.clone());
         self.record_progress(rec).await?;
         Ok(Ok((d.id, d.job_version)))
+    }
+
+    /// Why `version` has no deployment: a newer version without our tag
+    /// replaced it first (Nomad checks EnforceIndex before its Raft apply,
+    /// so an operator's register at the same moment can pass too), or
+    /// Nomad made none (no update block, a change it does not roll).
+    async fn missing_deployment(&self, version: u64) -> Result<Failure, RolloutError> {
+        Ok(match self.job().await? {
+            Some(j) if j.version > version => Failure::Overtaken {
+                version,
+                now: j.version,
+                naming: j
+                    .meta(&self.rc.meta_key)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string),
+            },
+            _ => Failure::NoDeployment { version },
+        })
     }
 
     /// Watch `dep` (of job `version`) to the end: gated, or the failure.

@@ -318,6 +318,39 @@ async fn race_a_operator_rerun_during_a_failing_tag_keeps_their_change_and_resto
     assert_eq!(w.registers_of("bad-8"), 1, "I3");
 }
 
+/// Race (a'): an operator's register lands on the same version as ours
+/// (Nomad accepted both: EnforceIndex is checked before the Raft apply),
+/// copying the job from before our tag, before Nomad started our
+/// deployment. The tag was never tried: the reason says so, and their
+/// change stays.
+#[tokio::test(start_paused = true)]
+async fn a_register_overtaken_before_its_deployment_says_so_and_keeps_their_change() {
+    let w = World::new("1.0");
+    w.nomad.with(|n| {
+        n.after_write = Some(Box::new(|n, what| {
+            if what == "register" && n.registers.len() == 1 {
+                let below = n.versions.len() - 2;
+                let mut doc = n.versions[below].clone();
+                doc["Meta"]["owner"] = json!("ops");
+                n.put_version(doc, "image_tag");
+            }
+        }));
+    });
+    w.desire("1.1", 1);
+    w.drive().await.expect("drive");
+    w.assert_i1("1.0");
+    let d = w.deployed();
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    let reason = d["detail"].as_str().unwrap();
+    assert!(
+        reason.starts_with("job version 1 was replaced by version 2 (naming 1.0) before Nomad started its deployment"),
+        "{reason}"
+    );
+    assert_eq!(w.meta("owner").as_deref(), Some("ops"), "I4");
+    assert_eq!(w.registers_of("1.1"), 1, "I3");
+    assert_eq!(w.nomad.with(|n| n.reverts.clone()), [], "nothing to revert");
+}
+
 /// Race (b): an operator edits the job between the rollout's start and its
 /// register; ours lands on top of theirs. The rollback must go back to
 /// their version, not to the one the rollout started from.
