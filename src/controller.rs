@@ -117,7 +117,7 @@ async fn campaign(
         .await?;
     let mut index = BlockingIndex::default();
     let mut renewed = tokio::time::Instant::now();
-    let mut free = lock_delay_pauses();
+    let mut free = short_pauses();
     loop {
         if shutdown.is_cancelled() {
             let _ = consul.session_destroy(&session).await;
@@ -147,7 +147,7 @@ async fn campaign(
             Ok(r) => {
                 index.observe(r.index);
                 if r.value.as_ref().is_some_and(|kv| kv.session.is_some()) {
-                    free = lock_delay_pauses();
+                    free = short_pauses();
                     continue;
                 }
                 // Free: Consul's lock-delay may still refuse us briefly.
@@ -195,21 +195,11 @@ async fn renew(consul: Consul, session: String, term: CancellationToken) {
     }
 }
 
-/// The pauses between tries at a free lock that Consul's lock-delay (15 s
-/// by default after a session is invalidated) still refuses.
-fn lock_delay_pauses() -> backon::ExponentialBackoff {
-    use backon::BackoffBuilder as _;
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-/// The pause after a failed blocking query: short, growing, jittered, and
-/// never giving up (the watch ends with its term, not on errors).
-fn watch_backoff() -> backon::ExponentialBackoff {
+/// Short, growing, jittered pauses that never give up (the loop ends with
+/// its term, not on errors): between tries at a free lock that Consul's
+/// lock-delay (15 s by default after a session is invalidated) still
+/// refuses, and after a failed blocking query.
+fn short_pauses() -> backon::ExponentialBackoff {
     use backon::BackoffBuilder as _;
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -223,7 +213,7 @@ fn watch_backoff() -> backon::ExponentialBackoff {
 /// term as soon as the key is deleted or names another session.
 async fn watch_lock(consul: Consul, key: String, session: String, term: CancellationToken) {
     let mut index = BlockingIndex::default();
-    let mut errors = watch_backoff();
+    let mut errors = short_pauses();
     loop {
         let read = tokio::select! {
             () = term.cancelled() => return,
@@ -267,7 +257,7 @@ async fn lead(ctx: Context) {
     ));
     let mut drivers: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut index = BlockingIndex::default();
-    let mut errors = watch_backoff();
+    let mut errors = short_pauses();
     loop {
         for svc in ctx.config.services.iter().filter(|s| s.rollout.is_some()) {
             if drivers.get(&svc.name).is_some_and(|h| !h.is_finished()) {
@@ -298,7 +288,7 @@ async fn lead(ctx: Context) {
         match read {
             Ok(r) => {
                 index.observe(r.index);
-                errors = watch_backoff();
+                errors = short_pauses();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "watching desired records failed");
