@@ -241,7 +241,13 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                     tokio::try_join!(
                         self.consul.kv_get(&self.keys.tag),
                         self.consul.kv_get(&self.keys.deployed),
-                        self.digest_now(),
+                        // Read only when this write moves the key.
+                        async {
+                            match w.key {
+                                KeyWrite::Keep => Ok(None),
+                                _ => self.digest_now().await,
+                            }
+                        },
                     )
                 })
                 .await?;
