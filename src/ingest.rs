@@ -54,7 +54,8 @@ pub enum Change {
 }
 
 impl Change {
-    fn tag(&self) -> &str {
+    /// The tag this change asks for.
+    pub fn tag(&self) -> &str {
         match self {
             Change::Push { push, .. } | Change::Poll { push } => &push.tag,
             Change::Manual { tag, .. } => tag,

@@ -12,7 +12,7 @@ use super::fake::{FakeConsul, FakeJobs, Health};
 use super::*;
 use crate::config::Config;
 
-use super::tests::{config_for, DEPLOYED, DESIRED, KEY};
+use super::tests::{config_for, deployed, desire, settled_consul, DEPLOYED, KEY};
 
 fn config() -> Arc<Config> {
     config_for(r#"jobs = ["web", "worker"]"#, "")
@@ -45,33 +45,15 @@ impl World {
     /// Both jobs run `tag` (version 0); the key and the record say so.
     fn new(tag: &str) -> Self {
         let cfg = config();
-        let w = World {
+        World {
             ctx: crate::clients::rollout_context(&cfg).expect("context"),
             nomad: FakeJobs::new(tag, &[("web", web_health), ("worker", worker_health)]),
-            consul: FakeConsul::new(),
-        };
-        w.consul.with(|kv| {
-            kv.put(KEY, tag.as_bytes());
-            kv.put(
-                DEPLOYED,
-                &serde_json::to_vec(&json!({"tag": tag, "seq": 0, "at": "x", "outcome": "deployed", "job_version": 0}))
-                    .unwrap(),
-            );
-            kv.put(
-                DESIRED,
-                &serde_json::to_vec(&json!({"tag": tag, "seq": 0, "at": "x"})).unwrap(),
-            );
-        });
-        w
+            consul: settled_consul(tag),
+        }
     }
 
     fn desire(&self, tag: &str, seq: u64) {
-        self.consul.with(|kv| {
-            kv.put(
-                DESIRED,
-                &serde_json::to_vec(&json!({"tag": tag, "seq": seq, "at": "x"})).unwrap(),
-            );
-        });
+        desire(&self.consul, tag, seq);
     }
 
     async fn drive(&self) -> Result<(), RolloutError> {
@@ -81,9 +63,7 @@ impl World {
     }
 
     fn deployed(&self) -> Value {
-        self.consul
-            .with(|kv| kv.json(DEPLOYED))
-            .expect("deployed record")
+        deployed(&self.consul)
     }
 
     fn key(&self) -> Option<String> {

@@ -63,6 +63,40 @@ service "web" {{
     )
 }
 
+/// Consul for a settled service: the key holds `tag` and the deployed
+/// record says it is deployed (seq 0, job version 0).
+pub(super) fn settled_consul(tag: &str) -> Arc<FakeConsul> {
+    let consul = FakeConsul::new();
+    consul.with(|kv| {
+        kv.put(KEY, tag.as_bytes());
+        kv.put(
+            DEPLOYED,
+            &serde_json::to_vec(
+                &json!({"tag": tag, "seq": 0, "at": "x", "outcome": "deployed", "job_version": 0}),
+            )
+            .unwrap(),
+        );
+    });
+    consul
+}
+
+/// A webhook's desire: the desired record at `tag`, `seq`.
+pub(super) fn desire(consul: &FakeConsul, tag: &str, seq: u64) {
+    consul.with(|kv| {
+        kv.put(
+            DESIRED,
+            &serde_json::to_vec(&json!({"tag": tag, "seq": seq, "at": "x"})).unwrap(),
+        );
+    });
+}
+
+/// The deployed record as JSON.
+pub(super) fn deployed(consul: &FakeConsul) -> Value {
+    consul
+        .with(|kv| kv.json(DEPLOYED))
+        .expect("deployed record")
+}
+
 /// Tags starting with "bad" turn unhealthy; "slow" ones stay pending.
 fn by_name(tag: &str) -> Health {
     if tag.starts_with("bad") {
@@ -89,29 +123,15 @@ impl World {
 
     fn with_config(tag: &str, cfg: Arc<Config>) -> Self {
         let ctx = crate::clients::rollout_context(&cfg).expect("context");
-        let w = World {
+        World {
             ctx,
             nomad: FakeNomad::new(tag, by_name),
-            consul: FakeConsul::new(),
-        };
-        w.consul.with(|kv| {
-            kv.put(KEY, tag.as_bytes());
-            kv.put(
-                DEPLOYED,
-                &serde_json::to_vec(&json!({"tag": tag, "seq": 0, "at": "x", "outcome": "deployed", "job_version": 0}))
-                    .unwrap(),
-            );
-        });
-        w
+            consul: settled_consul(tag),
+        }
     }
 
     fn desire(&self, tag: &str, seq: u64) {
-        self.consul.with(|kv| {
-            kv.put(
-                DESIRED,
-                &serde_json::to_vec(&json!({"tag": tag, "seq": seq, "at": "x"})).unwrap(),
-            );
-        });
+        desire(&self.consul, tag, seq);
     }
 
     async fn drive(&self) -> Result<(), RolloutError> {
@@ -125,9 +145,7 @@ impl World {
     }
 
     fn deployed(&self) -> Value {
-        self.consul
-            .with(|kv| kv.json(DEPLOYED))
-            .expect("deployed record")
+        deployed(&self.consul)
     }
 
     fn meta(&self, key: &str) -> Option<String> {

@@ -922,8 +922,6 @@ async fn deliver(
             return reject(report, Rejection::Digest(e));
         }
     };
-    // Named in the log line even when nothing could be written.
-    report.tag = Some(push.tag.clone());
     let change = Change::Push {
         push,
         source: svc.source,
@@ -944,6 +942,9 @@ async fn deliver(
         }
         Err(e) => {
             tracing::warn!(service = %svc.name, error = %e, "ingest failed; nothing written");
+            // Named in the log line even when nothing could be written
+            // (here, off the accepted path, so that path copies it once).
+            report.tag = Some(change.tag().to_string());
             reject(report, Rejection::Ingest(e))
         }
     }
