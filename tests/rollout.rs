@@ -987,8 +987,14 @@ async fn an_operator_edit_during_the_rollbacks_revert_is_followed() {
         || {
             let job = c.nomad.job("web");
             let reverted = job["Version"] == 2 && job["Meta"]["image_tag"] == "1.0.0";
+            // Nomad creates the revert's deployment a moment after the
+            // version: the edit below must land on top of that deployment.
+            let deploying = reverted
+                && c.nomad
+                    .latest_deployment("web")
+                    .is_some_and(|d| d["JobVersion"] == 2);
             c.deployed()
-                .filter(|d| reverted && d["outcome"] == "rolling_back")
+                .filter(|d| deploying && d["outcome"] == "rolling_back")
                 .map(|_| ())
         },
     )
