@@ -22,10 +22,10 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tagbridge::consul::{Consul, ConsulSettings, TxnOp, TxnOutcome};
-use tagbridge::history::Desired;
-use tagbridge::history_store::HistoryKeys;
-use tagbridge::http_client::{ClientTlsFiles, HttpClient};
+use tagbridge::clients::consul::{Consul, ConsulSettings, TxnOp, TxnOutcome};
+use tagbridge::clients::http::{ClientTlsFiles, HttpClient};
+use tagbridge::store::history::HistoryKeys;
+use tagbridge::store::Desired;
 use tagbridge::webhook::signature::hub_signature_256;
 
 /// Settings, from `TB_BENCH_<NAME>` then `--<name>` arguments.
@@ -401,7 +401,7 @@ async fn run(args: Args) -> Result<bool, String> {
     // The bare txn writes values the size of tagbridge's own records.
     let history_keys = HistoryKeys::new(&format!("{}/history/{}", args.state_prefix, args.service));
     let desired_key = format!("{}/desired/{}", args.state_prefix, args.service);
-    let newest = tagbridge::history_store::recent(&consul, &history_keys, 1)
+    let newest = tagbridge::store::history::recent(&consul, &history_keys, 1)
         .await
         .map_err(|e| e.to_string())?;
     let history = serde_json::to_vec(

@@ -47,7 +47,7 @@ use common::cluster::{rollout_config, run_example_job, Site, Tagbridge, KEY};
 use common::nomad::{probe, NomadAgent, TERMINAL_DEPLOYMENT};
 use common::{blocking_get_status, ConsulAgent, TempDir, TestTls};
 use serde_json::Value;
-use tagbridge::consul::BlockingIndex;
+use tagbridge::clients::consul::BlockingIndex;
 
 const JOB: &str = "web";
 const OLD_TAG: &str = "1.0.0";

@@ -10,13 +10,17 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::clients::consul::{Consul, TxnOutcome};
+use crate::clients::http::ClientBuildError;
 use crate::clients::{consul_client, nomad_client};
 use crate::config::{Config, ConfigError, Purpose, ServiceConfig};
-use crate::consul::{Consul, TxnOp, TxnOutcome};
-use crate::history::{Deployed, HistoryEntry, RolloutState};
-use crate::http_client::ClientBuildError;
-use crate::ingest::{read_for_write, read_snapshot, Change, Ingest, IngestError, Keys, Snapshot};
+use crate::ingest::{Change, Ingest, IngestError};
 use crate::metrics::Metrics;
+use crate::store::{
+    read_deployed, read_for_write, read_pin_target, read_snapshot, Keys, PinRecord, Snapshot,
+    StoreError, Txn,
+};
+use crate::store::{Deployed, HistoryEntry, RolloutState};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -105,9 +109,9 @@ pub enum CliError {
     #[error("{0}")]
     Ingest(#[from] IngestError),
     #[error("{0}")]
-    History(#[from] crate::history_store::HistoryError),
+    Store(#[from] StoreError),
     #[error("{0}")]
-    Consul(#[from] crate::consul::ConsulError),
+    Consul(#[from] crate::clients::consul::ConsulError),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
@@ -230,7 +234,7 @@ async fn check_jobs(cfg: &Config, out: &mut dyn Write) -> Result<Vec<String>, Cl
 /// One rollout job against its strategy's requirements: unmet ones added
 /// to `problems`, warnings printed.
 async fn check_job(
-    nomad: &crate::nomad::Nomad,
+    nomad: &crate::clients::nomad::Nomad,
     svc: &crate::config::ServiceConfig,
     rc: &crate::config::RolloutConfig,
     id: &str,
@@ -304,7 +308,7 @@ pub async fn history(
     let svc = service(cfg, name)?;
     let consul = consul_client(cfg)?;
     let entries =
-        crate::history_store::recent(&consul, &Keys::new(cfg, svc).history, limit).await?;
+        crate::store::history::recent(&consul, &Keys::new(cfg, svc).history, limit).await?;
     if json {
         serde_json::to_writer_pretty(&mut *out, &entries)
             .map_err(|e| CliError::Other(e.to_string()))?;
@@ -405,7 +409,7 @@ async fn status_of(
     let keys = Keys::new(cfg, svc);
     let snap = read_snapshot(consul, &keys).await?;
     let deployed = read_deployed(consul, &keys).await?;
-    let last_change = crate::history_store::recent(consul, &keys.history, 1)
+    let last_change = crate::store::history::recent(consul, &keys.history, 1)
         .await?
         .first()
         .map(|e| e.at.clone());
@@ -428,7 +432,7 @@ async fn status_of(
             .map_or("-".into(), |d| format!("{} (#{})", d.tag, d.seq)),
         deployed
             .as_ref()
-            .map_or("-".into(), |d| format!("{} ({})", d.tag, d.outcome)),
+            .map_or("-".into(), |d| format!("{} ({})", d.tag, d.state)),
         if snap.pinned() { "yes" } else { "no" }.into(),
         svc.rollout
             .as_ref()
@@ -490,7 +494,7 @@ async fn live_deployments(
 }
 
 /// A deployment as `status --json` shows it.
-fn deployment_doc(d: &crate::nomad::Deployment) -> serde_json::Value {
+fn deployment_doc(d: &crate::clients::nomad::Deployment) -> serde_json::Value {
     serde_json::json!({
         "id": d.id, "job_version": d.job_version, "status": d.status,
         "description": d.status_description,
@@ -592,7 +596,7 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> Result<(
 }
 
 /// One line per task group of a deployment, as `status` shows it.
-pub fn deployment_lines(d: &crate::nomad::Deployment) -> Vec<String> {
+pub fn deployment_lines(d: &crate::clients::nomad::Deployment) -> Vec<String> {
     let mut out = vec![format!(
         "deployment {} (job version {}): {}{}",
         d.id.get(..8).unwrap_or(&d.id),
@@ -623,13 +627,6 @@ pub fn deployment_lines(d: &crate::nomad::Deployment) -> Vec<String> {
     out
 }
 
-async fn read_deployed(consul: &Consul, keys: &Keys) -> Result<Option<Deployed>, CliError> {
-    Ok(match consul.kv_get(&keys.deployed).await?.value {
-        Some(kv) if !kv.value.is_empty() => serde_json::from_slice(&kv.value).ok(),
-        _ => None,
-    })
-}
-
 /// `tagbridge status <svc> --watch`: follow the rollout until the
 /// controller records an outcome.
 ///
@@ -649,8 +646,8 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     let deadline =
         tokio::time::Instant::now() + rc.total_timeout() * 3 + std::time::Duration::from_secs(120);
     let mut last_lines: Vec<String> = Vec::new();
-    let mut index = crate::consul::BlockingIndex::default();
-    let mut record_index = crate::consul::BlockingIndex::default();
+    let mut index = crate::clients::consul::BlockingIndex::default();
+    let mut record_index = crate::clients::consul::BlockingIndex::default();
     let mut current: Option<String> = None;
     while tokio::time::Instant::now() < deadline {
         let deployed = read_deployed(&consul, &keys).await?;
@@ -659,7 +656,7 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
         let dep_id = deployed.as_ref().and_then(|d| d.deployment.clone());
         if dep_id != current {
             current = dep_id.clone();
-            index = crate::consul::BlockingIndex::default();
+            index = crate::clients::consul::BlockingIndex::default();
         }
         let dep = match &dep_id {
             Some(id) => {
@@ -690,7 +687,7 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
         };
         let mut lines = vec![format!(
             "{name}: {} {}{}",
-            deployed.as_ref().map_or("-", |d| d.outcome.as_str()),
+            deployed.as_ref().map_or("-", |d| d.state.as_str()),
             deployed.as_ref().map_or("", |d| d.tag.as_str()),
             deployed
                 .as_ref()
@@ -738,28 +735,16 @@ fn watch_outcome(
 ) -> Result<(), CliError> {
     let d = deployed.ok_or_else(|| CliError::Other(format!("{name}: nothing deployed yet")))?;
     if let Some(detail) = &d.detail {
-        writeln!(out, "{name}: {}: {detail}", d.outcome)?;
+        writeln!(out, "{name}: {}: {detail}", d.state)?;
     }
-    if d.outcome == RolloutState::Deployed {
+    if d.state == RolloutState::Deployed {
         Ok(())
     } else {
         Err(CliError::Other(format!(
             "{name}: rollout ended {} (running {})",
-            d.outcome, d.tag
+            d.state, d.tag
         )))
     }
-}
-
-/// The target tag of the service's pin, when it is pinned to one.
-async fn read_pin_target(
-    consul: &crate::consul::Consul,
-    keys: &Keys,
-) -> Result<Option<String>, CliError> {
-    let Some(kv) = consul.kv_get(&keys.pin).await?.value else {
-        return Ok(None);
-    };
-    let pin: crate::rollout::PinRecord = serde_json::from_slice(&kv.value).unwrap_or_default();
-    Ok(pin.tag.filter(|t| !t.is_empty()))
 }
 
 /// History entries a rollback looks through for its target.
@@ -773,7 +758,7 @@ fn rollback_target(history: &[HistoryEntry], running: Option<&str>) -> Option<St
         .filter(|e| {
             matches!(
                 e.event,
-                crate::history::Event::Deployed | crate::history::Event::RolledBack
+                crate::store::Event::Deployed | crate::store::Event::RolledBack
             )
         })
         .map(|e| e.tag.as_str())
@@ -813,7 +798,7 @@ pub async fn rollback(
                 return Ok(());
             }
         }
-        let history = crate::history_store::recent(&consul, &keys.history, ROLLBACK_SCAN).await?;
+        let history = crate::store::history::recent(&consul, &keys.history, ROLLBACK_SCAN).await?;
         // From the snapshot, so the transaction below can check it: a
         // controller write in between is a conflict, not a stale target.
         let running = match (&svc.rollout, &snap.deployed) {
@@ -844,8 +829,8 @@ pub async fn rollback(
             actor: &actor,
             reason: reason.as_deref(),
         };
-        let ops = rollback_ops(svc, &keys, &snap, &pin);
-        match consul.txn(&ops).await? {
+        let txn = rollback_ops(svc, &keys, &snap, &pin)?;
+        match consul.txn(txn.ops()).await? {
             TxnOutcome::Committed(_) => {
                 writeln!(
                     out,
@@ -878,7 +863,7 @@ fn default_rollback_target(
             // older than current, or while pinned.
             history
                 .iter()
-                .filter(|e| e.detail.is_none() || e.event != crate::history::Event::Received)
+                .filter(|e| e.detail.is_none() || e.event != crate::store::Event::Received)
                 .map(|e| e.tag.clone())
                 .find(|t| Some(t) != running)
         })
@@ -900,74 +885,44 @@ fn rollback_ops(
     keys: &Keys,
     snap: &Snapshot,
     rb: &RollbackPin<'_>,
-) -> Vec<TxnOp> {
+) -> Result<Txn, StoreError> {
     let at = crate::clock::now_rfc3339();
-    let pin = crate::rollout::PinRecord {
+    let pin = PinRecord {
         tag: Some(rb.target.to_string()),
         at: Some(at.clone()),
         actor: Some(rb.actor.to_string()),
         reason: rb.reason.map(str::to_string),
     };
-    let desired = crate::history::Desired {
+    let desired = crate::store::Desired {
         tag: rb.target.to_string(),
         digest: None,
-        seq: crate::ingest::next_seq(snap),
+        seq: snap.next_seq(),
         at: at.clone(),
     };
-    let (history_ops, _) = crate::history_store::append_ops(
-        &keys.history,
-        &snap.history,
-        &HistoryEntry {
-            at,
-            event: crate::history::Event::Pinned,
-            tag: rb.target.to_string(),
-            previous: rb.running.map(str::to_string),
-            digest: None,
-            source: Some("cli".into()),
-            delivery: None,
-            actor: Some(rb.actor.to_string()),
-            detail: Some(rb.reason.unwrap_or("rollback").to_string()),
-        },
-        svc.history_keep,
-    );
-    // Plain data records: serialising them cannot fail.
-    let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap_or_default();
-    let mut ops = vec![
-        TxnOp::Cas {
-            key: keys.pin.clone(),
-            value: json(serde_json::json!(pin)),
-            index: snap.pin_index.unwrap_or(0),
-        },
-        TxnOp::Cas {
-            key: keys.desired.clone(),
-            value: json(serde_json::json!(desired)),
-            index: snap.desired_index,
-        },
-    ];
-    ops.extend(history_ops);
+    let entry = HistoryEntry {
+        at,
+        event: crate::store::Event::Pinned,
+        tag: rb.target.to_string(),
+        previous: rb.running.map(str::to_string),
+        digest: None,
+        source: Some("cli".into()),
+        delivery: None,
+        actor: Some(rb.actor.to_string()),
+        detail: Some(rb.reason.unwrap_or("rollback").to_string()),
+    };
+    let mut txn = Txn::with_capacity(8);
+    txn.put_pin(keys, &pin, snap.pin_index.unwrap_or(0))?;
+    txn.put_desired(keys, &desired, snap.desired_index)?;
+    txn.append_history(keys, &snap.history, &entry, svc.history_keep);
     if svc.rollout.is_none() {
-        ops.push(TxnOp::Cas {
-            key: keys.tag.clone(),
-            value: rb.target.as_bytes().to_vec(),
-            index: snap.key_index,
-        });
+        txn.set_tag(keys, rb.target, snap.key_index);
         // The target's digest is not known here: the digest key goes.
-        ops.extend(keys.digest.as_ref().and_then(|dk| {
-            crate::ingest::digest_key_op(dk, None, snap.digest.as_deref(), snap.digest_index)
-        }));
+        txn.move_digest(keys, None, snap.digest.as_deref(), snap.digest_index);
     } else {
         // `running` and the target came from the deployed record.
-        ops.push(match snap.deployed_index {
-            0 => TxnOp::CheckNotExists {
-                key: keys.deployed.clone(),
-            },
-            i => TxnOp::CheckIndex {
-                key: keys.deployed.clone(),
-                index: i,
-            },
-        });
+        txn.check(&keys.deployed, snap.deployed_index);
     }
-    ops
+    Ok(txn)
 }
 
 /// `tagbridge unpin <svc>`.
@@ -986,28 +941,21 @@ pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
             writeln!(out, "{name}: not pinned")?;
             return Ok(());
         };
-        let (history_ops, _) = crate::history_store::append_ops(
-            &keys.history,
-            &snap.history,
-            &HistoryEntry {
-                at: crate::clock::now_rfc3339(),
-                event: crate::history::Event::Unpinned,
-                tag: snap.current_tag(svc).unwrap_or_default().to_string(),
-                previous: None,
-                digest: None,
-                source: Some("cli".into()),
-                delivery: None,
-                actor: Some(actor.clone()),
-                detail: None,
-            },
-            svc.history_keep,
-        );
-        let mut ops = vec![TxnOp::DeleteCas {
-            key: keys.pin.clone(),
-            index: pin_index,
-        }];
-        ops.extend(history_ops);
-        if let TxnOutcome::Committed(_) = consul.txn(&ops).await? {
+        let entry = HistoryEntry {
+            at: crate::clock::now_rfc3339(),
+            event: crate::store::Event::Unpinned,
+            tag: snap.current_tag(svc).unwrap_or_default().to_string(),
+            previous: None,
+            digest: None,
+            source: Some("cli".into()),
+            delivery: None,
+            actor: Some(actor.clone()),
+            detail: None,
+        };
+        let mut txn = Txn::with_capacity(8);
+        txn.delete_pin(&keys, pin_index);
+        txn.append_history(&keys, &snap.history, &entry, svc.history_keep);
+        if let TxnOutcome::Committed(_) = consul.txn(txn.ops()).await? {
             writeln!(out, "{name}: unpinned; the next webhook deploys")?;
             return Ok(());
         }

@@ -20,7 +20,7 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::consul::{BlockingIndex, Consul, ConsulError};
+use crate::clients::consul::{BlockingIndex, Consul, ConsulError};
 use crate::rollout::{Context, Driver};
 
 /// Session TTL: Consul's minimum, so a crashed leader is replaced fast

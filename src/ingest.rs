@@ -15,15 +15,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 
+use crate::clients::consul::{Consul, ConsulError, TxnOutcome};
 use crate::clock::now_rfc3339;
 use crate::config::{Config, ServiceConfig};
-use crate::consul::{Consul, ConsulError, TxnOp, TxnOutcome};
-use crate::history::{Desired, Event, HistoryEntry};
-use crate::history_store::{self, decode_head, HeadRead, HistoryError, HistoryKeys};
 use crate::metrics::Metrics;
 use crate::policy::Decision;
+use crate::store::history::{self, Head};
+use crate::store::read::retry_policy;
+use crate::store::{read_for_write, Keys, Snapshot, StoreError, Txn};
+use crate::store::{Desired, Event, HistoryEntry};
 use crate::webhook::{ImagePush, Source};
 
 /// How many times a lost CAS is retried from a fresh read before giving
@@ -71,7 +73,7 @@ impl Change {
 
 /// What happened, for the HTTP answer and the log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Ingested {
     pub tag: String,
     pub previous: Option<String>,
     pub changed: bool,
@@ -82,7 +84,7 @@ pub struct Outcome {
     pub rollout_seq: Option<u64>,
 }
 
-impl Outcome {
+impl Ingested {
     /// Whether a rollout controller will act on the change.
     pub fn rollout_queued(&self) -> bool {
         self.rollout_seq.is_some()
@@ -106,205 +108,14 @@ pub enum IngestError {
     Pinned(String),
 }
 
-impl From<HistoryError> for IngestError {
-    fn from(e: HistoryError) -> Self {
+impl From<StoreError> for IngestError {
+    fn from(e: StoreError) -> Self {
         match e {
-            HistoryError::Consul(c) => IngestError::Consul(c),
-            HistoryError::Corrupt { key, reason } => IngestError::Corrupt { key, reason },
-            HistoryError::Contention(_) => IngestError::Contention(MAX_CAS_ATTEMPTS),
+            StoreError::Consul(c) => IngestError::Consul(c),
+            StoreError::Corrupt { key, reason } => IngestError::Corrupt { key, reason },
+            StoreError::Contention(_) => IngestError::Contention(MAX_CAS_ATTEMPTS),
         }
     }
-}
-
-/// What was read for one service, with the indexes to CAS against.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub tag: Option<String>,
-    pub key_index: u64,
-    /// The digest key's value and ModifyIndex (0: absent or not
-    /// configured).
-    pub digest: Option<String>,
-    pub digest_index: u64,
-    /// The history's head (one key per entry; entries are never read
-    /// here, so a write costs the same whatever the history's length).
-    pub history: HeadRead,
-    pub desired: Option<Desired>,
-    pub desired_index: u64,
-    /// `Some(index)` when the pin key exists.
-    pub pin_index: Option<u64>,
-    /// The controller's `deployed` record, and its ModifyIndex (0: absent).
-    pub deployed: Option<crate::history::Deployed>,
-    pub deployed_index: u64,
-}
-
-impl Snapshot {
-    pub fn pinned(&self) -> bool {
-        self.pin_index.is_some()
-    }
-
-    /// The newest accepted tag: for services with a rollout, the desired
-    /// record (the key follows the controller); otherwise the key itself.
-    pub fn current_tag(&self, svc: &ServiceConfig) -> Option<&str> {
-        match (&svc.rollout, &self.desired) {
-            (Some(_), Some(d)) => Some(d.tag.as_str()),
-            _ => self.tag.as_deref(),
-        }
-    }
-}
-
-/// Keys of one service's records.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    pub tag: String,
-    /// The service's `digest_key`, when it has one.
-    pub digest: Option<String>,
-    pub history: HistoryKeys,
-    pub desired: String,
-    pub deployed: String,
-    pub pin: String,
-}
-
-impl Keys {
-    pub fn new(cfg: &Config, svc: &ServiceConfig) -> Self {
-        Keys {
-            tag: svc.key.clone(),
-            digest: svc.digest_key.clone(),
-            history: HistoryKeys::new(&cfg.state_key("history", &svc.name)),
-            desired: cfg.state_key("desired", &svc.name),
-            deployed: cfg.state_key("deployed", &svc.name),
-            pin: cfg.state_key("pin", &svc.name),
-        }
-    }
-}
-
-fn retry_policy() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_millis(400))
-        .with_max_times(3)
-        .with_jitter()
-}
-
-/// Read every record of a service (six reads in parallel, seven with a
-/// digest key).
-///
-/// # Errors
-///
-/// Consul failures (after retries), unreadable records.
-pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, IngestError> {
-    let get = |key: String| {
-        let consul = consul.clone();
-        move || {
-            let consul = consul.clone();
-            let key = key.clone();
-            async move { consul.kv_get(&key).await }
-        }
-    };
-    let retried = |key: &str| {
-        get(key.to_string())
-            .retry(retry_policy())
-            .when(ConsulError::is_transient)
-    };
-    let digest_read = async {
-        match &keys.digest {
-            Some(k) => retried(k).await.map(|r| r.value),
-            None => Ok(None),
-        }
-    };
-    let (tag, head, legacy, desired, pin, deployed, digest) = tokio::try_join!(
-        retried(&keys.tag),
-        retried(&keys.history.head),
-        retried(&keys.history.legacy),
-        retried(&keys.desired),
-        retried(&keys.pin),
-        retried(&keys.deployed),
-        digest_read,
-    )?;
-    // Written only by the controller; one it cannot read is treated as
-    // absent here (the controller reports it), not as a reason to refuse
-    // webhooks.
-    let deployed_rec = deployed
-        .value
-        .as_ref()
-        .and_then(|kv| serde_json::from_slice::<crate::history::Deployed>(&kv.value).ok());
-    let corrupt = |key: &str, e: serde_json::Error| IngestError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    };
-    let history = HeadRead {
-        head: decode_head(head.value.as_ref().map(|kv| kv.value.as_slice()))
-            .map_err(|e| corrupt(&keys.history.head, e))?,
-        index: head.value.as_ref().map_or(0, |kv| kv.modify_index),
-        legacy: legacy.value.as_ref().map(|kv| kv.modify_index),
-    };
-    let desired_rec = match &desired.value {
-        Some(kv) if !kv.value.is_empty() => Some(
-            serde_json::from_slice::<Desired>(&kv.value).map_err(|e| corrupt(&keys.desired, e))?,
-        ),
-        _ => None,
-    };
-    Ok(Snapshot {
-        tag: tag.value.as_ref().and_then(value_text),
-        key_index: tag.value.as_ref().map_or(0, |kv| kv.modify_index),
-        digest: digest.as_ref().and_then(value_text),
-        digest_index: digest.as_ref().map_or(0, |kv| kv.modify_index),
-        history,
-        desired: desired_rec,
-        desired_index: desired.value.as_ref().map_or(0, |kv| kv.modify_index),
-        pin_index: pin.value.as_ref().map(|kv| kv.modify_index),
-        deployed_index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
-        deployed: deployed_rec,
-    })
-}
-
-/// A KV value as text, trimmed; `None` when empty.
-fn value_text(kv: &crate::consul::KvPair) -> Option<String> {
-    Some(String::from_utf8_lossy(&kv.value).trim().to_string()).filter(|t| !t.is_empty())
-}
-
-/// The op that makes the digest key `key` hold `want` (`None`: absent),
-/// conditioned on what was read of it (`now` at `index`, 0: absent); no
-/// op when it already does. Ingest (KV-only services) and the controller
-/// (rollout services) write the digest key beside the tag key with it, so
-/// the key never names the digest of a tag other than the one beside it.
-pub(crate) fn digest_key_op(
-    key: &str,
-    want: Option<&str>,
-    now: Option<&str>,
-    index: u64,
-) -> Option<TxnOp> {
-    match want {
-        Some(d) if now == Some(d) => None,
-        Some(d) => Some(TxnOp::Cas {
-            key: key.to_string(),
-            value: d.as_bytes().to_vec(),
-            index,
-        }),
-        None if index > 0 => Some(TxnOp::DeleteCas {
-            key: key.to_string(),
-            index,
-        }),
-        None => None,
-    }
-}
-
-/// Read a service's records for a write: an old single-value history is
-/// migrated first (in transactions of its own), then read again.
-///
-/// # Errors
-///
-/// As [`read_snapshot`], and a migration that could not complete.
-pub async fn read_for_write(
-    consul: &Consul,
-    keys: &Keys,
-    keep: usize,
-) -> Result<Snapshot, IngestError> {
-    let snap = read_snapshot(consul, keys).await?;
-    if snap.history.index != 0 || snap.history.legacy.is_none() {
-        return Ok(snap);
-    }
-    history_store::migrate(consul, &keys.history, keep).await?;
-    read_snapshot(consul, keys).await
 }
 
 /// Applies changes to services; shared by every connection.
@@ -340,7 +151,7 @@ fn conflict_pauses() -> backon::ExponentialBackoff {
 /// The plan for one attempt: the ops and the outcome if they commit.
 struct Plan {
     written: Written,
-    outcome: Outcome,
+    ingested: Ingested,
 }
 
 impl Plan {
@@ -348,11 +159,11 @@ impl Plan {
     fn nothing(tag: &str, previous: Option<String>, reason: String) -> Plan {
         Plan {
             written: Written {
-                ops: Vec::new(),
+                txn: Txn::default(),
                 head: None,
                 desired: None,
             },
-            outcome: Outcome {
+            ingested: Ingested {
                 tag: tag.to_string(),
                 previous,
                 changed: false,
@@ -471,7 +282,7 @@ fn txn_ops(
     write_tag: bool,
 ) -> Result<Written, IngestError> {
     let tag = entry.tag.as_str();
-    let mut ops = Vec::with_capacity(7 + history_store::TRIM_PER_WRITE as usize);
+    let mut txn = Txn::with_capacity(7 + history::TRIM_PER_WRITE as usize);
     // I2: for services with a rollout only the leader writes the key,
     // when it starts rolling the tag out, so the key only ever holds a
     // tag being rolled out or one that passed its gate. Template jobs
@@ -481,53 +292,38 @@ fn txn_ops(
     let write_key = write_tag && svc.rollout.is_none();
     let mut written = None;
     if write_key {
-        ops.push(TxnOp::Cas {
-            key: keys.tag.clone(),
-            value: tag.as_bytes().to_vec(),
-            index: snap.key_index,
-        });
+        txn.set_tag(keys, tag, snap.key_index);
         // The digest travels with the tag: written when known, deleted
         // when not (it must never name the digest of the tag before).
-        if let Some(dk) = &keys.digest {
-            ops.extend(digest_key_op(
-                dk,
-                entry.digest.as_deref(),
-                snap.digest.as_deref(),
-                snap.digest_index,
-            ));
-        }
+        txn.move_digest(
+            keys,
+            entry.digest.as_deref(),
+            snap.digest.as_deref(),
+            snap.digest_index,
+        );
     } else {
-        ops.push(check_op(&keys.tag, Some(snap.key_index)));
+        txn.check(&keys.tag, snap.key_index);
     }
     if write_tag {
         let desired = Desired {
             tag: tag.to_string(),
             digest: entry.digest.clone(),
-            seq: next_seq(snap),
+            seq: snap.next_seq(),
             at: entry.at.clone(),
         };
-        ops.push(TxnOp::Cas {
-            key: keys.desired.clone(),
-            value: serde_json::to_vec(&desired).map_err(|e| IngestError::Corrupt {
-                key: keys.desired.clone(),
-                reason: e.to_string(),
-            })?,
-            index: snap.desired_index,
-        });
+        txn.put_desired(keys, &desired, snap.desired_index)?;
         written = Some(desired);
     }
     if svc.rollout.is_some() && (snap.desired.is_none() || matches!(change, Change::Manual { .. }))
     {
         // The seq (desired record deleted) or the decision (a manual
         // deploy) was taken from the deployed record.
-        ops.push(check_op(&keys.deployed, Some(snap.deployed_index)));
+        txn.check(&keys.deployed, snap.deployed_index);
     }
-    let (history_ops, head) =
-        history_store::append_ops(&keys.history, &snap.history, entry, svc.history_keep);
-    ops.extend(history_ops);
-    ops.push(check_op(&keys.pin, snap.pin_index));
+    let head = txn.append_history(keys, &snap.history, entry, svc.history_keep);
+    txn.check(&keys.pin, snap.pin_index.unwrap_or(0));
     Ok(Written {
-        ops,
+        txn,
         head: Some(head),
         desired: written,
     })
@@ -535,7 +331,7 @@ fn txn_ops(
 
 /// The outcome of a change the filters reject: they need no state, so
 /// this is answered without touching Consul.
-fn filtered(svc: &ServiceConfig, change: &Change) -> Option<Outcome> {
+fn filtered(svc: &ServiceConfig, change: &Change) -> Option<Ingested> {
     let Decision::Filtered(reason) =
         svc.policy
             .policy
@@ -543,25 +339,13 @@ fn filtered(svc: &ServiceConfig, change: &Change) -> Option<Outcome> {
     else {
         return None;
     };
-    Some(Outcome {
+    Some(Ingested {
         tag: change.tag().to_string(),
         previous: None,
         changed: false,
         reason: Some(reason),
         rollout_seq: None,
     })
-}
-
-fn check_op(key: &str, index: Option<u64>) -> TxnOp {
-    match index {
-        Some(i) if i > 0 => TxnOp::CheckIndex {
-            key: key.to_string(),
-            index: i,
-        },
-        _ => TxnOp::CheckNotExists {
-            key: key.to_string(),
-        },
-    }
 }
 
 impl Ingest {
@@ -620,7 +404,7 @@ impl Ingest {
         &self,
         svc: &ServiceConfig,
         change: &Change,
-    ) -> Result<Outcome, IngestError> {
+    ) -> Result<Ingested, IngestError> {
         let r = self.apply_inner(svc, change).await;
         if let Err(e) = &r {
             self.note_err(e);
@@ -632,7 +416,7 @@ impl Ingest {
         &self,
         svc: &ServiceConfig,
         change: &Change,
-    ) -> Result<Outcome, IngestError> {
+    ) -> Result<Ingested, IngestError> {
         // Filters need no state: answer without touching Consul.
         if let Some(outcome) = filtered(svc, change) {
             return Ok(outcome);
@@ -662,7 +446,7 @@ impl Ingest {
         svc: &ServiceConfig,
         keys: &Keys,
         change: &Change,
-    ) -> Result<Outcome, IngestError> {
+    ) -> Result<Ingested, IngestError> {
         // The reads are boxed: they are the rare path (first webhook, lost
         // CAS), and their futures (six reads in parallel) are most of this
         // one's size, which every webhook would otherwise carry and move.
@@ -691,19 +475,20 @@ impl Ingest {
                     continue;
                 }
             };
-            if plan.written.ops.is_empty() {
+            if plan.written.txn.is_empty() {
                 self.remember(&svc.name, Some(snap));
-                return Ok(plan.outcome);
+                return Ok(plan.ingested);
             }
-            let result = (|| self.consul.txn(&plan.written.ops))
+            let result = (|| self.consul.txn(plan.written.txn.ops()))
                 .retry(retry_policy())
                 .when(ConsulError::is_transient)
                 .await;
             match result {
                 Ok(TxnOutcome::Committed(indexes)) => {
-                    let next = committed_snapshot(snap, keys, plan.written, &indexes);
+                    let w = plan.written;
+                    let next = snap.committed(keys, w.txn, w.head, w.desired, &indexes);
                     self.remember(&svc.name, next);
-                    return Ok(plan.outcome);
+                    return Ok(plan.ingested);
                 }
                 Ok(TxnOutcome::Conflict(_)) => {
                     tokio::time::sleep(pauses.next().unwrap_or(Duration::from_millis(60))).await;
@@ -720,8 +505,8 @@ impl Ingest {
         Err(IngestError::Contention(MAX_CAS_ATTEMPTS))
     }
 
-    fn unchanged(&self, svc: &ServiceConfig, change: &Change, snap: &Snapshot) -> Outcome {
-        Outcome {
+    fn unchanged(&self, svc: &ServiceConfig, change: &Change, snap: &Snapshot) -> Ingested {
+        Ingested {
             tag: change.tag().to_string(),
             previous: snap.current_tag(svc).map(str::to_string),
             changed: false,
@@ -759,7 +544,7 @@ impl Ingest {
             .map(|d| d.seq);
         Ok(Some(Plan {
             written,
-            outcome: Outcome {
+            ingested: Ingested {
                 tag: tag.to_string(),
                 previous: current,
                 changed: write_tag,
@@ -815,15 +600,6 @@ fn decide(
     }
 }
 
-/// The desired seq of the next change. It continues from the deployed
-/// record when the desired record was deleted by hand: the controller
-/// ignores a seq it has already answered.
-pub fn next_seq(snap: &Snapshot) -> u64 {
-    let desired = snap.desired.as_ref().map_or(0, |d| d.seq);
-    let deployed = snap.deployed.as_ref().map_or(0, |d| d.seq);
-    desired.max(deployed) + 1
-}
-
 /// Whether `tagbridge deploy <tag>` has nothing to do: for a rollout
 /// service only when the tag is desired and the controller deployed it or
 /// is deploying it. A tag that was rolled back (the desired record still
@@ -842,61 +618,25 @@ fn manual_is_noop(svc: &ServiceConfig, snap: &Snapshot, tag: &str) -> bool {
         Some(d) => {
             d.seq == want.seq
                 && d.tag == tag
-                && (d.outcome == crate::history::RolloutState::Deployed || d.is_busy())
+                && (d.state == crate::store::RolloutState::Deployed || d.is_busy())
         }
     }
 }
 
 /// What a plan writes.
 struct Written {
-    ops: Vec<TxnOp>,
+    txn: Txn,
     /// The history head it leaves (kept for the next webhook).
-    head: Option<history_store::Head>,
+    head: Option<Head>,
     /// The desired record it writes, if any (kept for the next webhook).
     desired: Option<Desired>,
-}
-
-/// The snapshot as it is after `written` committed, so the next webhook
-/// for the service needs no read.
-fn committed_snapshot(
-    mut snap: Snapshot,
-    keys: &Keys,
-    mut plan: Written,
-    indexes: &[(String, u64)],
-) -> Option<Snapshot> {
-    let index_of = |key: &str| indexes.iter().find(|(k, _)| k == key).map(|(_, i)| *i);
-    for op in plan.ops {
-        if let TxnOp::DeleteCas { key, .. } = &op {
-            if keys.digest.as_ref() == Some(key) {
-                (snap.digest, snap.digest_index) = (None, 0);
-            }
-        }
-        if let TxnOp::Cas { key, value, .. } = op {
-            // Consul did not say: read afresh next time.
-            let idx = index_of(&key)?;
-            if keys.digest.as_ref() == Some(&key) {
-                snap.digest = Some(String::from_utf8(value).ok()?);
-                snap.digest_index = idx;
-            } else if key == keys.tag {
-                snap.tag = Some(String::from_utf8(value).ok()?);
-                snap.key_index = idx;
-            } else if key == keys.history.head {
-                snap.history.head = plan.head?;
-                snap.history.index = idx;
-            } else if key == keys.desired {
-                snap.desired = Some(plan.desired.take()?);
-                snap.desired_index = idx;
-            }
-        }
-    }
-    Some(snap)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Purpose;
-    use crate::history::{Deployed, RolloutState};
+    use crate::store::{Deployed, RolloutState};
 
     fn service(rollout: bool) -> ServiceConfig {
         let text = format!(
@@ -940,7 +680,7 @@ mod tests {
                 job_version: None,
                 deployment: None,
                 at: "t".into(),
-                outcome,
+                state: outcome,
                 previous: None,
                 previous_digest: None,
                 prior_version: None,
@@ -1038,11 +778,11 @@ mod tests {
 
     #[test]
     fn seq_continues_above_the_deployed_record() {
-        assert_eq!(next_seq(&snap(None, None)), 1);
-        assert_eq!(next_seq(&snap(Some(("a", 4)), None)), 5);
+        assert_eq!(snap(None, None).next_seq(), 1);
+        assert_eq!(snap(Some(("a", 4)), None).next_seq(), 5);
         // desired/<svc> deleted by hand after the controller answered seq 6.
         assert_eq!(
-            next_seq(&snap(None, Some(("a", 6, RolloutState::Deployed)))),
+            snap(None, Some(("a", 6, RolloutState::Deployed))).next_seq(),
             7
         );
     }

@@ -40,34 +40,28 @@
 //!   Consul and Nomad share: URLs, the token header, blocking-query index
 //!   rules, status-to-error mapping), `consul` and `nomad` (their calls
 //!   only), `registry` (the OCI distribution API: a tag's digest, a
-//!   repository's tags). Re-exported as `consul`, `nomad` and
-//!   `http_client`.
+//!   repository's tags).
 //! * `notify` — Slack-compatible and JSON notices of rollout outcomes.
 //! * `metrics` — the Prometheus registry.
 //! * `tls` — the serving certificate and its reloads; `x509` — its expiry.
 //! * `clock` — RFC 3339 timestamps.
 //! * `cli` — the operator commands.
 
+pub mod change_status;
 pub mod cli;
 pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod controller;
-pub mod history;
-pub mod history_store;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
-pub mod outcome;
 pub mod policy;
 pub mod poller;
 pub mod rollout;
 pub mod server;
+pub mod store;
 pub mod sync;
 pub mod tls;
 pub mod webhook;
 pub mod x509;
-
-// The clients' modules by the short paths the rest of the code (and the
-// tests and benches) name them by.
-pub use clients::{consul, http as http_client, nomad};

@@ -16,9 +16,9 @@ use http_body_util::Full;
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
+use crate::clients::http::HttpClient;
 use crate::config::{NotifyConfig, NotifyFormat};
-use crate::history::Event;
-use crate::http_client::HttpClient;
+use crate::store::Event;
 
 /// What a notification says.
 #[derive(Debug, Clone)]

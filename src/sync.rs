@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::clients::registry::{Registry, RegistryError, TagList};
 use crate::clients::{registry_client, registry_repository};
 use crate::config::ServiceConfig;
-use crate::ingest::{Change, Ingest, IngestError, Outcome};
+use crate::ingest::{Change, Ingest, IngestError, Ingested};
 use crate::policy::Order;
 use crate::webhook::{grammar, ImagePush};
 
@@ -29,7 +29,7 @@ pub struct Synced {
     pub elapsed: Duration,
     /// The best tag and what ingest made of it; `None` when no listed
     /// tag passes the policy.
-    pub applied: Option<Outcome>,
+    pub applied: Option<Ingested>,
 }
 
 /// Why a sync could not run or finish. Nothing was written.

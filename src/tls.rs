@@ -16,8 +16,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::http::{crypto_provider, load_certs, load_key, ClientBuildError};
 use crate::config::TlsFiles;
-use crate::http_client::{crypto_provider, load_certs, load_key, ClientBuildError};
 
 /// Why a certificate pair could not be loaded.
 #[derive(Debug, thiserror::Error)]

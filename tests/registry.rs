@@ -14,10 +14,10 @@ use bytes::Bytes;
 use common::registry::CraneRegistry;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
+use tagbridge::clients::http::{ClientTlsFiles, HttpClient};
 use tagbridge::clients::registry::{
     Registry, RegistryAuth, RegistryError, RegistrySettings, PAGE_SIZE,
 };
-use tagbridge::http_client::{ClientTlsFiles, HttpClient};
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json";

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::fields::{duration_within, normalise_address, read_secret_file, Collector};
 use super::raw::{RawConsul, RawNomad};
 use super::{ConsulConfig, EnvLookup, NomadConfig, Secret};
-use crate::http_client::ClientTlsFiles;
+use crate::clients::http::ClientTlsFiles;
 
 /// The `consul` block (absent: every field from the environment).
 pub(super) fn consul(c: &mut Collector, rc: RawConsul, env: EnvLookup<'_>) -> ConsulConfig {

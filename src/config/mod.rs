@@ -29,9 +29,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::history::Event;
-use crate::http_client::ClientTlsFiles;
+use crate::clients::http::ClientTlsFiles;
 use crate::policy::{Order, TagPolicy};
+use crate::store::Event;
 use crate::webhook::Source;
 pub use fields::parse_duration;
 use fields::Collector;

@@ -20,12 +20,13 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use super::ports::{ConsulPort, NomadPort};
-use crate::consul::{ConsulError, KvPair, Read as KvRead, TxnOp, TxnOutcome};
-use crate::history::HistoryEntry;
-use crate::history_store::{decode_head, HeadRead, HistoryError, HistoryKeys};
-use crate::nomad::{
+use crate::clients::consul::{ConsulError, KvPair, Read as KvRead, TxnOp, TxnOutcome};
+use crate::clients::nomad::{
     Allocation, CheckResult, Deployment, Evaluation, Job, NomadError, Read, WriteResponse,
 };
+use crate::store::history::{decode_head, HeadRead, HistoryKeys};
+use crate::store::HistoryEntry;
+use crate::store::StoreError;
 
 /// How a freshly placed version behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -514,12 +515,14 @@ impl FakeConsul {
     }
 }
 
-impl ConsulPort for FakeConsul {
+impl crate::store::KvRead for FakeConsul {
     async fn kv_get(&self, key: &str) -> Result<KvRead<Option<KvPair>>, ConsulError> {
         self.check_up("kv_get")?;
         Ok(self.read(key))
     }
+}
 
+impl ConsulPort for FakeConsul {
     async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome, ConsulError> {
         self.check_up("txn")?;
         let mut w = self.world.lock().unwrap_or_else(|e| e.into_inner());
@@ -532,15 +535,11 @@ impl ConsulPort for FakeConsul {
         Ok(w.apply(ops))
     }
 
-    async fn history_head(
-        &self,
-        keys: &HistoryKeys,
-        _keep: usize,
-    ) -> Result<HeadRead, HistoryError> {
+    async fn history_head(&self, keys: &HistoryKeys, _keep: usize) -> Result<HeadRead, StoreError> {
         self.check_up("kv_get")?;
         let r = self.read(&keys.head);
         let head = decode_head(r.value.as_ref().map(|kv| kv.value.as_slice())).map_err(|e| {
-            HistoryError::Corrupt {
+            StoreError::Corrupt {
                 key: keys.head.clone(),
                 reason: e.to_string(),
             }
@@ -556,7 +555,7 @@ impl ConsulPort for FakeConsul {
         &self,
         keys: &HistoryKeys,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, HistoryError> {
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
         let head = self.history_head(keys, 0).await?.head;
         let w = self.world.lock().unwrap_or_else(|e| e.into_inner());
         Ok((head.oldest.max(1)..=head.seq)

@@ -46,13 +46,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::consul::{Consul, ConsulError};
+use crate::clients::http::HttpClient;
+use crate::clients::nomad::{Job, Nomad, NomadError};
 use crate::config::{Config, RolloutConfig, ServiceConfig};
-use crate::consul::{Consul, ConsulError};
-use crate::history::{Deployed, Desired, HistoryEntry, RolloutState};
-use crate::http_client::HttpClient;
-use crate::ingest::Keys;
-use crate::nomad::{Job, Nomad, NomadError};
 use crate::notify::Notifier;
+use crate::store::{read_state, Deployed, Desired, HistoryEntry, Keys, RolloutState, State};
 
 /// A hook run before each register attempt (tests use it to change the
 /// job behind the controller's back, on cue).
@@ -236,88 +235,6 @@ fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
-/// What reading a service's records gave.
-#[derive(Debug, Clone, Default)]
-pub struct State {
-    pub desired: Option<Desired>,
-    pub deployed: Option<Deployed>,
-    /// The pin record's target tag (`Some("")` for a pin without one).
-    pub pin: Option<String>,
-    /// ModifyIndex of the desired record as read (0: absent): the start
-    /// of a rollout is committed only if it is unchanged.
-    pub desired_index: u64,
-    /// ModifyIndex of the pin record as read (0: absent).
-    pub pin_index: u64,
-    /// When the rollout in the deployed record started (Unix ms), so a
-    /// resumed rollout keeps its deadline.
-    pub started: Option<u64>,
-}
-
-/// The pin record: present = webhooks are recorded but not deployed; the
-/// controller deploys only `tag` (a rollback's target) while it exists.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct PinRecord {
-    #[serde(default)]
-    pub tag: Option<String>,
-    #[serde(default)]
-    pub at: Option<String>,
-    #[serde(default)]
-    pub actor: Option<String>,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-/// Read desired, deployed and pin.
-///
-/// # Errors
-///
-/// Consul failures and unreadable records.
-pub async fn read_state<C: ConsulPort>(consul: &C, keys: &Keys) -> Result<State, RolloutError> {
-    let (desired, deployed, pin) = tokio::try_join!(
-        consul.kv_get(&keys.desired),
-        consul.kv_get(&keys.deployed),
-        consul.kv_get(&keys.pin),
-    )?;
-    fn parse<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, RolloutError> {
-        serde_json::from_slice(v).map_err(|e| RolloutError::Corrupt {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })
-    }
-    let desired_index = desired.value.as_ref().map_or(0, |kv| kv.modify_index);
-    let pin_index = pin.value.as_ref().map_or(0, |kv| kv.modify_index);
-    let desired = match desired.value {
-        Some(kv) if !kv.value.is_empty() => Some(parse::<Desired>(&keys.desired, &kv.value)?),
-        _ => None,
-    };
-    let (deployed, started) = match deployed.value {
-        Some(kv) if !kv.value.is_empty() => {
-            let raw: serde_json::Value = parse(&keys.deployed, &kv.value)?;
-            let started = raw.get(record::STARTED).and_then(serde_json::Value::as_u64);
-            let d: Deployed = serde_json::from_value(raw).map_err(|e| RolloutError::Corrupt {
-                key: keys.deployed.clone(),
-                reason: e.to_string(),
-            })?;
-            (Some(d), started)
-        }
-        _ => (None, None),
-    };
-    let pin = pin.value.map(|kv| {
-        serde_json::from_slice::<PinRecord>(&kv.value)
-            .ok()
-            .and_then(|p| p.tag)
-            .unwrap_or_default()
-    });
-    Ok(State {
-        desired,
-        deployed,
-        pin,
-        desired_index,
-        pin_index,
-        started,
-    })
-}
-
 /// History entries looked through for the tag a first rollout replaces.
 const PREVIOUS_SCAN: usize = 100;
 
@@ -348,17 +265,19 @@ impl Transient for RolloutError {
     }
 }
 
-impl Transient for crate::history_store::HistoryError {
+impl Transient for crate::store::StoreError {
     fn transient(&self) -> bool {
-        matches!(self, crate::history_store::HistoryError::Consul(e) if e.is_transient())
+        matches!(self, crate::store::StoreError::Consul(e) if e.is_transient())
     }
 }
 
-impl From<crate::history_store::HistoryError> for RolloutError {
-    fn from(e: crate::history_store::HistoryError) -> Self {
+impl From<crate::store::StoreError> for RolloutError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
         match e {
-            crate::history_store::HistoryError::Consul(e) => RolloutError::Consul(e),
-            other => RolloutError::Corrupt {
+            StoreError::Consul(e) => RolloutError::Consul(e),
+            StoreError::Corrupt { key, reason } => RolloutError::Corrupt { key, reason },
+            other @ StoreError::Contention(_) => RolloutError::Corrupt {
                 key: "history".into(),
                 reason: other.to_string(),
             },
@@ -448,7 +367,7 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
             self.check_cancel()?;
             let st = self.patient(|| read_state(self.consul, &self.keys)).await?;
             if let Some(d) = st.deployed.as_ref().filter(|d| d.is_busy()) {
-                tracing::info!(service = %self.svc.name, tag = %d.tag, outcome = %d.outcome, "resuming an unfinished rollout");
+                tracing::info!(service = %self.svc.name, tag = %d.tag, state = %d.state, "resuming an unfinished rollout");
                 self.set_started(st.started.unwrap_or_else(unix_ms));
                 self.resume(d.clone()).await?;
                 continue;

@@ -8,9 +8,9 @@ use backon::BackoffBuilder as _;
 
 use super::record::{Committed, Guard, KeyWrite};
 use super::*;
+use crate::clients::nomad::Deployment;
 use crate::clock::now_rfc3339;
-use crate::history::{Event, JobDone};
-use crate::nomad::Deployment;
+use crate::store::{Event, JobDone};
 
 /// The tag a rollback of a rollout starting now goes back to: what the
 /// last rollout left running. After a failed one the key may name a tag
@@ -28,7 +28,7 @@ pub fn plan_previous(
 ) -> Option<String> {
     let meta_now = meta_now.filter(|m| !m.is_empty()).map(str::to_string);
     match prev {
-        Some(p) if p.outcome == RolloutState::Failed => meta_now.or(p.previous.clone()),
+        Some(p) if p.state == RolloutState::Failed => meta_now.or(p.previous.clone()),
         Some(p) => Some(p.tag.clone()).or(meta_now),
         None => meta_now,
     }
@@ -113,7 +113,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 job_version: None,
                 deployment: None,
                 at: now_rfc3339(),
-                outcome: RolloutState::Failed,
+                state: RolloutState::Failed,
                 previous: prev.map(|p| p.tag.clone()),
                 previous_digest: None,
                 prior_version: None,
@@ -159,7 +159,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             job_version: None,
             deployment: None,
             at: now_rfc3339(),
-            outcome: RolloutState::InProgress,
+            state: RolloutState::InProgress,
             previous_digest: previous_digest(
                 previous.as_deref(),
                 (key_now.as_deref(), digest_now),
@@ -189,7 +189,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     }
 
     pub(super) async fn resume(&self, rec: Deployed) -> Result<(), RolloutError> {
-        if rec.outcome == RolloutState::RollingBack {
+        if rec.state == RolloutState::RollingBack {
             let reason = rec
                 .detail
                 .clone()

@@ -10,12 +10,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::consul::{Consul, ConsulError, KvPair, Read as KvRead, TxnOp, TxnOutcome};
-use crate::history::HistoryEntry;
-use crate::history_store::{self, HeadRead, HistoryError, HistoryKeys};
-use crate::nomad::{
+use crate::clients::consul::{Consul, ConsulError, TxnOp, TxnOutcome};
+use crate::clients::nomad::{
     Allocation, CheckResult, Deployment, Evaluation, Job, Nomad, NomadError, Read, WriteResponse,
 };
+use crate::store::history::{self, HeadRead, HistoryKeys};
+use crate::store::HistoryEntry;
+use crate::store::KvRead;
+use crate::store::StoreError;
 
 /// Nomad as a rollout uses it.
 pub trait NomadPort: Send + Sync {
@@ -83,25 +85,23 @@ pub trait NomadPort: Send + Sync {
 }
 
 /// Consul as a rollout uses it: single reads, transactions, and the
-/// history layout (head + entries, see `history_store`).
-pub trait ConsulPort: Send + Sync {
-    fn kv_get(
-        &self,
-        key: &str,
-    ) -> impl Future<Output = Result<KvRead<Option<KvPair>>, ConsulError>> + Send;
+/// history layout (head + entries, see `store::history`). Single reads
+/// come from the store's `KvRead`, so the store's readers serve the
+/// driver too.
+pub trait ConsulPort: KvRead {
     fn txn(&self, ops: &[TxnOp]) -> impl Future<Output = Result<TxnOutcome, ConsulError>> + Send;
     /// The history head to append after (migrating the old layout first).
     fn history_head(
         &self,
         keys: &HistoryKeys,
         keep: usize,
-    ) -> impl Future<Output = Result<HeadRead, HistoryError>> + Send;
+    ) -> impl Future<Output = Result<HeadRead, StoreError>> + Send;
     /// The newest `limit` history entries, newest first.
     fn history_recent(
         &self,
         keys: &HistoryKeys,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<HistoryEntry>, HistoryError>> + Send;
+    ) -> impl Future<Output = Result<Vec<HistoryEntry>, StoreError>> + Send;
 }
 
 impl NomadPort for Nomad {
@@ -174,24 +174,17 @@ impl NomadPort for Nomad {
 }
 
 impl ConsulPort for Consul {
-    async fn kv_get(&self, key: &str) -> Result<KvRead<Option<KvPair>>, ConsulError> {
-        Consul::kv_get(self, key).await
-    }
     async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome, ConsulError> {
         Consul::txn(self, ops).await
     }
-    async fn history_head(
-        &self,
-        keys: &HistoryKeys,
-        keep: usize,
-    ) -> Result<HeadRead, HistoryError> {
-        history_store::migrate(self, keys, keep).await
+    async fn history_head(&self, keys: &HistoryKeys, keep: usize) -> Result<HeadRead, StoreError> {
+        history::migrate(self, keys, keep).await
     }
     async fn history_recent(
         &self,
         keys: &HistoryKeys,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, HistoryError> {
-        history_store::recent(self, keys, limit).await
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        history::recent(self, keys, limit).await
     }
 }

@@ -10,15 +10,10 @@
 use backon::BackoffBuilder as _;
 
 use super::*;
+use crate::clients::consul::{KvPair, TxnOutcome};
 use crate::clock::now_rfc3339;
-use crate::consul::{TxnOp, TxnOutcome};
-use crate::history::Event;
-use crate::history_store;
 use crate::notify::Notice;
-
-/// The field of a busy deployed record that holds when its rollout
-/// started (Unix ms). Readers of [`Deployed`] ignore it.
-pub(super) const STARTED: &str = "started";
+use crate::store::{Event, HeadRead, Txn};
 
 /// What to do with the service's key in the same transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +46,17 @@ pub(super) enum Committed {
     Stale,
 }
 
+/// What a commit's transaction is conditioned on, as read just before it.
+struct Observed {
+    /// The history head, when the commit appends an entry.
+    head: Option<HeadRead>,
+    /// The service's key.
+    key: Option<KvPair>,
+    deployed_index: u64,
+    /// The digest key, when the commit moves the key.
+    digest: Option<KvPair>,
+}
+
 /// What to write, together, in one fenced transaction.
 pub(super) struct Writes {
     pub deployed: Deployed,
@@ -60,7 +66,7 @@ pub(super) struct Writes {
 
 impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     pub(super) async fn finish_deployed(&self, mut rec: Deployed) -> Result<(), RolloutError> {
-        rec.outcome = RolloutState::Deployed;
+        rec.state = RolloutState::Deployed;
         rec.at = now_rfc3339();
         rec.detail = None;
         let detail = jobs_detail(&rec, self.job_id());
@@ -106,7 +112,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             job_version: version,
             deployment,
             at: now_rfc3339(),
-            outcome: RolloutState::RolledBack,
+            state: RolloutState::RolledBack,
             previous: Some(failed_tag.clone()),
             prior_version: rec.prior_version,
             detail: Some(reason.clone()),
@@ -138,7 +144,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         reason: String,
     ) -> Result<(), RolloutError> {
         let out = Deployed {
-            outcome: RolloutState::Failed,
+            state: RolloutState::Failed,
             at: now_rfc3339(),
             detail: Some(reason.clone()),
             ..rec.clone()
@@ -209,10 +215,6 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     /// A lost check-session means someone else holds (or deleted) the
     /// lock: the term is cancelled at once, so this replica stops driving
     /// and campaigns again.
-    ///
-    /// Longer than most functions on purpose: reading, building the one
-    /// transaction and telling its three kinds of conflict apart (lock
-    /// lost, decision stale, plain CAS race) belong together.
     pub(super) async fn commit_guarded(
         &self,
         w: Writes,
@@ -226,105 +228,11 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             .build();
         loop {
             self.check_cancel()?;
-            let history = match &w.history {
-                Some(_) => Some(
-                    self.patient(|| {
-                        self.consul
-                            .history_head(&self.keys.history, self.svc.history_keep)
-                    })
-                    .await?,
-                ),
-                None => None,
-            };
-            let (key, deployed, digest) = self
-                .patient(|| async {
-                    tokio::try_join!(
-                        self.consul.kv_get(&self.keys.tag),
-                        self.consul.kv_get(&self.keys.deployed),
-                        // Read only when this write moves the key.
-                        async {
-                            match w.key {
-                                KeyWrite::Keep => Ok(None),
-                                _ => self.digest_now().await,
-                            }
-                        },
-                    )
-                })
-                .await?;
-            let mut ops = Vec::with_capacity(8);
-            let mut value =
-                serde_json::to_value(&w.deployed).map_err(|e| RolloutError::Corrupt {
-                    key: self.keys.deployed.clone(),
-                    reason: e.to_string(),
-                })?;
-            if let (true, Some(at), Some(obj)) =
-                (w.deployed.is_busy(), self.started(), value.as_object_mut())
-            {
-                obj.insert(STARTED.into(), at.into());
-            }
-            ops.push(TxnOp::Cas {
-                key: self.keys.deployed.clone(),
-                value: serde_json::to_vec(&value).unwrap_or_default(),
-                index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
-            });
-            let current = key
-                .value
-                .as_ref()
-                .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
-            let key_index = key.value.as_ref().map_or(0, |kv| kv.modify_index);
-            match &w.key {
-                KeyWrite::Set { tag, .. } if current.as_deref() != Some(tag.as_str()) => {
-                    ops.push(TxnOp::Cas {
-                        key: self.keys.tag.clone(),
-                        value: tag.as_bytes().to_vec(),
-                        index: key_index,
-                    });
-                }
-                KeyWrite::Delete if current.is_some() => ops.push(TxnOp::DeleteCas {
-                    key: self.keys.tag.clone(),
-                    index: key_index,
-                }),
-                _ => {}
-            }
-            // The digest key moves with the tag key, CAS on what was read.
-            let want_digest = match &w.key {
-                KeyWrite::Keep => None,
-                KeyWrite::Set { digest, .. } => Some(digest.as_deref()),
-                KeyWrite::Delete => Some(None),
-            };
-            if let (Some(dk), Some(want)) = (&self.keys.digest, want_digest) {
-                let (now, index) = digest.as_ref().map_or((None, 0), |kv| {
-                    (Some(String::from_utf8_lossy(&kv.value)), kv.modify_index)
-                });
-                ops.extend(crate::ingest::digest_key_op(
-                    dk,
-                    want,
-                    now.as_deref(),
-                    index,
-                ));
-            }
-            if let Some(g) = guard {
-                ops.push(check_index(&self.keys.desired, g.desired_index));
-                ops.push(check_index(&self.keys.pin, g.pin_index));
-            }
-            if let (Some(entry), Some(head)) = (&w.history, &history) {
-                let (history_ops, _) = history_store::append_ops(
-                    &self.keys.history,
-                    head,
-                    entry,
-                    self.svc.history_keep,
-                );
-                ops.extend(history_ops);
-            }
-            if let Some((lock, session)) = &self.ctx.fence {
-                ops.push(TxnOp::CheckSession {
-                    key: lock.clone(),
-                    session: session.clone(),
-                });
-            }
+            let seen = self.observe(&w).await?;
+            let txn = self.commit_txn(&w, &seen, guard)?;
             // The write itself is not retried blindly on a transport error:
             // the loop re-reads and builds it again.
-            let outcome = self.patient(|| self.consul.txn(&ops)).await?;
+            let outcome = self.patient(|| self.consul.txn(txn.ops())).await?;
             let TxnOutcome::Conflict(errors) = outcome else {
                 return Ok(Committed::Yes);
             };
@@ -348,8 +256,92 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         }
     }
 
+    /// What a commit's transaction is conditioned on, read just before it.
+    async fn observe(&self, w: &Writes) -> Result<Observed, RolloutError> {
+        let head = match &w.history {
+            Some(_) => Some(
+                self.patient(|| {
+                    self.consul
+                        .history_head(&self.keys.history, self.svc.history_keep)
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        let (key, deployed, digest) = self
+            .patient(|| async {
+                tokio::try_join!(
+                    self.consul.kv_get(&self.keys.tag),
+                    self.consul.kv_get(&self.keys.deployed),
+                    // Read only when this write moves the key.
+                    async {
+                        match w.key {
+                            KeyWrite::Keep => Ok(None),
+                            _ => self.digest_now().await,
+                        }
+                    },
+                )
+            })
+            .await?;
+        Ok(Observed {
+            head,
+            key: key.value,
+            deployed_index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
+            digest,
+        })
+    }
+
+    /// The one transaction of a commit, built from what was just read: the
+    /// deployed record, the key (and the digest key with it), the guard's
+    /// checks, the history entry and the leader's fence.
+    fn commit_txn(
+        &self,
+        w: &Writes,
+        seen: &Observed,
+        guard: Option<Guard>,
+    ) -> Result<Txn, RolloutError> {
+        let keys = &self.keys;
+        let mut txn = Txn::with_capacity(8);
+        txn.put_deployed(keys, &w.deployed, self.started(), seen.deployed_index)?;
+        let current = seen
+            .key
+            .as_ref()
+            .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
+        let key_index = seen.key.as_ref().map_or(0, |kv| kv.modify_index);
+        match &w.key {
+            KeyWrite::Set { tag, .. } if current.as_deref() != Some(tag.as_str()) => {
+                txn.set_tag(keys, tag, key_index);
+            }
+            KeyWrite::Delete if current.is_some() => txn.delete_tag(keys, key_index),
+            _ => {}
+        }
+        // The digest key moves with the tag key, CAS on what was read.
+        let want_digest = match &w.key {
+            KeyWrite::Keep => None,
+            KeyWrite::Set { digest, .. } => Some(digest.as_deref()),
+            KeyWrite::Delete => Some(None),
+        };
+        if let Some(want) = want_digest {
+            let (now, index) = seen.digest.as_ref().map_or((None, 0), |kv| {
+                (Some(String::from_utf8_lossy(&kv.value)), kv.modify_index)
+            });
+            txn.move_digest(keys, want, now.as_deref(), index);
+        }
+        if let Some(g) = guard {
+            txn.check(&keys.desired, g.desired_index);
+            txn.check(&keys.pin, g.pin_index);
+        }
+        if let (Some(entry), Some(head)) = (&w.history, &seen.head) {
+            txn.append_history(keys, head, entry, self.svc.history_keep);
+        }
+        if let Some((lock, session)) = &self.ctx.fence {
+            txn.fence(lock, session);
+        }
+        Ok(txn)
+    }
+
     /// The digest key as it is now (`None`: absent or not configured).
-    pub(super) async fn digest_now(&self) -> Result<Option<crate::consul::KvPair>, ConsulError> {
+    pub(super) async fn digest_now(&self) -> Result<Option<KvPair>, ConsulError> {
         match &self.keys.digest {
             Some(k) => Ok(self.consul.kv_get(k).await?.value),
             None => Ok(None),
@@ -386,18 +378,4 @@ fn jobs_detail(rec: &Deployed, current: &str) -> String {
         )))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Fail the transaction unless `key` is still at `index` (0: absent).
-fn check_index(key: &str, index: u64) -> TxnOp {
-    if index == 0 {
-        TxnOp::CheckNotExists {
-            key: key.to_string(),
-        }
-    } else {
-        TxnOp::CheckIndex {
-            key: key.to_string(),
-            index,
-        }
-    }
 }

@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use super::template_reads::{reads, reads_beside, Reach};
+use crate::clients::nomad::Job;
 use crate::config::{RolloutConfig, ServiceConfig, Strategy};
-use crate::nomad::Job;
 
 /// What `check --connect` found in one live job.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -142,7 +142,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     ) -> Result<(), RolloutError> {
         let reason = failure.to_string();
         tracing::warn!(service = %self.svc.name, tag = %rec.tag, reason = %reason, "rollout failed; rolling back");
-        rec.outcome = RolloutState::RollingBack;
+        rec.state = RolloutState::RollingBack;
         rec.detail = Some(reason.clone());
         rec.at = now_rfc3339();
         self.commit(Writes {

@@ -290,7 +290,7 @@ fn adoption_counts_only_versions_of_this_attempt() {
         let mut doc = job_doc(tag);
         doc["Version"] = json!(v);
         doc["JobModifyIndex"] = json!(v + 10);
-        crate::nomad::Job::from_value(doc).unwrap()
+        crate::clients::nomad::Job::from_value(doc).unwrap()
     };
     let versions = [j(3, "1.0"), j(2, "1.1"), j(1, "1.1"), j(0, "1.0")];
     assert_eq!(adoptable(&versions, "image_tag", "1.1", 1), Some(2));
@@ -936,8 +936,9 @@ async fn a_rollback_restores_the_digest_key_with_the_tag() {
     w.consul.with(|kv| {
         kv.before_txn = Some(Box::new(|_, ops| {
             let sets = |k: &str| {
-                ops.iter()
-                    .any(|op| matches!(op, crate::consul::TxnOp::Cas { key, .. } if key == k))
+                ops.iter().any(
+                    |op| matches!(op, crate::clients::consul::TxnOp::Cas { key, .. } if key == k),
+                )
             };
             if sets(KEY) {
                 assert!(

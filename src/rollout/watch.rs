@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 
 use super::*;
-use crate::consul::BlockingIndex;
-use crate::nomad::{Allocation, Deployment};
+use crate::clients::consul::BlockingIndex;
+use crate::clients::nomad::{Allocation, Deployment};
 
 impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     /// Wait for the register's evaluation; placement failures fail fast.

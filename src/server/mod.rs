@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ServiceConfig};
-use crate::ingest::{Change, Ingest, IngestError, Outcome};
+use crate::ingest::{Change, Ingest, IngestError, Ingested};
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::tls::CertStore;
 use crate::webhook::{self, Parsed, WebhookError};
@@ -152,7 +152,7 @@ enum Rejection {
     /// The status path names a seq no change was given.
     UnknownRollout(u64),
     /// The status path could not read the records.
-    Outcome(crate::outcome::OutcomeError),
+    ChangeStatus(crate::store::StoreError),
     /// `resolve_digest`: the registry gave no digest for the pushed tag.
     Digest(digest::DigestError),
 }
@@ -170,7 +170,7 @@ impl Rejection {
             Rejection::Ingest(IngestError::Corrupt { .. }) => "error",
             Rejection::Ingest(_) => "unavailable",
             Rejection::UnknownRollout(_) => "unknown_rollout",
-            Rejection::Outcome(_) => "unavailable",
+            Rejection::ChangeStatus(_) => "unavailable",
             Rejection::Digest(_) => "registry_error",
         }
     }
@@ -180,7 +180,7 @@ impl Rejection {
         match self {
             Rejection::Signature(e) => Some(e.to_string()),
             Rejection::BadRequest(reason) => Some(reason.clone()),
-            Rejection::Outcome(e) => Some(e.to_string()),
+            Rejection::ChangeStatus(e) => Some(e.to_string()),
             Rejection::Digest(e) => Some(e.to_string()),
             _ => None,
         }
@@ -239,12 +239,12 @@ impl Rejection {
                 json!({"error": format!("no change with seq {seq} (yet)")}),
                 None,
             ),
-            Rejection::Outcome(e @ crate::outcome::OutcomeError::Corrupt { .. }) => (
+            Rejection::ChangeStatus(e @ crate::store::StoreError::Corrupt { .. }) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!({"error": e.to_string()}),
                 None,
             ),
-            Rejection::Outcome(_) => (
+            Rejection::ChangeStatus(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "state store unavailable; retry later"}),
                 Some(5),
@@ -1006,7 +1006,7 @@ struct Accepted<'a> {
     tag: &'a str,
     /// With `?wait=`: where the rollout stood when the answer was given.
     #[serde(skip_serializing_if = "Option::is_none")]
-    deploy: Option<&'a crate::outcome::SeqStatus>,
+    deploy: Option<&'a crate::change_status::SeqStatus>,
 }
 
 /// The answer to an accepted webhook. A queued rollout names its seq and
@@ -1017,7 +1017,7 @@ struct Accepted<'a> {
 async fn accepted(
     state: &AppState,
     svc: &ServiceConfig,
-    o: &Outcome,
+    o: &Ingested,
     path: &str,
     wait: Duration,
 ) -> Response<Reply> {
@@ -1032,14 +1032,14 @@ async fn accepted(
     // still fails the pipeline.
     let seq = match o.rollout_seq {
         None if waiting && o.reason.as_deref() == Some("unchanged") => {
-            crate::outcome::desired_seq(consul, &keys, &o.tag)
+            crate::change_status::desired_seq(consul, &keys, &o.tag)
                 .await
                 .unwrap_or(None)
         }
         seq => seq,
     };
     let deploy = match seq {
-        Some(seq) if waiting => match state.waits.outcome(consul, &keys, seq, wait).await {
+        Some(seq) if waiting => match state.waits.seq_status(consul, &keys, seq, wait).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(service = %svc.name, error = %e, "waiting for the rollout's outcome failed; answering without it");
@@ -1061,7 +1061,7 @@ async fn accepted(
         deploy: deploy.as_ref(),
     };
     let status = match (&deploy, seq) {
-        (Some(d), _) => waiting::status_code(d.outcome),
+        (Some(d), _) => waiting::status_code(d.state),
         (None, Some(_)) => StatusCode::ACCEPTED,
         // Waiting for a deploy this webhook did not ask for (older,
         // pinned, filtered): a CI step must not read it as success.
@@ -1090,15 +1090,15 @@ async fn rollout_status(
     let keys = state.ingest.keys(svc);
     let status = state
         .waits
-        .outcome(state.ingest.consul(), &keys, seq, wait)
+        .seq_status(state.ingest.consul(), &keys, seq, wait)
         .await
-        .map_err(Rejection::Outcome)?
+        .map_err(Rejection::ChangeStatus)?
         .ok_or(Rejection::UnknownRollout(seq))?;
     let body = waiting::StatusBody {
         service: &svc.name,
         status: &status,
     };
-    Ok(json_response(waiting::status_code(status.outcome), &body))
+    Ok(json_response(waiting::status_code(status.state), &body))
 }
 
 /// Read and drop a small body before answering a rejected request, so

@@ -16,10 +16,11 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::change_status::{wait_for, SeqState, SeqStatus};
 use crate::clients::consul::Consul;
 use crate::config::parse_duration;
-use crate::ingest::Keys;
-use crate::outcome::{wait_for, OutcomeError, SeqState, SeqStatus};
+use crate::store::Keys;
+use crate::store::StoreError;
 
 /// Requests that may wait at once, across services. Beyond it, a request
 /// is answered at once with where the rollout stands (202 while it runs).
@@ -57,13 +58,13 @@ impl Waits {
     /// # Errors
     ///
     /// Consul unreachable or a record tagbridge did not write.
-    pub async fn outcome(
+    pub async fn seq_status(
         &self,
         consul: &Consul,
         keys: &Keys,
         seq: u64,
         wait: Duration,
-    ) -> Result<Option<SeqStatus>, OutcomeError> {
+    ) -> Result<Option<SeqStatus>, StoreError> {
         let slot = if wait.is_zero() || self.stop.is_cancelled() {
             None
         } else {

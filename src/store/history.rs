@@ -28,8 +28,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::consul::{Consul, ConsulError, TxnOp, TxnOutcome};
-use crate::history::{decode_history, HistoryEntry};
+use super::records::{decode_history, HistoryEntry};
+use super::{corrupt, StoreError};
+use crate::clients::consul::{Consul, TxnOp, TxnOutcome};
 
 /// Entries trimmed by one write at most. One is enough in steady state;
 /// the slack lets a history shrink after `history_keep` is lowered
@@ -112,26 +113,6 @@ pub struct HeadRead {
     pub legacy: Option<u64>,
 }
 
-/// Why the history could not be read or migrated.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum HistoryError {
-    #[error(transparent)]
-    Consul(#[from] ConsulError),
-    /// A record exists but is not what tagbridge writes.
-    #[error("state record {key} is unreadable: {reason}")]
-    Corrupt { key: String, reason: String },
-    /// Another writer kept migrating or writing at the same time.
-    #[error("history of {0} kept changing during migration")]
-    Contention(String),
-}
-
-fn corrupt(key: &str, e: impl std::fmt::Display) -> HistoryError {
-    HistoryError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    }
-}
-
 /// Decode a head value; absent or empty is an empty history.
 ///
 /// # Errors
@@ -149,7 +130,7 @@ pub fn decode_head(value: Option<&[u8]>) -> Result<Head, serde_json::Error> {
 /// # Errors
 ///
 /// Consul failures, an unreadable head.
-pub async fn read_head(consul: &Consul, keys: &HistoryKeys) -> Result<HeadRead, HistoryError> {
+pub async fn read_head(consul: &Consul, keys: &HistoryKeys) -> Result<HeadRead, StoreError> {
     let (head, legacy) = tokio::try_join!(consul.kv_get(&keys.head), consul.kv_get(&keys.legacy))?;
     let value = head.value.as_ref();
     Ok(HeadRead {
@@ -266,7 +247,7 @@ pub async fn migrate(
     consul: &Consul,
     keys: &HistoryKeys,
     keep: usize,
-) -> Result<HeadRead, HistoryError> {
+) -> Result<HeadRead, StoreError> {
     for _ in 0..4 {
         let read = read_head(consul, keys).await?;
         if read.index != 0 || read.legacy.is_none() {
@@ -338,7 +319,7 @@ pub async fn migrate(
             tracing::info!(key = %keys.legacy, entries = n, "history migrated to one key per entry");
         }
     }
-    Err(HistoryError::Contention(keys.legacy.clone()))
+    Err(StoreError::Contention(keys.legacy.clone()))
 }
 
 /// The newest `limit` entries, newest first, in either layout.
@@ -350,7 +331,7 @@ pub async fn recent(
     consul: &Consul,
     keys: &HistoryKeys,
     limit: usize,
-) -> Result<Vec<HistoryEntry>, HistoryError> {
+) -> Result<Vec<HistoryEntry>, StoreError> {
     let mut read = read_head(consul, keys).await?;
     if read.index == 0 && read.legacy.is_none() {
         // The two reads are not atomic: a migration that committed between
@@ -408,7 +389,7 @@ pub async fn recent(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::Event;
+    use crate::store::Event;
 
     fn entry(tag: &str) -> HistoryEntry {
         HistoryEntry {

@@ -2,7 +2,7 @@
 //!
 //! Operators asked for "a record of what ran when": every change to a
 //! service's tag, and every rollout outcome, is a history entry (one KV key
-//! each, laid out by `history_store`). The shapes here are the contract's
+//! each, laid out by `store::history`). The shapes here are the contract's
 //! (section 5); readers tolerate unknown fields so older and newer
 //! tagbridge versions can share a cluster.
 
@@ -71,7 +71,7 @@ pub struct Desired {
 /// while a rollout runs, everything a new leader needs to resume it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
-    /// The tag running once `outcome` is final (after a rollback: the
+    /// The tag running once `state` is final (after a rollback: the
     /// restored one); while in progress, the tag being deployed.
     pub tag: String,
     #[serde(default)]
@@ -84,7 +84,8 @@ pub struct Deployed {
     pub deployment: Option<String>,
     pub at: String,
     /// Where the rollout stands.
-    pub outcome: RolloutState,
+    #[serde(rename = "outcome")]
+    pub state: RolloutState,
     /// The tag that ran before this rollout (the rollback target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
@@ -123,11 +124,25 @@ pub struct JobDone {
 impl Deployed {
     /// A rollout or rollback is under way: the controller owns the key.
     pub fn is_busy(&self) -> bool {
-        self.outcome.is_busy()
+        self.state.is_busy()
     }
 }
 
-/// The `outcome` of a deployed record: under way (`in_progress`,
+/// The pin record: present = webhooks are recorded but not deployed; the
+/// controller deploys only `tag` (a rollback's target) while it exists.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PinRecord {
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub at: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The `state` of a deployed record (stored as `outcome`): under way (`in_progress`,
 /// `rolling_back`) or final (`deployed`, `rolled_back`, `failed`). Stored
 /// as its snake_case name, the spelling records have always had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,7 +256,7 @@ mod tests {
         ];
         for (old, state) in cases {
             let rec: Deployed = serde_json::from_str(old).expect(old);
-            assert_eq!(rec.outcome, state);
+            assert_eq!(rec.state, state);
             assert_eq!(rec.is_busy(), state.is_busy());
             assert_eq!(serde_json::to_string(&rec).unwrap(), old);
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());

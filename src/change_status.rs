@@ -13,9 +13,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::clients::consul::{BlockingIndex, Consul, ConsulError};
-use crate::history::{Deployed, Desired, RolloutState};
-use crate::ingest::Keys;
+use crate::clients::consul::{BlockingIndex, Consul};
+use crate::store::read::read_deployed_blocking;
+use crate::store::{read_desired, Deployed, Desired, Keys, RolloutState, StoreError};
 
 /// Where one seq stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,7 +44,8 @@ impl SeqState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SeqStatus {
     pub seq: u64,
-    pub outcome: SeqState,
+    #[serde(rename = "outcome")]
+    pub state: SeqState,
     /// The tag this seq asked for, while it is the newest change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
@@ -82,7 +83,7 @@ pub fn status_of(
     }
     let mut s = SeqStatus {
         seq,
-        outcome: SeqState::Queued,
+        state: SeqState::Queued,
         tag: desired.filter(|d| d.seq == seq).map(|d| d.tag.clone()),
         running: None,
         reason: None,
@@ -93,13 +94,13 @@ pub fn status_of(
     };
     match deployed {
         Some(d) if d.seq == seq => {
-            s.outcome = match d.outcome {
+            s.state = match d.state {
                 RolloutState::InProgress | RolloutState::RollingBack => SeqState::InProgress,
                 RolloutState::Deployed => SeqState::Deployed,
                 RolloutState::RolledBack => SeqState::RolledBack,
                 RolloutState::Failed => SeqState::Failed,
             };
-            if d.outcome == RolloutState::RolledBack {
+            if d.state == RolloutState::RolledBack {
                 s.running = Some(d.tag.clone());
             } else {
                 s.tag.get_or_insert_with(|| d.tag.clone());
@@ -109,39 +110,16 @@ pub fn status_of(
             s.updated_at = Some(d.at.clone());
         }
         Some(d) if d.seq > seq => {
-            s.outcome = SeqState::Superseded;
+            s.state = SeqState::Superseded;
             s.by = Some(d.seq);
         }
         _ if desired.is_some_and(|d| d.seq > seq) => {
-            s.outcome = SeqState::Superseded;
+            s.state = SeqState::Superseded;
             s.by = desired.map(|d| d.seq);
         }
         _ => {}
     }
     Some(s)
-}
-
-/// Why the records could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum OutcomeError {
-    #[error(transparent)]
-    Consul(#[from] ConsulError),
-    #[error("state record {key} is unreadable: {reason}")]
-    Corrupt { key: String, reason: String },
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    key: &str,
-    value: Option<&[u8]>,
-) -> Result<Option<T>, OutcomeError> {
-    value
-        .map(|v| {
-            serde_json::from_slice(v).map_err(|e| OutcomeError::Corrupt {
-                key: key.to_string(),
-                reason: e.to_string(),
-            })
-        })
-        .transpose()
 }
 
 /// The seq of the desired record when it names `tag`: a re-sent webhook
@@ -154,12 +132,8 @@ pub async fn desired_seq(
     consul: &Consul,
     keys: &Keys,
     tag: &str,
-) -> Result<Option<u64>, OutcomeError> {
-    let read = consul.kv_get(&keys.desired).await?;
-    let desired: Option<Desired> = decode(
-        &keys.desired,
-        read.value.as_ref().map(|kv| kv.value.as_slice()),
-    )?;
+) -> Result<Option<u64>, StoreError> {
+    let desired = read_desired(consul, keys).await?;
     Ok(desired.filter(|d| d.tag == tag).map(|d| d.seq))
 }
 
@@ -176,37 +150,22 @@ pub async fn wait_for(
     keys: &Keys,
     seq: u64,
     wait: Duration,
-) -> Result<Option<SeqStatus>, OutcomeError> {
+) -> Result<Option<SeqStatus>, StoreError> {
     let deadline = Instant::now() + wait;
     let mut index = BlockingIndex::default();
     loop {
-        let desired = consul.kv_get(&keys.desired).await?;
+        let desired = read_desired(consul, keys).await?;
         let left = deadline.saturating_duration_since(Instant::now());
-        // Consul reads `wait=0ms` as its own 5-minute default.
-        let deployed = if index.current() == 0 || left < Duration::from_millis(1) {
-            consul.kv_get(&keys.deployed).await?
-        } else {
-            consul
-                .kv_get_blocking(&keys.deployed, index.current(), left)
-                .await?
-        };
-        index.observe(deployed.index);
-        let desired: Option<Desired> = decode(
-            &keys.desired,
-            desired.value.as_ref().map(|kv| kv.value.as_slice()),
-        )?;
-        let deployed: Option<Deployed> = decode(
-            &keys.deployed,
-            deployed.value.as_ref().map(|kv| kv.value.as_slice()),
-        )?;
+        let (deployed, read_index) =
+            read_deployed_blocking(consul, keys, index.current(), left).await?;
+        index.observe(read_index);
         let status = status_of(seq, desired.as_ref(), deployed.as_ref());
-        let done = status.as_ref().is_none_or(|s| s.outcome.is_final());
+        let done = status.as_ref().is_none_or(|s| s.state.is_final());
         if done || Instant::now() >= deadline {
             return Ok(status);
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,7 +187,7 @@ mod tests {
             job_version: Some(4),
             deployment: None,
             at: "2026-11-30T00:01:00Z".into(),
-            outcome,
+            state: outcome,
             previous: Some("1.0.0".into()),
             previous_digest: None,
             prior_version: Some(3),
@@ -247,7 +206,7 @@ mod tests {
             Some(&deployed(4, "1.0.0", RolloutState::Deployed)),
         )
         .unwrap();
-        assert_eq!(s.outcome, SeqState::Queued);
+        assert_eq!(s.state, SeqState::Queued);
         assert_eq!(s.tag.as_deref(), Some("1.1.0"));
         let s = status_of(
             5,
@@ -255,14 +214,14 @@ mod tests {
             Some(&deployed(5, "1.1.0", RolloutState::InProgress)),
         )
         .unwrap();
-        assert_eq!(s.outcome, SeqState::InProgress);
+        assert_eq!(s.state, SeqState::InProgress);
         let s = status_of(
             5,
             Some(&want),
             Some(&deployed(5, "1.1.0", RolloutState::Deployed)),
         )
         .unwrap();
-        assert_eq!((s.outcome, s.job_version), (SeqState::Deployed, Some(4)));
+        assert_eq!((s.state, s.job_version), (SeqState::Deployed, Some(4)));
         // Rolled back: the record names the restored tag; the seq's own
         // tag stays the one asked for.
         let s = status_of(
@@ -271,11 +230,11 @@ mod tests {
             Some(&deployed(5, "1.0.0", RolloutState::RolledBack)),
         )
         .unwrap();
-        assert_eq!(s.outcome, SeqState::RolledBack);
+        assert_eq!(s.state, SeqState::RolledBack);
         assert_eq!(s.tag.as_deref(), Some("1.1.0"));
         assert_eq!(s.running.as_deref(), Some("1.0.0"));
         assert_eq!(s.reason.as_deref(), Some("healthz failing"));
-        assert!(s.outcome.is_final());
+        assert!(s.state.is_final());
     }
 
     #[test]
@@ -286,14 +245,14 @@ mod tests {
             Some(&deployed(5, "1.1.0", RolloutState::InProgress)),
         )
         .unwrap();
-        assert_eq!((s.outcome, s.by), (SeqState::Superseded, Some(5)));
+        assert_eq!((s.state, s.by), (SeqState::Superseded, Some(5)));
         let s = status_of(
             5,
             Some(&desired(6, "1.2.0")),
             Some(&deployed(4, "1.0.0", RolloutState::Deployed)),
         )
         .unwrap();
-        assert_eq!((s.outcome, s.by), (SeqState::Superseded, Some(6)));
+        assert_eq!((s.state, s.by), (SeqState::Superseded, Some(6)));
         assert!(status_of(7, Some(&desired(6, "1.2.0")), None).is_none());
         assert!(status_of(0, Some(&desired(6, "1.2.0")), None).is_none());
         assert!(status_of(1, None, None).is_none());
