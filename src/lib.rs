@@ -2,8 +2,8 @@
 //!
 //! The library owns the logic; `main` owns the world (signals, files,
 //! sockets, re-exec). Modules follow the data path: `config` → `server` →
-//! `webhook::<source>` → `policy` → `ingest` → `consul` → `history_store`,
-//! then `controller` → `rollout` → `nomad`.
+//! `webhook::<source>` → `policy` → `ingest` → `store` → Consul, then
+//! `controller` → `rollout` → `store` and Nomad.
 //!
 //! # Layout
 //!
@@ -20,13 +20,16 @@
 //!   `grammar` (the input grammar), `signature` (authenticity checks),
 //!   `decode` (JSON decoding and client-facing messages).
 //! * `policy` — include/exclude filters and tag order.
-//! * `ingest` — one change, one Consul transaction.
-//! * `history` — the records' shapes (history entry, desired, deployed,
-//!   and the closed sets `Event` and `RolloutState`);
-//!   `history_store` — history as one key per entry: writes, paged reads,
-//!   migration of the old layout.
-//! * `outcome` — what became of one change (a desired `seq`), for the
-//!   caller waiting on `/hooks/<secret>/rollouts/<seq>`.
+//! * `ingest` — one change, one Consul transaction (what to write, and
+//!   the check-and-set retries).
+//! * `store` — the one owner of the Consul records: the key layout
+//!   (`Keys`), the record shapes (`records`: history entry, desired,
+//!   deployed, pin, `Event`, `RolloutState`), `history` (one key per
+//!   entry: appends, trims, paged reads, migration), the readers (`read`)
+//!   and the transaction builder (`ops::Txn`). Nothing else builds a
+//!   Consul transaction op.
+//! * `change_status` — what became of one change (a desired `seq`), for
+//!   the caller waiting on `?wait` or `/hooks/<secret>/rollouts/<seq>`.
 //! * `sync` — missed webhooks made good: a registry listing's best tag
 //!   through ingest (`tagbridge sync`); `poller` — the leader doing it
 //!   every `poll_interval`.

@@ -13,6 +13,7 @@ use super::*;
 use crate::clients::consul::{KvPair, TxnOutcome};
 use crate::clock::now_rfc3339;
 use crate::notify::Notice;
+use crate::store::read::{read_digest, read_index, read_tag};
 use crate::store::{Event, HeadRead, Txn};
 
 /// What to do with the service's key in the same transaction.
@@ -268,11 +269,11 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             ),
             None => None,
         };
-        let (key, deployed, digest) = self
+        let (key, deployed_index, digest) = self
             .patient(|| async {
                 tokio::try_join!(
-                    self.consul.kv_get(&self.keys.tag),
-                    self.consul.kv_get(&self.keys.deployed),
+                    read_tag(self.consul, &self.keys),
+                    read_index(self.consul, &self.keys.deployed),
                     // Read only when this write moves the key.
                     async {
                         match w.key {
@@ -285,8 +286,8 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             .await?;
         Ok(Observed {
             head,
-            key: key.value,
-            deployed_index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
+            key,
+            deployed_index,
             digest,
         })
     }
@@ -342,10 +343,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
 
     /// The digest key as it is now (`None`: absent or not configured).
     pub(super) async fn digest_now(&self) -> Result<Option<KvPair>, ConsulError> {
-        match &self.keys.digest {
-            Some(k) => Ok(self.consul.kv_get(k).await?.value),
-            None => Ok(None),
-        }
+        read_digest(self.consul, &self.keys).await
     }
 
     /// Whether the fence's lock key no longer names our session (deleted,

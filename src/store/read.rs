@@ -341,3 +341,38 @@ pub async fn read_pin_target<C: KvRead>(
     let read = consul.kv_get(&keys.pin).await?;
     Ok(decode_pin(read.value.as_ref()).filter(|t| !t.is_empty()))
 }
+
+/// The service's key as it is now (`None`: absent), with its index.
+///
+/// # Errors
+///
+/// Consul failures.
+pub async fn read_tag<C: KvRead>(consul: &C, keys: &Keys) -> Result<Option<KvPair>, ConsulError> {
+    Ok(consul.kv_get(&keys.tag).await?.value)
+}
+
+/// The digest key as it is now (`None`: absent or not configured), with
+/// its index.
+///
+/// # Errors
+///
+/// Consul failures.
+pub async fn read_digest<C: KvRead>(
+    consul: &C,
+    keys: &Keys,
+) -> Result<Option<KvPair>, ConsulError> {
+    match &keys.digest {
+        Some(k) => Ok(consul.kv_get(k).await?.value),
+        None => Ok(None),
+    }
+}
+
+/// A record's ModifyIndex (0: absent): what a write that replaces the
+/// record whatever it holds checks-and-sets against.
+///
+/// # Errors
+///
+/// Consul failures.
+pub async fn read_index<C: KvRead>(consul: &C, key: &str) -> Result<u64, ConsulError> {
+    Ok(consul.kv_get(key).await?.value.map_or(0, |kv| kv.modify_index))
+}
