@@ -100,21 +100,21 @@ pub enum Command {
 /// A failure the user can fix; printed as one line, exit code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("unknown service {0:?} (configured: {1})")]
     UnknownService(String, String),
-    #[error("{0}")]
+    #[error(transparent)]
     Client(#[from] ClientBuildError),
-    #[error("{0}")]
+    #[error(transparent)]
     Ingest(#[from] IngestError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Consul(#[from] crate::clients::consul::ConsulError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),

@@ -24,6 +24,8 @@ pub(super) struct Collector {
     /// Choices that load but deserve a word (`check` prints them, `serve`
     /// logs them).
     pub(super) warnings: Vec<Problem>,
+    /// Fields already reported for their value's type (service, field).
+    quiet: Vec<(Option<String>, String)>,
 }
 
 impl Collector {
@@ -32,6 +34,7 @@ impl Collector {
             file,
             problems: Vec::new(),
             warnings: Vec::new(),
+            quiet: Vec::new(),
         }
     }
 
@@ -45,8 +48,27 @@ impl Collector {
     }
 
     pub(super) fn add(&mut self, service: Option<&str>, field: &str, message: impl Into<String>) {
+        if self.is_quiet(service, field) {
+            return;
+        }
         let p = self.problem(service, field, message.into());
         self.problems.push(p);
+    }
+
+    /// No more problems for this field: its value had the wrong type
+    /// (reported) and was dropped, so what the checks would say of it
+    /// unset ("is required", "is empty") would only repeat that.
+    pub(super) fn quiet(&mut self, service: Option<&str>, field: &str) {
+        self.quiet
+            .push((service.map(str::to_string), field.to_string()));
+    }
+
+    /// Whether this field's value was reported for its type (see
+    /// [`Collector::quiet`]).
+    pub(super) fn is_quiet(&self, service: Option<&str>, field: &str) -> bool {
+        self.quiet
+            .iter()
+            .any(|(s, f)| s.as_deref() == service && f == field)
     }
 
     pub(super) fn warn(&mut self, service: Option<&str>, field: &str, message: impl Into<String>) {
@@ -394,14 +416,15 @@ pub(super) fn nets(
         .collect()
 }
 
-/// The file's text as its raw shape, or the one problem that stops
+/// The file's text as its raw shape (each value of the wrong type reported
+/// and dropped, see [`super::typed`]), or the one problem that stops
 /// everything (too deeply nested, not HCL, an unknown field).
 pub(super) fn read_raw(c: &mut Collector, text: &str) -> Option<RawConfig> {
     if let Err(msg) = nesting_within(text, MAX_NESTING) {
         c.add(None, "", msg);
         return None;
     }
-    match hcl::from_str(text) {
+    match hcl::parse(text).and_then(|body| super::typed::read(c, body)) {
         Ok(r) => Some(r),
         Err(e) => {
             let msg = e

@@ -10,8 +10,9 @@
 //! One file per block: `listener` (the top level and `tls`), `cluster`
 //! (`consul`, `nomad`), `notify`, `service` (with `tags` and `rollout`),
 //! `registry` (a service's registry);
-//! `raw` is the file's shape as HCL gives it, `fields` the checks they
-//! share. The validated shapes are here.
+//! `raw` is the file's shape as HCL gives it, `typed` reads it (each value
+//! of the wrong type one problem), `fields` the checks they share. The
+//! validated shapes are here.
 
 mod cluster;
 mod fields;
@@ -20,6 +21,7 @@ mod notify;
 mod raw;
 pub mod registry;
 mod service;
+mod typed;
 
 use std::fmt;
 use std::net::SocketAddr;

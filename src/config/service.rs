@@ -354,7 +354,10 @@ fn rollout_jobs(
         (Some(j), None) => vec![j],
         (None, Some(list)) => list,
         (None, None) => {
-            c.add(svc, "rollout.job", "is required (or jobs, for several)");
+            // A `jobs` of the wrong type was reported as that already.
+            if !c.is_quiet(svc, "rollout.jobs") {
+                c.add(svc, "rollout.job", "is required (or jobs, for several)");
+            }
             return Vec::new();
         }
     };

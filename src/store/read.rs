@@ -374,5 +374,9 @@ pub async fn read_digest<C: KvRead>(
 ///
 /// Consul failures.
 pub async fn read_index<C: KvRead>(consul: &C, key: &str) -> Result<u64, ConsulError> {
-    Ok(consul.kv_get(key).await?.value.map_or(0, |kv| kv.modify_index))
+    Ok(consul
+        .kv_get(key)
+        .await?
+        .value
+        .map_or(0, |kv| kv.modify_index))
 }
