@@ -15,6 +15,7 @@
 
 mod cluster;
 mod fields;
+mod keys;
 mod listener;
 mod notify;
 mod raw;
@@ -35,6 +36,7 @@ use crate::policy::{Order, TagPolicy};
 use crate::webhook::Source;
 pub use fields::parse_duration;
 use fields::Collector;
+pub use keys::accepted_keys;
 
 /// A secret read from a file or the environment.
 ///
