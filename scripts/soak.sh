@@ -7,7 +7,7 @@
 # fail their health check), SIGKILLs the leader now and then (restarted
 # after up to 8 s), restarts Consul and the Nomad server, and runs edited
 # jobs as an operator would (a meta key, the count). Then it waits for
-# quiet (bounded, 10 min), checks the invariants I1-I5 of the README and
+# quiet (bounded, 10 min), checks the invariants I1-I5 of docs/rollouts.md and
 # prints its counts: webhooks, rollouts, rollbacks, faults injected by
 # kind, invariant violations.
 #

@@ -36,7 +36,7 @@ cargo clippy --all-targets --quiet -- -D warnings
 
 echo "== cargo deny check bans licenses sources"
 # The advisories check is not run: its database is fetched from a git
-# host these machines cannot reach (see README, "Supply chain").
+# host these machines cannot reach (see docs/operations.md, "Supply chain").
 bash scripts/install-cargo-tools.sh deny
 cargo deny --locked check bans licenses sources
 

@@ -2,9 +2,9 @@
 //! `scripts/soak.sh`, never by a plain `cargo test` (the test is ignored).
 //!
 //! Why it exists: the rollout tests stage one race each; this one lets
-//! them overlap for minutes and then checks the invariants I1–I5 (README,
-//! "Invariants") from what Consul and Nomad show, not from what tagbridge
-//! says about itself. Two `tagbridge serve` replicas (the binary
+//! them overlap for minutes and then checks the invariants I1–I5
+//! (docs/rollouts.md, "Invariants") from what Consul and Nomad show, not
+//! from what tagbridge says about itself. Two `tagbridge serve` replicas (the binary
 //! `TAGBRIDGE_SOAK_BIN` names, the release build under soak.sh), a
 //! durable Consul server, a Nomad server and a separate client with data
 //! dirs, and several template-strategy services running the example job.

@@ -16,6 +16,7 @@
 
 mod cluster;
 mod fields;
+mod keys;
 mod listener;
 mod notify;
 mod raw;
@@ -37,6 +38,7 @@ use crate::store::Event;
 use crate::webhook::Source;
 pub use fields::parse_duration;
 use fields::Collector;
+pub use keys::accepted_keys;
 
 /// A secret read from a file or the environment.
 ///

@@ -43,8 +43,9 @@ const SINGLE: [&str; 3] = ["key", "keyOrDefault", "keyExists"];
 ///
 /// A listing template that compares `.Key` unequal to the key's path
 /// below its prefix (`{{ if ne .Key "IMAGE_TAG" }}`) is taken to leave the
-/// key out: that is how the README tells operators to split the key from
-/// the rest of the prefix. Any other mention of that name does not count.
+/// key out: that is how `nomad/README.md` (web-prefix) tells operators to
+/// split the key from the rest of the prefix. Any other mention of that
+/// name does not count.
 pub fn reads(body: &str, key: &str) -> Reads {
     reads_beside(body, key, &[])
 }
