@@ -56,11 +56,12 @@ static DIALECT: Dialect = Dialect {
 /// Why a Consul call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConsulError {
-    #[error("consul {op}: {source}")]
+    #[error("consul {op}: {cause}")]
     Request {
         op: &'static str,
-        #[source]
-        source: RequestError,
+        /// In the message, so not also the error's source: a chain printer
+        /// (anyhow's `{:#}`) would show it twice.
+        cause: RequestError,
     },
     /// Consul answered with a status the call does not expect.
     #[error("consul {op}: HTTP {status}: {body}")]
@@ -103,7 +104,7 @@ impl ConsulError {
 
 impl ApiError for ConsulError {
     fn request(op: &'static str, source: RequestError) -> Self {
-        ConsulError::Request { op, source }
+        ConsulError::Request { op, cause: source }
     }
     fn status(op: &'static str, status: StatusCode, body: String) -> Self {
         ConsulError::Status { op, status, body }

@@ -39,11 +39,12 @@ static DIALECT: Dialect = Dialect {
 /// Why a Nomad call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NomadError {
-    #[error("nomad {op}: {source}")]
+    #[error("nomad {op}: {cause}")]
     Request {
         op: &'static str,
-        #[source]
-        source: RequestError,
+        /// In the message, so not also the error's source: a chain printer
+        /// (anyhow's `{:#}`) would show it twice.
+        cause: RequestError,
     },
     #[error("nomad {op}: HTTP {status}: {body}")]
     Status {
@@ -57,7 +58,7 @@ pub enum NomadError {
 
 impl ApiError for NomadError {
     fn request(op: &'static str, source: RequestError) -> Self {
-        NomadError::Request { op, source }
+        NomadError::Request { op, cause: source }
     }
     fn status(op: &'static str, status: StatusCode, body: String) -> Self {
         NomadError::Status { op, status, body }

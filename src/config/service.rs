@@ -88,16 +88,7 @@ fn service(
         );
     }
     let secret_sha256 = secret_sha256(c, name, s.secret_sha256.as_deref());
-    let source = match s.source.as_deref() {
-        None => {
-            c.add(svc, "source", "is required");
-            Source::Generic
-        }
-        Some(v) => v.parse().unwrap_or_else(|e: String| {
-            c.add(svc, "source", e);
-            Source::Generic
-        }),
-    };
+    let source = source(c, name, s.source.as_deref());
     let repository = repository(c, name, s.repository.unwrap_or_default());
     let digest_key = s
         .digest_key
@@ -112,14 +103,7 @@ fn service(
     }
     let signing_secret = signing_secret(c, name, s.signing_secret_file, source, purpose);
     let allow_cidrs = allow_cidrs(c, name, s.allow_cidrs);
-    let history_keep = match s.history_keep {
-        None => 100,
-        Some(n) if (1..=10_000).contains(&n) => n as usize,
-        Some(n) => {
-            c.add(svc, "history_keep", format!("{n} is outside 1..=10000"));
-            100
-        }
-    };
+    let history_keep = history_keep(c, name, s.history_keep);
     let policy = tags(c, name, s.tags.unwrap_or_default());
     let rollout = s.rollout.map(|r| rollout(c, name, r));
     let registry = super::registry::block(c, name, source, s.registry);
@@ -151,6 +135,36 @@ fn service(
         registry,
         poll_interval,
     })
+}
+
+/// The registry source (`generic` when missing or unknown, reported).
+fn source(c: &mut Collector, name: &str, text: Option<&str>) -> Source {
+    match text {
+        None => {
+            c.add(Some(name), "source", "is required");
+            Source::Generic
+        }
+        Some(v) => v.parse().unwrap_or_else(|e: String| {
+            c.add(Some(name), "source", e);
+            Source::Generic
+        }),
+    }
+}
+
+/// History entries kept: 1 to 10 000, 100 by default.
+fn history_keep(c: &mut Collector, name: &str, n: Option<i64>) -> usize {
+    match n {
+        None => 100,
+        Some(n) if (1..=10_000).contains(&n) => n as usize,
+        Some(n) => {
+            c.add(
+                Some(name),
+                "history_keep",
+                format!("{n} is outside 1..=10000"),
+            );
+            100
+        }
+    }
 }
 
 /// The sha256 of the URL secret (never the secret itself).
