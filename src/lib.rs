@@ -48,7 +48,10 @@
 //! * `metrics` — the Prometheus registry.
 //! * `tls` — the serving certificate and its reloads; `x509` — its expiry.
 //! * `clock` — RFC 3339 timestamps.
-//! * `cli` — the operator commands.
+//! * `cli` — the operator commands, one group per file: `check`,
+//!   `secret`, `history`, `status`, `watch` (`status --watch`), `deploy`,
+//!   `pin` (`rollback`, `unpin`), `sync`; the clap definitions and
+//!   `CliError` in `cli/mod.rs`.
 
 pub mod change_status;
 pub mod cli;
