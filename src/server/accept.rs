@@ -12,8 +12,10 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -152,17 +154,7 @@ async fn connection(
     let _slot = slot;
     let state = &shared.state;
     state.metrics.connections_open.inc();
-    let end = serve_one(
-        tcp,
-        peer,
-        accepted_at,
-        shared.acceptor,
-        state,
-        &shared.builder,
-        &shared.stopping,
-        &shared.hard_stop,
-    )
-    .await;
+    let end = serve_one(&shared, tcp, peer, accepted_at).await;
     state.metrics.connections_open.dec();
     if let Some(reason) = end.reason() {
         state.metrics.connection_closed(reason);
@@ -211,46 +203,19 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// One connection: TLS handshake and first request head under one
 /// deadline from accept, then requests until idle, the peer leaves or the
 /// server stops.
-#[allow(clippy::too_many_arguments)]
 async fn serve_one(
-    tcp: tokio::net::TcpStream,
+    shared: &ConnShared,
+    tcp: TcpStream,
     peer: SocketAddr,
-    accepted_at: tokio::time::Instant,
-    acceptor: TlsAcceptor,
-    state: &Arc<AppState>,
-    builder: &auto::Builder<TokioExecutor>,
-    stopping: &CancellationToken,
-    hard_stop: &CancellationToken,
+    accepted_at: Instant,
 ) -> conn::End {
-    let mut deadline = accepted_at + state.limits.first_request;
-    let handshake = acceptor.accept(tcp);
-    tokio::pin!(handshake);
-    // When shutdown starts, a handshake in progress gets a short grace
-    // (a client accepted just before a reload is served, not cut), while a
-    // silent connection, like a TCP health check, cannot hold the drain.
-    let mut stop_seen = false;
-    let tls = loop {
-        tokio::select! {
-            r = tokio::time::timeout_at(deadline, handshake.as_mut()) => break match r {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return conn::End::Done;
-                }
-                Err(_) if stop_seen => return conn::End::Shutdown,
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake not done by the first-request deadline");
-                    return conn::End::FirstRequestTimeout;
-                }
-            },
-            () = stopping.cancelled(), if !stop_seen => {
-                stop_seen = true;
-                deadline = deadline.min(
-                    tokio::time::Instant::now() + conn::STOP_FIRST_REQUEST_GRACE,
-                );
-            }
-        }
-    };
+    let state = &shared.state;
+    let deadline = accepted_at + state.limits.first_request;
+    let (tls, deadline) =
+        match tls_handshake(&shared.acceptor, tcp, peer, deadline, &shared.stopping).await {
+            Ok(done) => done,
+            Err(end) => return end,
+        };
     let activity = conn::Activity::new();
     let svc = {
         let state = state.clone();
@@ -265,16 +230,56 @@ async fn serve_one(
             }
         })
     };
-    let served = builder.serve_connection(TokioIo::new(tls), svc);
+    let served = shared.builder.serve_connection(TokioIo::new(tls), svc);
     conn::drive(
         served,
         &activity,
         deadline,
         state.limits.idle,
-        stopping,
-        hard_stop,
+        &shared.stopping,
+        &shared.hard_stop,
     )
     .await
+}
+
+/// The TLS handshake, done by `deadline` (the first request's, from
+/// accept). Gives the stream and what is left of the deadline for the
+/// first request head, or how the connection ended.
+async fn tls_handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut deadline: Instant,
+    stopping: &CancellationToken,
+) -> Result<(TlsStream<TcpStream>, Instant), conn::End> {
+    let handshake = acceptor.accept(tcp);
+    tokio::pin!(handshake);
+    // When shutdown starts, a handshake in progress gets a short grace
+    // (a client accepted just before a reload is served, not cut), while a
+    // silent connection, like a TCP health check, cannot hold the drain.
+    let mut stop_seen = false;
+    loop {
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, handshake.as_mut()) => return match r {
+                Ok(Ok(s)) => Ok((s, deadline)),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    Err(conn::End::Done)
+                }
+                Err(_) if stop_seen => Err(conn::End::Shutdown),
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not done by the first-request deadline");
+                    Err(conn::End::FirstRequestTimeout)
+                }
+            },
+            () = stopping.cancelled(), if !stop_seen => {
+                stop_seen = true;
+                deadline = deadline.min(
+                    Instant::now() + conn::STOP_FIRST_REQUEST_GRACE,
+                );
+            }
+        }
+    }
 }
 
 /// Write the rejection summary every [`reject_log::INTERVAL`], and once

@@ -3,8 +3,9 @@
 //! [`Reply`], which also decides what becomes of a request body the
 //! answer came before (held, or drained after a 413).
 //!
-//! Kept apart from the routes so that every status, header and body a
-//! client can get is written in this one file.
+//! Kept apart from the routes: they decide what a request gets, this
+//! file how a refusal is answered (status, body, `Retry-After`,
+//! `Connection: close`), in one place.
 
 use std::future::Future;
 use std::pin::Pin;

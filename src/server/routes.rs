@@ -5,7 +5,7 @@
 //! /hooks/<secret>/rollouts/<seq>` tells where a change stands; every
 //! request is counted once and logged once ([`handle`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -83,9 +83,9 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) 
     resp
 }
 
-/// Decide one webhook request. Long because it is the contract's table
-/// in order (secret, address, body, signature, payload, ingest), and
-/// each step's early answer is clearer in place than behind a helper.
+/// Decide one webhook request: the contract's table in order (secret,
+/// address, then the status path, or body, signature, payload, ingest),
+/// each step's early answer in place.
 async fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -123,31 +123,13 @@ async fn route(
     // which guessing cannot find; the 404/429 difference itself tells
     // nothing about any secret. The limit slows guessing and the noise it
     // makes; the secret's size is what protects it.
-
-    // Hash something for every request, so an unknown path costs the same
-    // as a wrong secret.
-    let path = parts.uri.path();
-    let rest = path.strip_prefix("/hooks/").unwrap_or(path);
-    // The status path lives under the same secret: `<secret>/rollouts/<seq>`.
-    let (presented, status_seq) = match rest.split_once("/rollouts/") {
-        Some((secret, seq)) => (secret, Some(seq)),
-        None => (rest, None),
-    };
-    let matched = guard::match_secret(&state.config.services, presented.as_bytes());
-    let wanted = match status_seq {
-        None => Method::POST,
-        Some(_) => Method::GET,
-    };
-    let idx = match matched {
-        Some(i) if parts.method == wanted && path.starts_with("/hooks/") => i,
-        _ => {
-            let r = match state.guard.fail(ip) {
-                Some(wait) => Rejection::RateLimited(wait),
-                None => Rejection::NotFound,
-            };
-            drain(&mut body).await;
-            return (hold(reject(&mut report, r), body), report);
-        }
+    let Some((idx, status_seq)) = target(state, &parts) else {
+        let r = match state.guard.fail(ip) {
+            Some(wait) => Rejection::RateLimited(wait),
+            None => Rejection::NotFound,
+        };
+        drain(&mut body).await;
+        return (hold(reject(&mut report, r), body), report);
     };
     report.service = Some(idx);
     let svc = &state.config.services[idx];
@@ -168,6 +150,59 @@ async fn route(
         };
         return (resp, report);
     }
+    let hook = Hook {
+        state,
+        svc,
+        ip,
+        parts: &parts,
+    };
+    let resp = webhook(&hook, body, &mut report).await;
+    (resp, report)
+}
+
+/// The service whose secret the path presents, and the seq when it is
+/// the status path (`<secret>/rollouts/<seq>`); `None` when no secret
+/// matches, or the method is not the one the path takes.
+fn target<'a>(
+    state: &AppState,
+    parts: &'a http::request::Parts,
+) -> Option<(usize, Option<&'a str>)> {
+    // Hash something for every request, so an unknown path costs the same
+    // as a wrong secret.
+    let path = parts.uri.path();
+    let rest = path.strip_prefix("/hooks/").unwrap_or(path);
+    // The status path lives under the same secret: `<secret>/rollouts/<seq>`.
+    let (presented, status_seq) = match rest.split_once("/rollouts/") {
+        Some((secret, seq)) => (secret, Some(seq)),
+        None => (rest, None),
+    };
+    let matched = guard::match_secret(&state.config.services, presented.as_bytes());
+    let wanted = match status_seq {
+        None => Method::POST,
+        Some(_) => Method::GET,
+    };
+    match matched {
+        Some(i) if parts.method == wanted && path.starts_with("/hooks/") => Some((i, status_seq)),
+        _ => None,
+    }
+}
+
+/// A webhook past its secret and address checks: what the steps from
+/// its body to its answer share.
+struct Hook<'a> {
+    state: &'a AppState,
+    svc: &'a ServiceConfig,
+    /// The client address as the limits see it.
+    ip: IpAddr,
+    parts: &'a http::request::Parts,
+}
+
+/// `POST /hooks/<secret>`: its `?wait=`, its body (bounded), then the
+/// delivery.
+async fn webhook(hook: &Hook<'_>, mut body: Incoming, report: &mut Report) -> Response<Reply> {
+    let Hook {
+        state, svc, parts, ..
+    } = *hook;
     // Checked before anything is written: bad input changes nothing.
     let cap = svc
         .rollout
@@ -177,85 +212,36 @@ async fn route(
         Ok(w) => w,
         Err(m) => {
             drain(&mut body).await;
-            return (
-                hold(reject(&mut report, Rejection::BadRequest(m)), body),
-                report,
-            );
+            return hold(reject(report, Rejection::BadRequest(m)), body);
         }
     };
 
     let body = match read_body(&mut body, &parts.headers, state.limits.body_read).await {
         Ok(b) => b,
         Err(Rejection::TooLarge) => {
-            let resp = reject(&mut report, Rejection::TooLarge);
-            return (too_large(resp, body, &parts), report);
+            let resp = reject(report, Rejection::TooLarge);
+            return too_large(resp, body, parts);
         }
-        Err(r) => return (hold(reject(&mut report, r), body), report),
+        Err(r) => return hold(reject(report, r), body),
     };
-    let resp = deliver(state, svc, ip, &parts, &body, wait, &mut report).await;
-    (resp, report)
+    deliver(hook, &body, wait, report).await
 }
 
 /// The authenticated webhook's payload: parse (signature included), hold
 /// it to the service's repository, apply the best tag, answer.
 async fn deliver(
-    state: &AppState,
-    svc: &ServiceConfig,
-    ip: std::net::IpAddr,
-    parts: &http::request::Parts,
+    hook: &Hook<'_>,
     body: &Bytes,
     wait: Duration,
     report: &mut Report,
 ) -> Response<Reply> {
-    let parsed = webhook::parse(
-        svc.source,
-        &webhook::Request {
-            headers: &parts.headers,
-            body,
-            signing_secret: svc.signing_secret.as_ref().map(|s| s.expose()),
-        },
-    );
-    let pushes = match parsed {
-        Ok(Parsed::Push(p)) => p,
-        Ok(Parsed::Ping) => {
-            report.outcome = "ping";
-            return json_response(StatusCode::OK, &json!({"pong": true}));
-        }
-        Ok(Parsed::Ignored(reason)) => {
-            report.outcome = "ignored";
-            let body = json!({
-                "service": svc.name, "key": svc.key, "tag": null, "previous": null,
-                "changed": false, "reason": reason, "rollout": "none",
-            });
-            return json_response(StatusCode::OK, &body);
-        }
-        Err(e @ (WebhookError::SignatureMissing(_) | WebhookError::SignatureMismatch)) => {
-            let r = match state.guard.fail(ip) {
-                Some(wait) => Rejection::RateLimited(wait),
-                None => Rejection::Signature(e),
-            };
-            return reject(report, r);
-        }
-        Err(WebhookError::Malformed(m)) => {
-            return reject(report, Rejection::BadRequest(m));
-        }
+    let Hook {
+        state, svc, parts, ..
+    } = *hook;
+    let pushes = match payload(hook, body, report) {
+        Payload::Pushes(p) => p,
+        Payload::Answered(resp) => return resp,
     };
-    if let Some(p) = pushes
-        .iter()
-        .find(|p| !p.repository.eq_ignore_ascii_case(&svc.repository))
-    {
-        let msg = format!(
-            "repository {:?} does not match this service's repository {:?}",
-            p.repository, svc.repository
-        );
-        return reject(report, Rejection::BadRequest(msg));
-    }
-    if pushes.is_empty() {
-        return reject(
-            report,
-            Rejection::BadRequest(format!("{}: no tag in payload", svc.source)),
-        );
-    }
     let push = match best_resolved(state, svc, pushes).await {
         Ok(p) => p,
         Err(e) => {
@@ -289,6 +275,76 @@ async fn deliver(
             reject(report, Rejection::Ingest(e))
         }
     }
+}
+
+/// What a webhook's payload asks for.
+enum Payload {
+    /// Pushes of the service's repository, at least one.
+    Pushes(Vec<webhook::ImagePush>),
+    /// Nothing to apply: a ping, an ignored event, a bad signature or
+    /// payload, answered here.
+    Answered(Response<Reply>),
+}
+
+/// Parse the payload (signature included) and hold its pushes to the
+/// service's repository.
+fn payload(hook: &Hook<'_>, body: &Bytes, report: &mut Report) -> Payload {
+    let Hook {
+        state,
+        svc,
+        ip,
+        parts,
+    } = *hook;
+    let parsed = webhook::parse(
+        svc.source,
+        &webhook::Request {
+            headers: &parts.headers,
+            body,
+            signing_secret: svc.signing_secret.as_ref().map(|s| s.expose()),
+        },
+    );
+    let pushes = match parsed {
+        Ok(Parsed::Push(p)) => p,
+        Ok(Parsed::Ping) => {
+            report.outcome = "ping";
+            return Payload::Answered(json_response(StatusCode::OK, &json!({"pong": true})));
+        }
+        Ok(Parsed::Ignored(reason)) => {
+            report.outcome = "ignored";
+            let body = json!({
+                "service": svc.name, "key": svc.key, "tag": null, "previous": null,
+                "changed": false, "reason": reason, "rollout": "none",
+            });
+            return Payload::Answered(json_response(StatusCode::OK, &body));
+        }
+        Err(e @ (WebhookError::SignatureMissing(_) | WebhookError::SignatureMismatch)) => {
+            let r = match state.guard.fail(ip) {
+                Some(wait) => Rejection::RateLimited(wait),
+                None => Rejection::Signature(e),
+            };
+            return Payload::Answered(reject(report, r));
+        }
+        Err(WebhookError::Malformed(m)) => {
+            return Payload::Answered(reject(report, Rejection::BadRequest(m)));
+        }
+    };
+    if let Some(p) = pushes
+        .iter()
+        .find(|p| !p.repository.eq_ignore_ascii_case(&svc.repository))
+    {
+        let msg = format!(
+            "repository {:?} does not match this service's repository {:?}",
+            p.repository, svc.repository
+        );
+        return Payload::Answered(reject(report, Rejection::BadRequest(msg)));
+    }
+    if pushes.is_empty() {
+        return Payload::Answered(reject(
+            report,
+            Rejection::BadRequest(format!("{}: no tag in payload", svc.source)),
+        ));
+    }
+    Payload::Pushes(pushes)
 }
 
 /// The one tag of a push that the service's policy ranks highest, with
