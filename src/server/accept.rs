@@ -70,7 +70,7 @@ pub async fn run(
                 }
             },
         };
-        let accepted_at = tokio::time::Instant::now();
+        let accepted_at = Instant::now();
         let Ok(slot) = address_slot(&state, &per_address, peer) else {
             drop(tcp);
             continue;
@@ -144,9 +144,9 @@ fn address_slot(
 /// until the connection ends, and counts it.
 async fn connection(
     shared: ConnShared,
-    tcp: tokio::net::TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
-    accepted_at: tokio::time::Instant,
+    accepted_at: Instant,
     permit: tokio::sync::OwnedSemaphorePermit,
     slot: Option<conn::AddrSlot>,
 ) {
