@@ -11,11 +11,14 @@
 //!   file per block: `listener` (top level and `tls`), `cluster` (`consul`,
 //!   `nomad`), `notify`, `service` (with `tags` and `rollout`); `raw` (the
 //!   file's shape), `fields` (the checks the blocks share).
-//! * `server` — the HTTPS webhook listener: `conn` (a connection's
-//!   deadlines, per-address caps), `guard` (secret matching, client
-//!   address, failed-attempt limit), `reject_log` (rejections summarised),
-//!   `admin` (health, readiness, metrics), `digest` (`resolve_digest`: a
-//!   pushed tag's digest asked of its registry, one request at a time).
+//! * `server` — the HTTPS webhook listener: `accept` (the accept loop,
+//!   each connection's task), `routes` (the hook routes), `reply` (the
+//!   answers, the one status mapping), `body` (bounded body reading),
+//!   `conn` (a connection's deadlines, per-address caps), `guard` (secret
+//!   matching, client address, failed-attempt limit), `reject_log`
+//!   (rejections summarised), `admin` (health, readiness, metrics),
+//!   `digest` (`resolve_digest`: a pushed tag's digest asked of its
+//!   registry, one request at a time).
 //! * `webhook` — one file per registry source, normalised to `ImagePush`;
 //!   `grammar` (the input grammar), `signature` (authenticity checks),
 //!   `decode` (JSON decoding and client-facing messages).
