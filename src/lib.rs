@@ -10,7 +10,9 @@
 //! * `config` — `tagbridge.hcl` and the environment, validated once, one
 //!   file per block: `listener` (top level and `tls`), `cluster` (`consul`,
 //!   `nomad`), `notify`, `service` (with `tags` and `rollout`); `raw` (the
-//!   file's shape), `fields` (the checks the blocks share).
+//!   file's shape), `typed` (each value's type checked as written),
+//!   `fields` (the checks the blocks share), `keys` (every key the parser
+//!   accepts, for the docs' drift test).
 //! * `server` — the HTTPS webhook listener: `accept` (the accept loop,
 //!   each connection's task), `routes` (the hook routes), `reply` (the
 //!   answers, the one status mapping), `body` (bounded body reading),
