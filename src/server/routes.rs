@@ -254,18 +254,18 @@ async fn deliver(
         source: svc.source,
     };
     match state.ingest.apply(svc, &change).await {
-        Ok(outcome) => {
-            report.tag = Some(outcome.tag.clone());
-            report.outcome = if outcome.changed {
+        Ok(ingested) => {
+            report.tag = Some(ingested.tag.clone());
+            report.outcome = if ingested.changed {
                 "applied"
             } else {
-                match outcome.reason.as_deref() {
+                match ingested.reason.as_deref() {
                     Some("unchanged") => "unchanged",
                     Some("pinned") => "pinned",
                     _ => "ignored",
                 }
             };
-            accepted(state, svc, &outcome, parts.uri.path(), wait).await
+            accepted(state, svc, &ingested, parts.uri.path(), wait).await
         }
         Err(e) => {
             tracing::warn!(service = %svc.name, error = %e, "ingest failed; nothing written");
