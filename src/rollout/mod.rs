@@ -1,15 +1,20 @@
 //! One service's rollout, staged: register → evaluation → deployment →
 //! allocations, each step a function with a typed outcome.
 //!
-//! The phases live one per file, like Levant's deploy / auto_revert /
-//! failure_inspector: `plan` (deciding what to deploy, registering it),
-//! `watch` (evaluation, deployment, canary gate, failure inspection),
-//! `rollback` (restoring the key and the job), `record` (the fenced
-//! writes of the deployed record, key and history) and `requirements`
-//! (what `check --connect` asks of a job, with `template_reads` telling
-//! which keys a task template reads). Nomad and Consul are reached
-//! only through the narrow traits in `ports`, so every decision can be
-//! driven by a scripted fake in unit tests.
+//! One rollout reads top to bottom in `sequence` (drive → start →
+//! job by job: register → evaluation → deployment → follow → finish or
+//! roll back), which calls the other files, like Levant's deploy /
+//! auto_revert / failure_inspector: `plan` (the decisions: pure
+//! functions of what was observed, such as the tag a rollback restores
+//! and the record a rollout starts with), `watch` (evaluation,
+//! deployment, canary gate, failure inspection), `rollback` (restoring
+//! the key and the jobs), `record` (the fenced writes of the deployed
+//! record, key and history) and `requirements` (what `check --connect`
+//! asks of a job, with `template_reads` telling which keys a task
+//! template reads). This file holds the types and the driver's plumbing
+//! (waiting out outages, the deadline, which job is addressed). Nomad
+//! and Consul are reached only through the narrow traits in `ports`, so
+//! every decision can be driven by a scripted fake in unit tests.
 //!
 //! Every step's progress is written to `<state_prefix>/deployed/<service>`
 //! before the next begins, fenced by the leader's lock, so a new leader
@@ -24,6 +29,7 @@ pub mod ports;
 mod record;
 mod requirements;
 mod rollback;
+mod sequence;
 mod template_reads;
 mod watch;
 
@@ -235,9 +241,6 @@ fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
-/// History entries looked through for the tag a first rollout replaces.
-const PREVIOUS_SCAN: usize = 100;
-
 /// An error a retry may outlast (unreachable, timeout, 5xx, 429).
 pub(crate) trait Transient {
     fn transient(&self) -> bool;
@@ -349,45 +352,6 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
             patience: Mutex::new(None),
             cur: std::sync::atomic::AtomicUsize::new(0),
         })
-    }
-
-    /// Bring the service to its desired tag: resume an unfinished rollout,
-    /// then deploy the newest desired tag (tags that arrived meanwhile are
-    /// skipped: they coalesce into the newest).
-    ///
-    /// # Errors
-    ///
-    /// Anything that stopped the driver before an outcome was recorded;
-    /// the records then say where to resume.
-    pub async fn drive(&self) -> Result<(), RolloutError> {
-        // Each pass finishes one desired seq (or re-decides after a lost
-        // race); bounded so a flapping registry cannot keep one task busy
-        // forever.
-        for _ in 0..32 {
-            self.check_cancel()?;
-            let st = self.patient(|| read_state(self.consul, &self.keys)).await?;
-            if let Some(d) = st.deployed.as_ref().filter(|d| d.is_busy()) {
-                tracing::info!(service = %self.svc.name, tag = %d.tag, state = %d.state, "resuming an unfinished rollout");
-                self.set_started(st.started.unwrap_or_else(unix_ms));
-                self.resume(d.clone()).await?;
-                continue;
-            }
-            let Some(desired) = st.desired.clone() else {
-                return Ok(());
-            };
-            if st.deployed.as_ref().is_some_and(|d| d.seq >= desired.seq) {
-                return Ok(());
-            }
-            if let Some(pin) = &st.pin {
-                if pin != &desired.tag {
-                    tracing::info!(service = %self.svc.name, "pinned: not deploying");
-                    return Ok(());
-                }
-            }
-            self.set_started(unix_ms());
-            self.start(&desired, &st).await?;
-        }
-        Ok(())
     }
 
     fn check_cancel(&self) -> Result<(), RolloutError> {

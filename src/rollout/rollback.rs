@@ -1,5 +1,9 @@
-//! Rollback: restore the key, then bring the job back to the tag that ran
-//! before, and watch that deployment.
+//! Rollback: restore the key, then bring the jobs back to the tag that
+//! ran before, and watch those deployments. `rollback` records the
+//! rollback; `rollback_steps` (where a resumed rollback starts) stops the
+//! failed deployment, restores the key and records the outcome;
+//! `revert_stages` brings the jobs back one by one, each through
+//! `revert_job`'s loop of observe → [`plan_rollback`] → act.
 //!
 //! What to do with the job is decided by [`plan_rollback`] from what
 //! Nomad shows now, every time (after each write, after a lost race, on
@@ -134,6 +138,18 @@ enum Reverted {
     Failed(Failure),
 }
 
+/// How bringing back a rollback's jobs ended, for its record.
+#[derive(Default)]
+struct Tally {
+    /// What each job came back to (named only when there are several).
+    notes: Vec<String>,
+    /// What could not be brought back: any makes the rollback a failure.
+    broken: Vec<String>,
+    /// The version the job in flight was restored at, and the deployment
+    /// that restored it (when this rollback made one).
+    kept: (Option<u64>, Option<String>),
+}
+
 impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     pub(super) async fn rollback(
         &self,
@@ -154,9 +170,10 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         self.rollback_steps(rec, reason).await
     }
 
-    /// Restore the key, then bring back every job the rollout touched:
-    /// the one in flight first, then those already rolled, newest first,
-    /// each watched to the end. Idempotent: a new leader repeats it
+    /// Restore the key, then bring back every job the rollout touched
+    /// ([`Self::revert_stages`]): the one in flight first, then those
+    /// already rolled, newest first, each watched to the end; then record
+    /// how it ended. Idempotent: a new leader repeats it
     /// safely from the `rolling_back` record (a job already back on the
     /// prior tag needs nothing).
     pub(super) async fn rollback_steps(
@@ -186,15 +203,39 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         })
         .await?;
         let several = self.rc.jobs.len() > 1 || !rec.done.is_empty();
+        let tally = self
+            .revert_stages(&stages, target.as_deref(), several)
+            .await?;
+        if !tally.broken.is_empty() {
+            let detail = format!("{reason}; {}", tally.broken.join("; "));
+            return self.finish_failed(rec.clone(), &rec.tag, detail).await;
+        }
+        let detail = std::iter::once(reason)
+            .chain(tally.notes)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let (version, deployment) = tally.kept;
+        self.finish_rolled_back(rec, target, version, deployment, detail)
+            .await
+    }
+
+    /// Bring back each of `stages` to `target`, in order, each watched to
+    /// the end, and tally how each ended (`several`: each note names its
+    /// job). A job no longer in the rollout block is not touched.
+    async fn revert_stages(
+        &self,
+        stages: &[Stage],
+        target: Option<&str>,
+        several: bool,
+    ) -> Result<Tally, RolloutError> {
         let name = |stage: &Stage| match several {
             true => format!("job {}: ", stage.name),
             false => String::new(),
         };
-        let (mut notes, mut broken) = (Vec::new(), Vec::new());
-        let mut kept = (None, None);
-        for stage in &stages {
+        let mut tally = Tally::default();
+        for stage in stages {
             let Some(i) = stage.index else {
-                broken.push(format!(
+                tally.broken.push(format!(
                     "job {}: no longer in the rollout block: not reverted",
                     stage.name
                 ));
@@ -202,10 +243,10 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             };
             self.set_job(i);
             let reverted = self
-                .revert_job(&stage.view, target.clone(), stage.in_flight)
+                .revert_job(&stage.view, target.map(str::to_string), stage.in_flight)
                 .await?;
             match reverted {
-                Reverted::Gone => notes.push(format!(
+                Reverted::Gone => tally.notes.push(format!(
                     "{}the job is gone: key restored, nothing to revert",
                     name(stage)
                 )),
@@ -214,31 +255,24 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                     deployment,
                 } => {
                     if stage.in_flight {
-                        kept = (Some(version), deployment);
+                        tally.kept = (Some(version), deployment);
                     }
                     if several {
-                        notes.push(format!("{}at version {version}", name(stage)));
+                        tally
+                            .notes
+                            .push(format!("{}at version {version}", name(stage)));
                     }
                 }
-                Reverted::Kept => broken.push(format!(
+                Reverted::Kept => tally.broken.push(format!(
                     "{}not reverted: the job kept changing",
                     name(stage)
                 )),
-                Reverted::Failed(f) => {
-                    broken.push(format!("{}the rollback failed too: {f}", name(stage)))
-                }
+                Reverted::Failed(f) => tally
+                    .broken
+                    .push(format!("{}the rollback failed too: {f}", name(stage))),
             }
         }
-        if !broken.is_empty() {
-            let detail = format!("{reason}; {}", broken.join("; "));
-            return self.finish_failed(rec.clone(), &rec.tag, detail).await;
-        }
-        let detail = std::iter::once(reason)
-            .chain(notes)
-            .collect::<Vec<_>>()
-            .join("; ");
-        self.finish_rolled_back(rec, target, kept.0, kept.1, detail)
-            .await
+        Ok(tally)
     }
 
     /// The jobs a rollback brings back, in order: the one in flight (as
@@ -425,7 +459,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         // Someone ran the job again on top of the revert (an edit, a
         // scale): Nomad cancels its deployment, but when their version
         // still names the restored tag, its deployment settles the
-        // rollback (bounded, as in `proceed`).
+        // rollback (bounded, as in the rollout's `follow`).
         let mut outcome = Ok(());
         for _ in 0..3 {
             let Some(d) = &dep else { break };
