@@ -31,6 +31,7 @@ use super::record::{Committed, Guard, KeyWrite};
 use super::*;
 use crate::clients::nomad::Deployment;
 use crate::clock::now_rfc3339;
+use crate::store::read::read_tag;
 use crate::store::{Event, JobDone};
 
 /// History entries looked through for the tag a first rollout replaces.
@@ -110,9 +111,8 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             .find(|e| e.tag == desired.tag && matches!(e.event, Event::Received | Event::Manual))
             .and_then(|e| e.previous);
         let key_now = self
-            .patient(|| self.consul.kv_get(&self.keys.tag))
+            .patient(|| read_tag(self.consul, &self.keys))
             .await?
-            .value
             .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
         let digest_now = self
             .patient(|| self.digest_now())
