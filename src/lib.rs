@@ -39,8 +39,11 @@
 //!   through ingest (`tagbridge sync`); `poller` — the leader doing it
 //!   every `poll_interval`.
 //! * `controller` — the leader lock and one rollout driver per service.
-//! * `rollout` — the rollout, one file per phase (`plan`, `watch`,
-//!   `rollback`, `record`, `requirements` with `template_reads`), Nomad and Consul behind the
+//! * `rollout` — one service's rollout: `sequence` (the driving sequence,
+//!   job by job, read top to bottom), `plan` (the decisions, pure
+//!   functions of what was observed), `watch`, `rollback`, `record` (the
+//!   fenced writes, through `store`), `requirements` with
+//!   `template_reads` (`check --connect`); Nomad and Consul behind the
 //!   narrow traits of `ports`.
 //! * `clients` — the outbound clients and the factories that build them
 //!   (and the rollout context) from a configuration: `http` (one hyper /
