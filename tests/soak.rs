@@ -44,13 +44,12 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::nomad::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -312,61 +311,40 @@ struct Soak {
     _dir: TempDir,
 }
 
+/// The soak's configuration: every service signed `generic`, numeric tag
+/// order, a long history, rolling its job(s) with the template strategy.
 fn config(
     s: &[String],
     workers: bool,
     consul: &str,
     nomad: &str,
     tls: &TestTls,
-    signing: &str,
+    signing: &Path,
 ) -> String {
-    let mut cfg = format!(
-        r#"
-listen       = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-log_format   = "json"
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-consul {{
-  address = "{consul}"
-}}
-nomad {{
-  address = "{nomad}"
-}}
-"#,
-        cert = tls.cert_file.display(),
-        key = tls.key_file.display(),
-    );
+    let mut cfg = TbConfig::new()
+        .admin_listen("127.0.0.1:0")
+        .log_format("json")
+        .tls(tls)
+        .consul(consul)
+        .nomad(nomad);
     for svc in s {
-        let (_, hash) = secret_pair(svc);
         let jobs = match workers {
             true => format!("jobs     = {:?}", jobs_of(svc, true)),
             false => format!("job      = \"{svc}\""),
         };
-        cfg.push_str(&format!(
-            r#"
-service "{svc}" {{
-  secret_sha256       = "{hash}"
-  source              = "generic"
-  repository          = "acme/{svc}"
-  key                 = "configs/{svc}/IMAGE_TAG"
-  signing_secret_file = "{signing}"
-  history_keep        = 10000
-  tags {{
-    order = "numeric"
-  }}
-  rollout {{
-    {jobs}
-    strategy = "template"
-    timeout  = "4m"
-  }}
-}}
-"#
-        ));
+        cfg = cfg.service(
+            Service::new(svc, "generic")
+                .signing_file(signing)
+                .line("history_keep        = 10000")
+                .line("tags {\n    order = \"numeric\"\n  }")
+                .rollout(&[
+                    jobs.as_str(),
+                    "strategy = \"template\"",
+                    "timeout  = \"4m\"",
+                ]),
+        );
     }
-    cfg
+    cfg.render()
 }
 
 impl Soak {
@@ -419,7 +397,7 @@ impl Soak {
             &consul.addr(),
             &nomad.addr(),
             &tls,
-            &signing.display().to_string(),
+            &signing,
         );
         let cfg = dir.write("tagbridge.hcl", text);
         let logs = std::env::var_os("TAGBRIDGE_SOAK_LOGS")
