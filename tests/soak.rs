@@ -158,14 +158,19 @@ struct KeyChange {
     baseline: bool,
 }
 
-/// Watch `configs/` with blocking queries until `stop`; record every
-/// change of a service key.
-fn watch_keys(consul: String, services: Vec<String>, stop: Arc<AtomicBool>) -> Vec<KeyChange> {
+/// Watch `configs/` with blocking queries until `stop` (or `until`, a
+/// backstop); record every change of a service key.
+fn watch_keys(
+    consul: String,
+    services: Vec<String>,
+    stop: Arc<AtomicBool>,
+    until: Instant,
+) -> Vec<KeyChange> {
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut out = Vec::new();
     let mut index = 0u64;
-    // Bounded by `stop`, which the soak sets before it returns.
-    while !stop.load(Ordering::Relaxed) {
+    // Bounded by `stop`, which the soak sets before it returns, and `until`.
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
         let url = format!("{consul}/v1/kv/configs/?recurse&index={index}&wait=5s");
         let entries: Vec<Value> = match blocking_get_status(&url) {
             Ok((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
@@ -220,14 +225,16 @@ struct Version {
 }
 
 /// Poll every job's versions (Nomad keeps only the last few, so poll
-/// often) until `stop`; every version ever seen, per job.
+/// often) until `stop` (or `until`, a backstop); every version ever seen,
+/// per job.
 fn watch_versions(
     nomad: String,
     jobs: Vec<String>,
     stop: Arc<AtomicBool>,
+    until: Instant,
 ) -> HashMap<String, BTreeMap<u64, Version>> {
     let mut out: HashMap<String, BTreeMap<u64, Version>> = HashMap::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
         for job_id in &jobs {
             let url = format!("{nomad}/v1/job/{job_id}/versions");
             let Ok((200, body)) = blocking_get_status(&url) else {
@@ -351,10 +358,18 @@ impl Soak {
     /// The cluster, the jobs running `ok-0`, the config and both replicas
     /// (one straight sequence, hence its length).
     fn start(seed: u64, n: usize, workers: bool) -> Self {
-        let consul = ConsulAgent::start_durable();
-        let (nomad, server) = NomadAgent::start_split(&consul);
-        let dir = TempDir::new("soak");
-        let tls = TestTls::new(&dir);
+        let Cluster {
+            consul,
+            nomad,
+            server,
+            dir,
+            tls,
+            ..
+        } = Cluster::options("soak")
+            .durable_consul()
+            .split_nomad()
+            .start();
+        let (nomad, server) = (nomad.expect("nomad"), server.expect("nomad server"));
         let services: Vec<String> = (0..n).map(|i| format!("svc{i}")).collect();
         let testsvc = testsvc_bin();
         for svc in &services {
@@ -1175,17 +1190,20 @@ fn soak() {
     ));
 
     let stop = Arc::new(AtomicBool::new(false));
+    let settle = Duration::from_secs(600);
+    // The watchers' backstop: the faults, the settling and half an hour.
+    let until = Instant::now() + Duration::from_secs(secs) + settle + Duration::from_secs(1800);
     let keys = {
         let (c, s, st) = (soak.consul.addr(), soak.services.clone(), stop.clone());
-        std::thread::spawn(move || watch_keys(c, s, st))
+        std::thread::spawn(move || watch_keys(c, s, st, until))
     };
     let versions = {
         let (a, s, st) = (soak.nomad.addr(), soak.all_jobs(), stop.clone());
-        std::thread::spawn(move || watch_versions(a, s, st))
+        std::thread::spawn(move || watch_versions(a, s, st, until))
     };
     soak.run(Instant::now() + Duration::from_secs(secs));
     soak.say("faults over; waiting for quiet");
-    let settled = soak.settle(Duration::from_secs(600));
+    let settled = soak.settle(settle);
     stop.store(true, Ordering::Relaxed);
     let keys = keys.join().expect("key watcher");
     let versions = versions.join().expect("version watcher");

@@ -113,7 +113,8 @@ impl Options {
 pub struct Cluster {
     // Field order is drop order: Nomad (and its tasks) before Consul; the
     // slot goes last, once the agents are gone.
-    nomad: Option<NomadAgent>,
+    /// The Nomad agent, if started ([`Cluster::nomad`] is shorter).
+    pub nomad: Option<NomadAgent>,
     /// The restartable Nomad server (`split_nomad` only).
     pub server: Option<NomadServer>,
     pub registry: Option<CraneRegistry>,
