@@ -487,10 +487,7 @@ async fn sighup_with_a_changed_config_restarts_in_place_and_a_bad_one_is_refused
     );
 
     // A valid change: drain, re-exec with the same PID, serve the new one.
-    let (_, new_hash) = secret_pair("api");
-    let added = format!(
-        "{good}\nservice \"api\" {{\n  secret_sha256 = \"{new_hash}\"\n  source = \"quay\"\n  repository = \"acme/api\"\n  key = \"configs/api/IMAGE_TAG\"\n}}\n"
-    );
+    let added = format!("{good}\n{}", Service::new("api", "quay").render());
     std::fs::write(&cfg, added).unwrap();
     hup();
     let log = wait_log("tagbridge serving", 2);

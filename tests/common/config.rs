@@ -220,6 +220,12 @@ impl Service {
         }
     }
 
+    /// Another `secret_sha256` than the hash of [`secret_pair`]`(name)`.
+    pub fn secret_sha256(mut self, hash: &str) -> Self {
+        self.secret_sha256 = hash.into();
+        self
+    }
+
     pub fn repository(mut self, repository: &str) -> Self {
         self.repository = repository.into();
         self
@@ -256,7 +262,8 @@ impl Service {
         self
     }
 
-    fn render(&self) -> String {
+    /// The block's text (a test appending a service to a file uses it).
+    pub fn render(&self) -> String {
         let mut out = format!("service {} {{\n", quoted(&self.name));
         let _ = writeln!(out, "  secret_sha256 = {}", quoted(&self.secret_sha256));
         let _ = writeln!(out, "  source = {}", quoted(&self.source));
