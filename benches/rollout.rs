@@ -37,15 +37,15 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::cluster::{rollout_config, run_example_job, Site, Tagbridge, KEY};
-use common::nomad::{probe, NomadAgent, TERMINAL_DEPLOYMENT};
-use common::{blocking_get_status, ConsulAgent, TempDir, TestTls};
+use common::{
+    blocking_get_status, get_indexed, probe, wait, Cluster, NomadAgent, Tagbridge, KEY,
+    TERMINAL_DEPLOYMENT,
+};
 use serde_json::Value;
 use tagbridge::clients::consul::BlockingIndex;
 
@@ -196,65 +196,37 @@ fn parse_args() -> Result<(usize, Option<Scenario>), String> {
 }
 
 /// Fresh Consul + Nomad dev agents and the TLS material for tagbridge.
-struct Cluster {
-    // Field order is drop order: Nomad (and its tasks) before Consul.
-    nomad: NomadAgent,
-    consul: ConsulAgent,
-    dir: TempDir,
-    tls: TestTls,
+fn start_cluster() -> Cluster {
+    Cluster::options("rollout-bench").nomad().start()
 }
 
-impl Cluster {
-    fn start() -> Self {
-        let consul = ConsulAgent::start();
-        let nomad = NomadAgent::start(&consul);
-        let dir = TempDir::new("rollout-bench");
-        let tls = TestTls::new(&dir);
-        Cluster {
-            nomad,
-            consul,
-            dir,
-            tls,
-        }
-    }
-
-    /// Write the key, register the example job at `tag` (3 instances,
-    /// warm-up 8 s), wait until its deployment is successful.
-    fn run_job(&self, file: &str, tag: &str) {
-        let vars = [("warmup", WARMUP), ("tag_key", KEY)];
-        let limit = Duration::from_secs(120);
-        run_example_job(&self.consul, &self.nomad, file, tag, &vars, |_| {}, limit);
-    }
-
-    fn config(&self, rollout: bool) -> String {
-        let block = "job      = \"web\"\n    strategy = \"template\"\n    timeout  = \"5m\"";
-        rollout_config(
-            self,
-            &self.consul,
-            &self.nomad,
-            "",
-            rollout.then_some(block),
-        )
-    }
-
-    /// Whether a session holds `tagbridge/leader` (the controller leads).
-    fn leader_held(&self) -> bool {
-        let url = format!("{}/v1/kv/tagbridge/leader", self.consul.addr());
-        match blocking_get_status(&url) {
-            Ok((200, body)) => serde_json::from_str::<Value>(&body)
-                .map(|v| v[0]["Session"].is_string())
-                .unwrap_or(false),
-            _ => false,
-        }
-    }
+/// Write the key, register the example job at `tag` (3 instances,
+/// warm-up 8 s), wait until its deployment is successful.
+fn run_job(cluster: &Cluster, file: &str, tag: &str) {
+    let vars = [("warmup", WARMUP), ("tag_key", KEY)];
+    let limit = Duration::from_secs(120);
+    cluster.run_job_within(file, tag, &vars, |_| {}, limit);
 }
 
-impl Site for Cluster {
-    fn dir(&self) -> &TempDir {
-        &self.dir
-    }
-    fn tls(&self) -> &TestTls {
-        &self.tls
+/// Service "web", rolling job "web" with the template strategy when
+/// `rollout` (else it only writes the key).
+fn config(cluster: &Cluster, rollout: bool) -> String {
+    let block = [
+        "job      = \"web\"",
+        "strategy = \"template\"",
+        "timeout  = \"5m\"",
+    ];
+    cluster.web_config("", rollout.then_some(&block[..]))
+}
+
+/// Whether a session holds `tagbridge/leader` (the controller leads).
+fn leader_held(cluster: &Cluster) -> bool {
+    let url = format!("{}/v1/kv/tagbridge/leader", cluster.consul.addr());
+    match blocking_get_status(&url) {
+        Ok((200, body)) => serde_json::from_str::<Value>(&body)
+            .map(|v| v[0]["Session"].is_string())
+            .unwrap_or(false),
+        _ => false,
     }
 }
 
@@ -274,25 +246,20 @@ async fn push(bridge: &Tagbridge, tag: &str) -> (SystemTime, Instant, u16, Value
 /// One scenario on fresh agents.
 fn measure(rt: &tokio::runtime::Runtime, scenario: Scenario) -> Figures {
     let t = Instant::now();
-    let cluster = Cluster::start();
+    let cluster = start_cluster();
     println!("agents ready after {:.1} s", t.elapsed().as_secs_f64());
-    cluster.run_job(scenario.job_file(), OLD_TAG);
+    run_job(&cluster, scenario.job_file(), OLD_TAG);
     println!(
         "job {JOB} ({}) running {OLD_TAG} after {:.1} s",
         scenario.job_file(),
         t.elapsed().as_secs_f64()
     );
     let rollout = scenario == Scenario::Template;
-    let bridge = rt.block_on(Tagbridge::start(&cluster, &cluster.config(rollout), None));
+    let bridge = rt.block_on(Tagbridge::start(&cluster, &config(&cluster, rollout), None));
     if rollout {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cluster.leader_held() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(
-            cluster.leader_held(),
-            "the controller did not lead within 30 s"
-        );
+        wait("the controller to lead", Duration::from_secs(30))
+            .every(Duration::from_millis(50))
+            .until(|| leader_held(&cluster));
     }
     let figures = observe(rt, &cluster, &bridge, scenario);
     rt.block_on(bridge.stop());
@@ -318,7 +285,7 @@ fn observe(
     let record_seen: OnceLock<(Instant, Value)> = OnceLock::new();
     // Every thread below stops at this instant at the latest.
     let hard_stop = Instant::now() + SETTLE_LIMIT + Duration::from_secs(60);
-    let nomad = &cluster.nomad;
+    let nomad = cluster.nomad();
     let consul_addr = cluster.consul.addr();
     let nomad_addr = nomad.addr();
 
@@ -333,14 +300,16 @@ fn observe(
         }
 
         // Baseline: every instance answers with the old tag.
-        let ready = wait_until(Duration::from_secs(30), || {
+        wait(
+            format!("the {INSTANCES} instances of {JOB} to answer before the webhook"),
+            Duration::from_secs(30),
+        )
+        .every(Duration::from_millis(50))
+        .until(|| {
             let s = samples.lock().expect("samples");
             s.last()
                 .is_some_and(|l| l.answering == INSTANCES && l.on_other == INSTANCES)
         });
-        if !ready {
-            panic!("the {INSTANCES} instances of {JOB} did not all answer before the webhook");
-        }
         let window_start = Instant::now();
         std::thread::sleep(Duration::from_millis(500));
 
@@ -362,12 +331,15 @@ fn observe(
         }
 
         let settled = fig.problems.is_empty()
-            && wait_until(SETTLE_LIMIT, || {
-                let on_new = first_all_new(&samples.lock().expect("samples"), sent).is_some();
-                on_new
-                    && (scenario == Scenario::Classic
-                        || (deployment_seen.get().is_some() && record_seen.get().is_some()))
-            });
+            && wait("the deploy to settle", SETTLE_LIMIT)
+                .every(Duration::from_millis(50))
+                .attempt(|| {
+                    let on_new = first_all_new(&samples.lock().expect("samples"), sent).is_some();
+                    on_new
+                        && (scenario == Scenario::Classic
+                            || (deployment_seen.get().is_some() && record_seen.get().is_some()))
+                })
+                .is_ok();
         if !settled && fig.problems.is_empty() {
             fig.problems.push(format!(
                 "not settled within {} s (all on {NEW_TAG}: {}, deployment terminal seen: {}, record seen: {})",
@@ -433,20 +405,6 @@ struct StopOnDrop<'a>(&'a AtomicBool);
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Poll `done` every 50 ms for at most `limit`.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -640,35 +598,6 @@ fn watch_record(
             return;
         }
     }
-}
-
-/// GET over HTTP/1.0 (so no chunked body): status, the `X-Nomad-Index` or
-/// `X-Consul-Index` header (0 when absent) and the body.
-fn get_indexed(url: &str) -> std::io::Result<(u16, u64, String)> {
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut s = std::net::TcpStream::connect(host)?;
-    // Blocking queries wait up to BLOCK_WAIT (plus Nomad's/Consul's jitter).
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let index = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| {
-            k.eq_ignore_ascii_case("x-nomad-index") || k.eq_ignore_ascii_case("x-consul-index")
-        })
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0);
-    Ok((status, index, body.to_string()))
 }
 
 /// The first sample at or after `sent` in which every instance answers

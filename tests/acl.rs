@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::nomad::*;
 use common::*;
 use hcl::eval::{Context, Evaluate};
 use serde_json::{json, Value};
@@ -192,44 +191,23 @@ async fn terraform_policies_allow_exactly_what_tagbridge_needs() {
     let ct = dir.write("consul.token", &consul_token);
     let nt = dir.write("nomad.token", &nomad_token);
     let signing = dir.write("web.hmac", SIGNING);
-    let config = format!(
-        r#"
-listen = "127.0.0.1:0"
-log_format = "pretty"
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-consul {{
-  address    = "{caddr}"
-  token_file = "{ct}"
-}}
-nomad {{
-  address    = "{naddr}"
-  token_file = "{nt}"
-}}
-service "web" {{
-  secret_sha256       = "{hash}"
-  source              = "generic"
-  repository          = "acme/web"
-  key                 = "configs/web/IMAGE_TAG"
-  signing_secret_file = "{signing}"
-  rollout {{
-    job      = "web"
-    strategy = "jobspec"
-    timeout  = "3m"
-  }}
-}}
-"#,
-        cert = tls.cert_file.display(),
-        key = tls.key_file.display(),
-        caddr = c.addr(),
-        naddr = n.addr(),
-        ct = ct.display(),
-        nt = nt.display(),
-        hash = secret_pair("web").1,
-        signing = signing.display(),
-    );
+    let config = TbConfig::new()
+        .log_format("pretty")
+        .tls(&tls)
+        .consul(c.addr())
+        .consul_attr("token_file", ct.display().to_string())
+        .nomad(n.addr())
+        .nomad_attr("token_file", nt.display().to_string())
+        .service(
+            Service::new("web", "generic")
+                .signing_file(&signing)
+                .rollout(&[
+                    "job      = \"web\"",
+                    "strategy = \"jobspec\"",
+                    "timeout  = \"3m\"",
+                ]),
+        )
+        .render();
     let server = InProcess::start(&config, &dir).await;
     let ctx = tagbridge::clients::rollout_context(&server.state.config).unwrap();
     let cancel = CancellationToken::new();
@@ -250,26 +228,24 @@ service "web" {{
         "ingest with the module's Consul token"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let record = loop {
-        let (s, v) = tokio::task::block_in_place(|| {
-            consul(
-                &c,
-                "GET",
-                "/v1/kv/tagbridge/deployed/web?raw",
-                &consul_root,
-                None,
-            )
-        });
-        if s == 200 && v["outcome"] == "deployed" && v["tag"] == "1.1.0" {
-            break v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rollout with the module's tokens did not finish: {v}"
+    let record = wait(
+        "the rollout with the module's tokens to finish",
+        Duration::from_secs(150),
+    )
+    .until_async(|| {
+        let (s, v) = consul(
+            &c,
+            "GET",
+            "/v1/kv/tagbridge/deployed/web?raw",
+            &consul_root,
+            None,
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+        match s == 200 && v["outcome"] == "deployed" && v["tag"] == "1.1.0" {
+            true => Ok(v),
+            false => Err(v),
+        }
+    })
+    .await;
     assert_eq!(record["job_version"], 1);
     let running = tokio::task::block_in_place(|| n.running_tags("web"));
     assert_eq!(running, vec!["1.1.0"; 2]);

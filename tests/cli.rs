@@ -18,42 +18,17 @@ const TOKEN: &str = "consul-token-do-not-log-7f3a";
 
 fn write_config(dir: &TempDir, tls: &TestTls, extra: &str) -> std::path::PathBuf {
     let signing = dir.write("gen.hmac", SIGNING);
-    let (_, gen_hash) = secret_pair("gen");
-    let (_, web_hash) = secret_pair("web");
-    dir.write(
-        "tagbridge.hcl",
-        format!(
-            r#"
-listen       = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-{extra}
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-service "gen" {{
-  secret_sha256       = "{gen_hash}"
-  source              = "generic"
-  repository          = "acme/gen"
-  key                 = "configs/gen/IMAGE_TAG"
-  signing_secret_file = "{signing}"
-  tags {{ order = "numeric" }}
-}}
-service "web" {{
-  secret_sha256 = "{web_hash}"
-  source        = "dockerhub"
-  repository    = "acme/web"
-  key           = "configs/web/IMAGE_TAG"
-  rollout {{
-    job = "web"
-  }}
-}}
-"#,
-            cert = tls.cert_file.display(),
-            key = tls.key_file.display(),
-            signing = signing.display(),
-        ),
-    )
+    TbConfig::new()
+        .admin_listen("127.0.0.1:0")
+        .top(extra)
+        .tls(tls)
+        .service(
+            Service::new("gen", "generic")
+                .signing_file(&signing)
+                .line("tags { order = \"numeric\" }"),
+        )
+        .service(Service::new("web", "dockerhub").rollout(&["job = \"web\""]))
+        .write(dir, "tagbridge.hcl")
 }
 
 fn serve(config: &Path, consul: &ConsulAgent, log: std::path::PathBuf) -> Serving {
@@ -66,6 +41,23 @@ fn serve(config: &Path, consul: &ConsulAgent, log: std::path::PathBuf) -> Servin
         ],
         log,
     )
+}
+
+/// Wait (≤ 10 s) until `tb`'s log has a line containing `needle`.
+async fn wait_log_line(tb: &Serving, needle: &str) {
+    wait(
+        format!("{needle:?} in the log"),
+        std::time::Duration::from_secs(10),
+    )
+    .every(std::time::Duration::from_millis(50))
+    .until_async(|| {
+        let log = tb.log_text();
+        match log.contains(needle) {
+            true => Ok(()),
+            false => Err(log),
+        }
+    })
+    .await;
 }
 
 fn generic_body(tag: &str) -> Vec<u8> {
@@ -414,11 +406,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_pair_keeps_the_old_one() {
             .status();
     };
     hup(tb.pid());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !tb.log_text().contains("new TLS pair refused") {
-        assert!(std::time::Instant::now() < deadline, "{}", tb.log_text());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_log_line(&tb, "new TLS pair refused").await;
     assert_eq!(
         probe(tls.client(), tb.url("/hooks/x")).await.ok(),
         Some(404)
@@ -430,11 +418,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_pair_keeps_the_old_one() {
     std::fs::copy(&other.cert_file, &tls.cert_file).unwrap();
     std::fs::copy(&other.key_file, &tls.key_file).unwrap();
     hup(tb.pid());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !tb.log_text().contains("SIGHUP: TLS certificate reloaded") {
-        assert!(std::time::Instant::now() < deadline, "{}", tb.log_text());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_log_line(&tb, "SIGHUP: TLS certificate reloaded").await;
     assert_eq!(
         probe(other.client(), tb.url("/hooks/x")).await.ok(),
         Some(404)
@@ -463,29 +447,27 @@ async fn sighup_with_a_changed_config_restarts_in_place_and_a_bad_one_is_refused
     // Blocking waits run beside the runtime, so the client's connections
     // can still answer the server's graceful-shutdown GOAWAY.
     let wait_log = |needle: &str, count: usize| {
-        tokio::task::block_in_place(|| {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            loop {
+        blocking(|| {
+            wait(
+                format!("{needle:?} x{count} in the log"),
+                std::time::Duration::from_secs(20),
+            )
+            .every(std::time::Duration::from_millis(50))
+            .until(|| {
                 let log = tb.log_text();
-                if log.matches(needle).count() >= count {
-                    return log;
+                match log.matches(needle).count() >= count {
+                    true => Ok(log),
+                    false => Err(log),
                 }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no {needle:?} x{count}:\n{log}"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
+            })
         })
     };
 
     // An invalid edit is refused; the old configuration keeps serving.
     let good = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        good.replace("source        = \"dockerhub\"", "source = \"nope\""),
-    )
-    .unwrap();
+    let bad = good.replace("source = \"dockerhub\"", "source = \"nope\"");
+    assert_ne!(bad, good);
+    std::fs::write(&cfg, bad).unwrap();
     hup();
     let log = wait_log("new configuration refused", 1);
     assert!(log.contains("unknown source"), "{log}");
@@ -505,10 +487,7 @@ async fn sighup_with_a_changed_config_restarts_in_place_and_a_bad_one_is_refused
     );
 
     // A valid change: drain, re-exec with the same PID, serve the new one.
-    let (_, new_hash) = secret_pair("api");
-    let added = format!(
-        "{good}\nservice \"api\" {{\n  secret_sha256 = \"{new_hash}\"\n  source = \"quay\"\n  repository = \"acme/api\"\n  key = \"configs/api/IMAGE_TAG\"\n}}\n"
-    );
+    let added = format!("{good}\n{}", Service::new("api", "quay").render());
     std::fs::write(&cfg, added).unwrap();
     hup();
     let log = wait_log("tagbridge serving", 2);
@@ -686,8 +665,8 @@ async fn sighup_reload_refuses_no_delivery_and_loses_none() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let good = std::fs::read_to_string(&cfg).unwrap();
     let changed = good.replace(
-        "key                 = \"configs/gen/IMAGE_TAG\"",
-        "key                 = \"configs/gen/IMAGE_TAG\"\n  history_keep        = 50",
+        "key = \"configs/gen/IMAGE_TAG\"",
+        "key = \"configs/gen/IMAGE_TAG\"\n  history_keep = 50",
     );
     assert_ne!(changed, good);
     std::fs::write(&cfg, changed).unwrap();

@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::cluster::*;
-use common::nomad::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -17,23 +15,6 @@ const DIGEST_KEY: &str = "configs/web/IMAGE_DIGEST";
 const D0: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
-
-struct Cluster {
-    // Field order is drop order: Nomad before Consul.
-    nomad: NomadAgent,
-    consul: ConsulAgent,
-    dir: TempDir,
-    tls: TestTls,
-}
-
-impl Site for Cluster {
-    fn dir(&self) -> &TempDir {
-        &self.dir
-    }
-    fn tls(&self) -> &TestTls {
-        &self.tls
-    }
-}
 
 /// The tag key and the digest key, read together (one consistent read).
 fn tag_and_digest(consul: &ConsulAgent) -> (Option<String>, Option<String>) {
@@ -55,12 +36,6 @@ fn tag_and_digest(consul: &ConsulAgent) -> (Option<String>, Option<String>) {
     (value(KEY), value(DIGEST_KEY))
 }
 
-fn deployed(consul: &ConsulAgent) -> Option<Value> {
-    consul
-        .kv("tagbridge/deployed/web")
-        .map(|v| serde_json::from_str(&v).expect("deployed record is JSON"))
-}
-
 /// A signed generic push of `tag` carrying `digest`: its status.
 async fn push(tb: &Tagbridge, tag: &str, digest: &str) -> u16 {
     let body = serde_json::to_vec(&json!({"repository": "acme/web", "tag": tag, "digest": digest}))
@@ -79,37 +54,23 @@ async fn push(tb: &Tagbridge, tag: &str, digest: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_digest_key_moves_with_rollouts_rollbacks_and_a_repushed_tag() {
-    let (consul, nomad) = tokio::task::block_in_place(|| {
-        let consul = ConsulAgent::start();
-        let nomad = NomadAgent::start(&consul);
-        (consul, nomad)
-    });
-    let dir = TempDir::new("digest");
-    let tls = TestTls::new(&dir);
-    let c = Cluster {
-        nomad,
-        consul,
-        dir,
-        tls,
-    };
-    tokio::task::block_in_place(|| {
-        let limit = Duration::from_secs(90);
-        run_example_job(
-            &c.consul,
-            &c.nomad,
-            "web-template",
-            "1.0.0",
-            &[],
-            |_| {},
-            limit,
-        );
-        c.consul.put(DIGEST_KEY, D0);
-    });
-    let rollout = "job      = \"web\"\n    timeout  = \"3m\"\n    strategy = \"template\"";
-    let config = rollout_config(&c, &c.consul, &c.nomad, "", Some(rollout)).replace(
-        &format!("key                 = \"{KEY}\""),
-        &format!("key                 = \"{KEY}\"\n  digest_key          = \"{DIGEST_KEY}\""),
-    );
+    let c = Cluster::options("digest").nomad().start();
+    c.run_job("web-template", "1.0.0", &[]);
+    tokio::task::block_in_place(|| c.consul.put(DIGEST_KEY, D0));
+    let rollout = [
+        "job      = \"web\"",
+        "timeout  = \"3m\"",
+        "strategy = \"template\"",
+    ];
+    let config = c
+        .config()
+        .admin_listen("127.0.0.1:0")
+        .service(
+            c.web()
+                .line(format!("digest_key          = \"{DIGEST_KEY}\""))
+                .rollout(&rollout),
+        )
+        .render();
     assert!(config.contains("digest_key"), "{config}");
     let tb = Tagbridge::start(&c, &config, None).await;
 
@@ -120,38 +81,40 @@ async fn the_digest_key_moves_with_rollouts_rollbacks_and_a_repushed_tag() {
     // and its digest together, and the registered job carries the digest.
     let mut seen_pair = false;
     let mut seen_meta = false;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let last = loop {
-        let (d, pair, meta) = tokio::task::block_in_place(|| {
+    let last = wait("the bad tag's outcome", Duration::from_secs(180))
+        .every(Duration::from_millis(200))
+        .attempt_async(|| {
             let pair = tag_and_digest(&c.consul);
-            let meta = c.nomad.job("web")["Meta"]["image_tag_digest"].clone();
-            (deployed(&c.consul), pair, meta)
-        });
-        // Together or not at all: never the new tag beside the old digest.
-        match pair {
-            (Some(t), Some(dg)) if t == "bad-2.0" => {
-                assert_eq!(dg, D1);
-                seen_pair = true;
+            let meta = c.nomad().job("web")["Meta"]["image_tag_digest"].clone();
+            let d = c.deployed();
+            // Together or not at all: never the new tag beside the old digest.
+            match pair {
+                (Some(t), Some(dg)) if t == "bad-2.0" => {
+                    assert_eq!(dg, D1);
+                    seen_pair = true;
+                }
+                (Some(t), dg) => assert_eq!((t.as_str(), dg.as_deref()), ("1.0.0", Some(D0))),
+                other => panic!("a key went missing: {other:?}"),
             }
-            (Some(t), dg) => assert_eq!((t.as_str(), dg.as_deref()), ("1.0.0", Some(D0))),
-            other => panic!("a key went missing: {other:?}"),
-        }
-        seen_meta |= meta == D1;
-        let settled = d.as_ref().is_some_and(|d| {
-            d["tag"] == "1.0.0"
-                && !matches!(d["outcome"].as_str(), Some("in_progress" | "rolling_back"))
-                && d["seq"] == 1
+            seen_meta |= meta == D1;
+            let settled = d.as_ref().is_some_and(|d| {
+                d["tag"] == "1.0.0"
+                    && !matches!(d["outcome"].as_str(), Some("in_progress" | "rolling_back"))
+                    && d["seq"] == 1
+            });
+            match d {
+                Some(d) if settled => Ok(d),
+                d => Err(format!("{d:?}")),
+            }
+        })
+        .await
+        .unwrap_or_else(|last| {
+            panic!(
+                "no outcome within 180 s: {}; nomad log:\n{}",
+                last.unwrap_or_default(),
+                c.nomad().log_tail(40)
+            )
         });
-        if settled {
-            break d.unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no outcome within 180 s: {d:?}; nomad log:\n{}",
-            c.nomad.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
     assert!(seen_pair, "the rollout's start wrote tag and digest");
     assert!(seen_meta, "the register set image_tag_digest");
 
@@ -163,33 +126,31 @@ async fn the_digest_key_moves_with_rollouts_rollbacks_and_a_repushed_tag() {
 
     // The running tag re-pushed with new content (a mutable tag): a change
     // that rolls out, the new digest with it.
-    let version_before = tokio::task::block_in_place(|| c.nomad.job("web")["Version"].clone());
+    let version_before = tokio::task::block_in_place(|| c.nomad().job("web")["Version"].clone());
     assert_eq!(
         push(&tb, "1.0.0", D2).await,
         202,
         "a re-push with a new digest is a change"
     );
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let d = loop {
-        let d = tokio::task::block_in_place(|| deployed(&c.consul));
-        if let Some(d) = d
-            .clone()
-            .filter(|d| d["seq"] == 2 && d["outcome"] == "deployed")
-        {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no deploy of the re-push within 180 s: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let d = wait("a deploy of the re-push", Duration::from_secs(180))
+        .every(Duration::from_millis(200))
+        .until_async(|| {
+            let d = c.deployed();
+            match d
+                .clone()
+                .filter(|d| d["seq"] == 2 && d["outcome"] == "deployed")
+            {
+                Some(d) => Ok(d),
+                None => Err(format!("{d:?}")),
+            }
+        })
+        .await;
     assert_eq!(
         (&d["tag"], &d["digest"]),
         (&json!("1.0.0"), &json!(D2)),
         "{d}"
     );
-    let job = tokio::task::block_in_place(|| c.nomad.job("web"));
+    let job = tokio::task::block_in_place(|| c.nomad().job("web"));
     assert_eq!(job["Meta"]["image_tag_digest"], D2);
     assert!(
         job["Version"].as_u64() > version_before.as_u64(),

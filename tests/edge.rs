@@ -30,44 +30,25 @@ struct Edge {
 /// `services` appended to the one signed generic service "gen".
 fn start(extra: &str, services: &str) -> Edge {
     tokio::task::block_in_place(|| {
-        let consul = ConsulAgent::start();
-        let dir = TempDir::new("edge");
-        let tls = TestTls::new(&dir);
+        let Cluster {
+            consul, tls, dir, ..
+        } = Cluster::options("edge").start();
         let signing = dir.write("gen.hmac", SIGNING);
         let admin = free_ports(1)[0];
-        let (_, hash) = secret_pair("gen");
-        let config = dir.write(
-            "tagbridge.hcl",
-            format!(
-                r#"
-listen       = "127.0.0.1:0"
-admin_listen = "127.0.0.1:{admin}"
-log_format   = "json"
-{extra}
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-consul {{
-  address = "{consul}"
-  timeout = "2s"
-}}
-service "gen" {{
-  secret_sha256       = "{hash}"
-  source              = "generic"
-  repository          = "acme/gen"
-  key                 = "configs/gen/IMAGE_TAG"
-  signing_secret_file = "{signing}"
-  tags {{ order = "numeric" }}
-}}
-{services}
-"#,
-                cert = tls.cert_file.display(),
-                key = tls.key_file.display(),
-                consul = consul.addr(),
-                signing = signing.display(),
-            ),
-        );
+        let config = TbConfig::new()
+            .admin_listen(format!("127.0.0.1:{admin}"))
+            .log_format("json")
+            .top(extra)
+            .tls(&tls)
+            .consul(consul.addr())
+            .consul_attr("timeout", "2s")
+            .service(
+                Service::new("gen", "generic")
+                    .signing_file(&signing)
+                    .line("tags { order = \"numeric\" }"),
+            )
+            .services_text(services)
+            .write(&dir, "tagbridge.hcl");
         let serving = Serving::start(&config, &[], dir.path().join("tagbridge.log"));
         Edge {
             consul,
@@ -208,7 +189,10 @@ async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (u16, Stri
         .find_map(|l| l.strip_prefix("content-length:"))
         .map_or(0, |v| v.trim().parse().unwrap());
     while got.len() < head_end + len {
-        let n = s.read(&mut buf).await.expect("read body");
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("body in time")
+            .expect("read body");
         assert!(n > 0, "closed mid-body");
         got.extend_from_slice(&buf[..n]);
     }

@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::env::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -60,9 +59,9 @@ fn cli_history(cfg: &std::path::Path, limit: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn full_history_with_worst_case_fields_never_jams() {
-    let env = Env::new("history");
+    let env = Cluster::options("history").start();
     let consul = &env.consul;
-    let text = env.config("", &web(5));
+    let text = env.hooks_config("", &web(5));
     let cfg = env.dir.write("tagbridge.hcl", &text);
     let tb = InProcess::start(&text, &env.dir).await;
 
@@ -109,9 +108,9 @@ async fn full_history_with_worst_case_fields_never_jams() {
 
 #[tokio::test]
 async fn history_pages_across_blocks() {
-    let env = Env::new("history");
+    let env = Cluster::options("history").start();
     let consul = &env.consul;
-    let text = env.config("", &web(10_000));
+    let text = env.hooks_config("", &web(10_000));
     let cfg = env.dir.write("tagbridge.hcl", &text);
     let tb = InProcess::start(&text, &env.dir).await;
     // 230 entries span three blocks of 100 keys.
@@ -132,9 +131,9 @@ async fn history_pages_across_blocks() {
 
 #[tokio::test]
 async fn old_single_value_history_is_read_then_migrated_on_first_write() {
-    let env = Env::new("history");
+    let env = Cluster::options("history").start();
     let consul = &env.consul;
-    let text = env.config("", &web(100));
+    let text = env.hooks_config("", &web(100));
     let cfg = env.dir.write("tagbridge.hcl", &text);
 
     // The old layout: one JSON array, newest first, 150 entries (more than
@@ -185,9 +184,9 @@ async fn old_single_value_history_is_read_then_migrated_on_first_write() {
 /// transactions Consul accepts (a 60-entry chunk of these would not be).
 #[tokio::test]
 async fn a_jammed_old_history_is_migrated_in_chunks_consul_accepts() {
-    let env = Env::new("history");
+    let env = Cluster::options("history").start();
     let consul = &env.consul;
-    let text = env.config("", &web(100));
+    let text = env.hooks_config("", &web(100));
     let wide = |c: char| c.to_string().repeat(1000);
     let old: Vec<Value> = (1..=60u32)
         .rev()

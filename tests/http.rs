@@ -4,7 +4,6 @@ mod common;
 
 use std::time::Duration;
 
-use common::env::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -34,7 +33,7 @@ fn dockerhub(repo: &str, tag: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn accepted_push_writes_tag_history_and_desired_together() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
 
     let (status, body) = env.post(&tb, "web", dockerhub("acme/web", "1.4.2")).await;
@@ -80,7 +79,7 @@ async fn accepted_push_writes_tag_history_and_desired_together() {
 
 #[tokio::test]
 async fn unchanged_older_and_filtered_tags_change_nothing_they_should_not() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
     assert_eq!(
         env.post(&tb, "web", dockerhub("acme/web", "2.0.0")).await.0,
@@ -137,7 +136,7 @@ async fn unchanged_older_and_filtered_tags_change_nothing_they_should_not() {
 
 #[tokio::test]
 async fn exclude_list_filters_tags() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let svc = r#"
 service "api" {
   secret_sha256 = "{SECRET:api}"
@@ -173,7 +172,7 @@ service "api" {
 
 #[tokio::test]
 async fn rollout_configured_answers_202_queued() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let svc = r#"
 service "web" {
   secret_sha256 = "{SECRET:web}"
@@ -199,7 +198,7 @@ service "web" {
 
 #[tokio::test]
 async fn unknown_secret_and_any_other_path_get_the_same_404() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
     let (good, _) = secret_pair("web");
     let mut bodies = Vec::new();
@@ -247,7 +246,7 @@ fn gh_service(dir: &TempDir) -> String {
 
 #[tokio::test]
 async fn missing_or_wrong_signature_is_401_and_changes_nothing() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", &gh_service(&env.dir)).await;
     let body = fixture("github/package_published.json");
     let event = ("X-GitHub-Event", "package".to_string());
@@ -297,7 +296,7 @@ async fn missing_or_wrong_signature_is_401_and_changes_nothing() {
 
 #[tokio::test]
 async fn github_and_acr_pings_answer_pong() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let acr = r#"
 service "acr" {
   secret_sha256 = "{SECRET:acr}"
@@ -330,7 +329,7 @@ service "acr" {
 
 #[tokio::test]
 async fn source_outside_allow_cidrs_is_403() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let svc = WEB.replace(
         "history_keep  = 5",
         "allow_cidrs = [\"192.0.2.0/24\", \"2001:db8::/32\"]",
@@ -361,7 +360,7 @@ async fn source_outside_allow_cidrs_is_403() {
 
 #[tokio::test]
 async fn malformed_body_and_wrong_repository_are_400_and_change_nothing() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
     for (body, needle) in [
         (b"{not json".to_vec(), "dockerhub"),
@@ -387,7 +386,7 @@ async fn malformed_body_and_wrong_repository_are_400_and_change_nothing() {
 
 #[tokio::test]
 async fn body_over_one_mib_is_413_declared_or_streamed() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
     let (secret, _) = secret_pair("web");
     let big = vec![b' '; 1024 * 1024 + 1];
@@ -415,7 +414,7 @@ async fn body_over_one_mib_is_413_declared_or_streamed() {
 
 #[tokio::test]
 async fn repeated_failures_from_one_ip_get_429_with_retry_after() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("failed_attempts_per_minute = 3", WEB).await;
     let mut statuses = Vec::new();
     let mut retry_after = None;
@@ -458,7 +457,7 @@ async fn repeated_failures_from_one_ip_get_429_with_retry_after() {
 
 #[tokio::test]
 async fn consul_down_is_503_with_nothing_written_then_recovers() {
-    let mut env = Env::new("http");
+    let mut env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
     assert_eq!(
         env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0,
@@ -496,8 +495,8 @@ async fn consul_down_is_503_with_nothing_written_then_recovers() {
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let env = Env::new("http");
-    let cfg = env.config("", WEB);
+    let env = Cluster::options("http").start();
+    let cfg = env.hooks_config("", WEB);
     let tb = InProcess::start_with(&cfg, &env.dir, |l| {
         l.header_read = Duration::from_millis(800);
     })
@@ -529,7 +528,7 @@ async fn slow_headers_are_cut_off() {
 
 #[tokio::test]
 async fn history_is_bounded_at_history_keep() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
     for i in 1..=8 {
         let (status, _) = env
@@ -545,7 +544,7 @@ async fn history_is_bounded_at_history_keep() {
 
 #[tokio::test]
 async fn concurrent_webhooks_on_two_replicas_lose_no_update() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let svc = WEB.replace("history_keep  = 5", "history_keep  = 100");
     let a = env.serve("", &svc).await;
     let b = env.serve("", &svc).await;
@@ -605,7 +604,7 @@ async fn concurrent_webhooks_on_two_replicas_lose_no_update() {
 
 #[tokio::test]
 async fn pinned_service_records_but_does_not_deploy() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
     assert_eq!(
         env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0,
@@ -637,7 +636,7 @@ async fn pinned_service_records_but_does_not_deploy() {
 
 #[tokio::test]
 async fn a_change_by_someone_else_is_seen_not_overwritten() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
     assert_eq!(
         env.post(&tb, "web", dockerhub("acme/web", "1.0")).await.0,
@@ -661,7 +660,7 @@ async fn a_change_by_someone_else_is_seen_not_overwritten() {
 
 #[tokio::test]
 async fn every_source_fixture_reaches_kv() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let signing = env.dir.write("signing", "fixture-signing-secret");
     let s = signing.display();
     let mut services = String::new();
@@ -774,7 +773,7 @@ async fn every_source_fixture_reaches_kv() {
 
 #[tokio::test]
 async fn http2_metrics_and_readiness() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
     let (secret, _) = secret_pair("web");
     let resp = env
@@ -834,7 +833,7 @@ async fn http2_metrics_and_readiness() {
 
 #[tokio::test]
 async fn certificate_reload_swaps_pair_and_keeps_old_on_bad_pair() {
-    let env = Env::new("http");
+    let env = Cluster::options("http").start();
     let tb = env.serve("", WEB).await;
     let certs = tb.state.certs.clone().unwrap();
     let first = certs.not_after();

@@ -8,7 +8,6 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::env::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -28,39 +27,25 @@ const SOURCES: [&str; 7] = [
 
 fn write_config(dir: &TempDir, tls: &TestTls, consul: &ConsulAgent) -> PathBuf {
     let signing = dir.write("signing.hmac", SIGNING);
-    let mut services = String::new();
+    let mut config = TbConfig::new()
+        .admin_listen("127.0.0.1:0")
+        .log_format("json")
+        .tls(tls)
+        .consul(consul.addr())
+        .consul_attr("timeout", "5s");
     for source in SOURCES {
-        let (_, hash) = secret_pair(source);
+        let service = Service::new(source, source).repository("acme/web");
         let signed = matches!(source, "github" | "generic");
-        services.push_str(&format!(
-            "service \"{source}\" {{\n  secret_sha256 = \"{hash}\"\n  source = \"{source}\"\n  repository = \"acme/web\"\n  key = \"configs/{source}/IMAGE_TAG\"\n  {}\n}}\n",
-            if signed {
-                format!("signing_secret_file = \"{}\"", signing.display())
-            } else {
-                String::new()
-            }
-        ));
+        config = config.service(match signed {
+            true => service.signing_file(&signing),
+            false => service,
+        });
     }
-    let (_, big) = secret_pair("quaybig");
-    services.push_str(&format!(
-        r#"service "quaybig" {{
-  secret_sha256 = "{big}"
-  source        = "quay"
-  repository    = "acme/web"
-  key           = "configs/quaybig/IMAGE_TAG"
-  history_keep  = 100
-  tags {{
-    order   = "semver"
-    exclude = ["-rc"]
-  }}
-}}
-"#
-    ));
-    let top = "admin_listen = \"127.0.0.1:0\"\nlog_format   = \"json\"";
-    dir.write(
-        "tagbridge.hcl",
-        webhook_config(tls, consul, "5s", top, &services),
-    )
+    let quaybig = Service::new("quaybig", "quay")
+        .repository("acme/web")
+        .line("history_keep = 100")
+        .line("tags {\n    order   = \"semver\"\n    exclude = [\"-rc\"]\n  }");
+    config.service(quaybig).write(dir, "tagbridge.hcl")
 }
 
 struct Edge {
@@ -72,12 +57,13 @@ struct Edge {
 
 impl Edge {
     fn start(name: &str) -> Self {
-        let Env {
+        let Cluster {
             consul,
             tls,
             dir,
             client,
-        } = Env::new(name);
+            ..
+        } = Cluster::options(name).start();
         let cfg = write_config(&dir, &tls, &consul);
         let tb = Serving::start(&cfg, &[], dir.path().join("serve.log"));
         Edge {

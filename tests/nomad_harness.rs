@@ -10,7 +10,6 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::nomad::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -218,18 +217,15 @@ fn jobspec_job_with_a_bad_tag_gets_an_unhealthy_allocation_and_old_ones_keep_ser
     nomad.register(&job);
     let limit = healthy_deadline + Duration::from_secs(20);
     let (bad, min_answering, samples) = sampling(&nomad, "web-jobspec", || {
-        let mut seen = None;
-        while start.elapsed() < limit {
-            seen = nomad
-                .allocations("web-jobspec")
-                .into_iter()
-                .find(|a| a["JobVersion"] == 1 && a["DeploymentStatus"]["Healthy"] == false);
-            if seen.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        seen
+        let left = limit.saturating_sub(start.elapsed());
+        wait("an unhealthy version-1 allocation", left)
+            .attempt(|| {
+                nomad
+                    .allocations("web-jobspec")
+                    .into_iter()
+                    .find(|a| a["JobVersion"] == 1 && a["DeploymentStatus"]["Healthy"] == false)
+            })
+            .ok()
     });
     let bad = bad.unwrap_or_else(|| {
         panic!(

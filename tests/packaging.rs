@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::nomad::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -582,12 +581,12 @@ fn tagbridge_job_runs_under_raw_exec_and_ingests_a_webhook() {
             .flatten()
             .any(|e| e["Type"] == "Signaling" && e["DisplayMessage"] == "Template re-rendered")
     };
-    wait_for(
+    wait(
         "the template's SIGHUP and the new certificate",
         Duration::from_secs(60),
-        Duration::from_millis(500),
-        || (signalled() && handshake_ok(&rt, &tls2, https_port)).then_some(()),
-    );
+    )
+    .every(Duration::from_millis(500))
+    .until(|| signalled() && handshake_ok(&rt, &tls2, https_port));
     let alloc = nomad.allocation(&alloc_id);
     assert_eq!(alloc["ClientStatus"], "running");
     assert_eq!(
@@ -622,19 +621,17 @@ service "app-2" {{
     let log = nomad.dir.path().join(format!(
         "data/alloc/{alloc_id}/alloc/logs/tagbridge.stderr.0"
     ));
-    wait_for(
+    wait(
         "tagbridge serving two services after the SIGHUP",
         Duration::from_secs(60),
-        Duration::from_millis(250),
-        || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.lines()
-                .filter(|l| l.contains("tagbridge serving"))
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .any(|v| v["services"] == 2)
-                .then_some(())
-        },
-    );
+    )
+    .until(|| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("tagbridge serving"))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["services"] == 2)
+    });
     let body = json!({
         "push_data": {"pushed_at": 1764590400.5, "pusher": "ci", "tag": "7.0.0"},
         "repository": {"repo_name": "acme/app2", "name": "app2", "namespace": "acme"}

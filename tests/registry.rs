@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::registry::CraneRegistry;
+use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use tagbridge::clients::http::{ClientTlsFiles, HttpClient};
@@ -275,7 +275,7 @@ async fn refused_credentials_are_a_clear_error_that_names_no_secret() {
 /// Run the tagbridge binary against `consul`; (exit code, stdout, stderr).
 fn tagbridge(
     config: &std::path::Path,
-    consul: &common::ConsulAgent,
+    consul: &ConsulAgent,
     args: &[&str],
 ) -> (i32, String, String) {
     let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tagbridge"))
@@ -292,63 +292,36 @@ fn tagbridge(
     )
 }
 
-fn sync_config(dir: &common::TempDir, registry: &str, order: &str) -> std::path::PathBuf {
-    sync_config_with(dir, registry, order, "")
+fn sync_config(c: &Cluster, order: &str) -> std::path::PathBuf {
+    sync_config_with(c, order, "")
 }
 
-fn sync_config_with(
-    dir: &common::TempDir,
-    registry: &str,
-    order: &str,
-    extra: &str,
-) -> std::path::PathBuf {
-    served_config(dir, registry, order, extra).0
+fn sync_config_with(c: &Cluster, order: &str, extra: &str) -> std::path::PathBuf {
+    served_config(c, order, extra)
 }
 
-/// The configuration of the Docker Hub service "web" on `registry` (tag
-/// order `order`, `-rc` and `-beta` excluded, `extra` lines in the service
-/// block), and the TLS pair it serves, for a client of `serve`.
-fn served_config(
-    dir: &common::TempDir,
-    registry: &str,
-    order: &str,
-    extra: &str,
-) -> (std::path::PathBuf, common::TestTls) {
-    let tls = common::TestTls::new(dir);
-    let (_, hash) = common::secret_pair("web");
-    let path = dir.write(
-        "tagbridge.hcl",
-        format!(
-            r#"
-listen       = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-service "web" {{
-  secret_sha256 = "{hash}"
-  source        = "dockerhub"
-  repository    = "acme/web"
-  key           = "configs/web/IMAGE_TAG"
-  tags {{
-    order   = "{order}"
-    exclude = ["-rc", "-beta"]
-  }}
-  registry {{
-    address = "{registry}"
-  }}
-  {extra}
-}}
-"#,
-            cert = tls.cert_file.display(),
-            key = tls.key_file.display(),
-        ),
-    );
-    (path, tls)
+/// The configuration of the Docker Hub service "web" on the cluster's
+/// registry (tag order `order`, `-rc` and `-beta` excluded, `extra` lines
+/// in the service block), serving the cluster's certificate; Consul comes
+/// from `CONSUL_HTTP_ADDR`.
+fn served_config(c: &Cluster, order: &str, extra: &str) -> std::path::PathBuf {
+    let web = Service::new("web", "dockerhub")
+        .line(format!(
+            "tags {{\n    order   = \"{order}\"\n    exclude = [\"-rc\", \"-beta\"]\n  }}"
+        ))
+        .line(format!(
+            "registry {{\n    address = \"{}\"\n  }}",
+            c.registry().addr()
+        ))
+        .line(extra);
+    TbConfig::new()
+        .admin_listen("127.0.0.1:0")
+        .tls(&c.tls)
+        .service(web)
+        .write(&c.dir, "tagbridge.hcl")
 }
 
-fn history(config: &std::path::Path, consul: &common::ConsulAgent) -> Vec<serde_json::Value> {
+fn history(config: &std::path::Path, consul: &ConsulAgent) -> Vec<serde_json::Value> {
     let (code, out, err) = tagbridge(config, consul, &["history", "web", "--json"]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).expect("history JSON")
@@ -356,55 +329,54 @@ fn history(config: &std::path::Path, consul: &common::ConsulAgent) -> Vec<serde_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_sends_the_best_listed_tag_through_ingest_and_never_regresses() {
-    let reg = CraneRegistry::start();
-    let consul = common::ConsulAgent::start();
-    let dir = common::TempDir::new("sync");
+    let c = Cluster::options("sync").registry().start();
+    let (reg, consul) = (c.registry(), &c.consul);
     reg.push_empty("acme/web", "1.0.0");
     let extra: Vec<String> = ["1.2.0", "1.10.0-rc1", "1.1.0", "latest", "2.0.0-beta"]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    add_tags(&reg, "acme/web", "1.0.0", &extra).await;
+    add_tags(reg, "acme/web", "1.0.0", &extra).await;
     let want_digest = reg.digest("acme/web", "1.2.0");
-    let cfg = sync_config(&dir, &reg.addr(), "semver");
+    let cfg = sync_config(&c, "semver");
     tokio::task::block_in_place(|| {
         // An http registry loads, with a warning `check` prints.
-        let (code, out, err) = tagbridge(&cfg, &consul, &["check"]);
+        let (code, out, err) = tagbridge(&cfg, consul, &["check"]);
         assert_eq!(code, 0, "{err}");
         assert!(
             out.contains("warning:") && out.contains("plain http"),
             "{out}"
         );
 
-        let (code, out, err) = tagbridge(&cfg, &consul, &["sync", "web"]);
+        let (code, out, err) = tagbridge(&cfg, consul, &["sync", "web"]);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("(unset) -> 1.2.0"), "{out}");
         assert!(out.contains("6 tags, 2 registry requests"), "{out}");
         assert_eq!(consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.2.0"));
-        let h = history(&cfg, &consul);
+        let h = history(&cfg, consul);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h[0]["source"], "poll");
         assert_eq!(h[0]["digest"], want_digest.as_str());
 
         // Again: nothing newer, nothing written.
-        let (code, out, _) = tagbridge(&cfg, &consul, &["sync", "web"]);
+        let (code, out, _) = tagbridge(&cfg, consul, &["sync", "web"]);
         assert_eq!(code, 0);
         assert!(out.contains("nothing to do"), "{out}");
-        assert_eq!(history(&cfg, &consul).len(), 1);
+        assert_eq!(history(&cfg, consul).len(), 1);
 
         // An operator deployed a newer tag by hand: sync never regresses
         // it, and records nothing.
-        let (code, _, err) = tagbridge(&cfg, &consul, &["deploy", "web", "3.0.0"]);
+        let (code, _, err) = tagbridge(&cfg, consul, &["deploy", "web", "3.0.0"]);
         assert_eq!(code, 0, "{err}");
-        let (code, out, _) = tagbridge(&cfg, &consul, &["sync", "web"]);
+        let (code, out, _) = tagbridge(&cfg, consul, &["sync", "web"]);
         assert_eq!(code, 0);
         assert!(out.contains("older than current"), "{out}");
         assert_eq!(consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("3.0.0"));
-        assert_eq!(history(&cfg, &consul).len(), 2, "the manual deploy only");
+        assert_eq!(history(&cfg, consul).len(), 2, "the manual deploy only");
 
         // A listing has no push order.
-        let pushed = sync_config(&dir, &reg.addr(), "pushed");
-        let (code, _, err) = tagbridge(&pushed, &consul, &["sync", "web"]);
+        let pushed = sync_config(&c, "pushed");
+        let (code, _, err) = tagbridge(&pushed, consul, &["sync", "web"]);
         assert_eq!(code, 1);
         assert!(err.contains("\"pushed\""), "{err}");
     });
@@ -416,19 +388,18 @@ async fn sync_sends_the_best_listed_tag_through_ingest_and_never_regresses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: prints figures"]
 async fn measure_sync_against_ten_thousand_tags() {
-    let reg = CraneRegistry::start();
-    let consul = common::ConsulAgent::start();
-    let dir = common::TempDir::new("sync-10k");
+    let c = Cluster::options("sync-10k").registry().start();
+    let (reg, consul) = (c.registry(), &c.consul);
     reg.push_empty("acme/web", "1.0.0");
     let names: Vec<String> = (1..10_000)
         .map(|i| format!("1.{}.{}", i / 100, i % 100))
         .collect();
-    add_tags(&reg, "acme/web", "1.0.0", &names).await;
-    let cfg = sync_config(&dir, &reg.addr(), "semver");
+    add_tags(reg, "acme/web", "1.0.0", &names).await;
+    let cfg = sync_config(&c, "semver");
     tokio::task::block_in_place(|| {
         for run in ["first", "again"] {
             let t = std::time::Instant::now();
-            let (code, out, err) = tagbridge(&cfg, &consul, &["sync", "web"]);
+            let (code, out, err) = tagbridge(&cfg, consul, &["sync", "web"]);
             assert_eq!(code, 0, "{err}");
             println!(
                 "sync {run}: {:?} wall (process included): {}",
@@ -443,15 +414,14 @@ async fn measure_sync_against_ten_thousand_tags() {
 /// delivery lost while no one led is made good without waiting a round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_polls_the_registry_and_applies_a_missed_tag() {
-    let reg = CraneRegistry::start();
-    let consul = common::ConsulAgent::start();
-    let dir = common::TempDir::new("poll");
+    let c = Cluster::options("poll").registry().start();
+    let (reg, consul, dir) = (c.registry(), &c.consul, &c.dir);
     reg.push_empty("acme/web", "1.0.0");
-    add_tags(&reg, "acme/web", "1.0.0", &["1.4.2".to_string()]).await;
-    let cfg = sync_config_with(&dir, &reg.addr(), "semver", r#"poll_interval = "1m""#);
+    add_tags(reg, "acme/web", "1.0.0", &["1.4.2".to_string()]).await;
+    let cfg = sync_config_with(&c, "semver", r#"poll_interval = "1m""#);
     let log = dir.path().join("serve.log");
     let serving = tokio::task::block_in_place(|| {
-        common::Serving::start(
+        Serving::start(
             &cfg,
             &[
                 ("CONSUL_HTTP_ADDR", consul.addr()),
@@ -460,16 +430,17 @@ async fn the_leader_polls_the_registry_and_applies_a_missed_tag() {
             log,
         )
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while consul.kv("configs/web/IMAGE_TAG").as_deref() != Some("1.4.2") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the poll did not apply 1.4.2 within 30 s; log:\n{}",
-            serving.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let h = tokio::task::block_in_place(|| history(&cfg, &consul));
+    wait("the poll to apply 1.4.2", Duration::from_secs(30))
+        .every(Duration::from_millis(200))
+        .attempt_async(|| consul.kv("configs/web/IMAGE_TAG").as_deref() == Some("1.4.2"))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the poll did not apply 1.4.2 within 30 s; log:\n{}",
+                serving.log_text()
+            )
+        });
+    let h = tokio::task::block_in_place(|| history(&cfg, consul));
     assert_eq!(h.len(), 1, "{h:?}");
     assert_eq!(h[0]["source"], "poll");
     assert!(
@@ -479,8 +450,8 @@ async fn the_leader_polls_the_registry_and_applies_a_missed_tag() {
     );
 
     // Without a registry or with the pushed order, the config is refused.
-    let pushed = sync_config_with(&dir, &reg.addr(), "pushed", r#"poll_interval = "1m""#);
-    let (code, _, err) = tokio::task::block_in_place(|| tagbridge(&pushed, &consul, &["check"]));
+    let pushed = sync_config_with(&c, "pushed", r#"poll_interval = "1m""#);
+    let (code, _, err) = tokio::task::block_in_place(|| tagbridge(&pushed, consul, &["check"]));
     assert_eq!(code, 1);
     assert!(err.contains("poll_interval: needs tags.order"), "{err}");
 }
@@ -489,7 +460,7 @@ async fn the_leader_polls_the_registry_and_applies_a_missed_tag() {
 /// it), with a `callback_url` tagbridge must never call.
 async fn hub_push(
     client: &reqwest::Client,
-    serving: &common::Serving,
+    serving: &Serving,
     tag: &str,
 ) -> (u16, serde_json::Value) {
     let body = serde_json::json!({
@@ -498,7 +469,7 @@ async fn hub_push(
         "repository": {"repo_name": "acme/web"},
     });
     let resp = client
-        .post(serving.url(&format!("/hooks/{}", common::secret_pair("web").0)))
+        .post(serving.url(&format!("/hooks/{}", secret_pair("web").0)))
         .json(&body)
         .send()
         .await
@@ -508,9 +479,9 @@ async fn hub_push(
 }
 
 /// The value and ModifyIndex of each key under `configs/web/`.
-fn web_keys(consul: &common::ConsulAgent) -> std::collections::BTreeMap<String, (String, u64)> {
+fn web_keys(consul: &ConsulAgent) -> std::collections::BTreeMap<String, (String, u64)> {
     use base64::Engine as _;
-    let body = common::blocking_get(&format!("{}/v1/kv/configs/web/?recurse", consul.addr()))
+    let body = blocking_get(&format!("{}/v1/kv/configs/web/?recurse", consul.addr()))
         .expect("consul list");
     let list: Vec<serde_json::Value> = serde_json::from_str(&body).expect("kv JSON");
     list.iter()
@@ -536,15 +507,14 @@ fn web_keys(consul: &common::ConsulAgent) -> std::collections::BTreeMap<String, 
 /// gets the webhook a 502 with nothing written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repushed_docker_hub_tag_is_a_change_once_its_digest_is_resolved() {
-    let mut reg = Some(CraneRegistry::start());
-    let consul = common::ConsulAgent::start();
-    let dir = common::TempDir::new("resolve");
-    let crane = reg.as_ref().unwrap();
+    let mut c = Cluster::options("resolve").registry().start();
+    let crane = c.registry();
     let first = crane.push_empty("acme/web", "prod");
     let resolving = "digest_key     = \"configs/web/IMAGE_DIGEST\"\n  resolve_digest = true";
-    let (cfg, tls) = served_config(&dir, &crane.addr(), "pushed", resolving);
+    let cfg = served_config(&c, "pushed", resolving);
+    let (consul, dir, tls) = (&c.consul, &c.dir, &c.tls);
     let serving = tokio::task::block_in_place(|| {
-        common::Serving::start(
+        Serving::start(
             &cfg,
             &[("CONSUL_HTTP_ADDR", consul.addr())],
             dir.path().join("serve.log"),
@@ -560,7 +530,7 @@ async fn a_repushed_docker_hub_tag_is_a_change_once_its_digest_is_resolved() {
         (200, &serde_json::json!(true)),
         "{body}"
     );
-    let keys = tokio::task::block_in_place(|| web_keys(&consul));
+    let keys = tokio::task::block_in_place(|| web_keys(consul));
     assert_eq!(keys[TAG].0, "prod");
     assert_eq!(keys[DIGEST].0, first);
     assert_eq!(keys[TAG].1, keys[DIGEST].1, "one transaction: {keys:?}");
@@ -572,7 +542,7 @@ async fn a_repushed_docker_hub_tag_is_a_change_once_its_digest_is_resolved() {
         (200, Some("unchanged")),
         "{body}"
     );
-    assert_eq!(tokio::task::block_in_place(|| web_keys(&consul)), keys);
+    assert_eq!(tokio::task::block_in_place(|| web_keys(consul)), keys);
 
     // Re-pushed with new content: a change, and the digest key moves.
     let second = tokio::task::block_in_place(|| crane.repush("acme/web", "prod", "2"));
@@ -583,7 +553,7 @@ async fn a_repushed_docker_hub_tag_is_a_change_once_its_digest_is_resolved() {
         (200, &serde_json::json!(true)),
         "{body}"
     );
-    let moved = tokio::task::block_in_place(|| web_keys(&consul));
+    let moved = tokio::task::block_in_place(|| web_keys(consul));
     assert_eq!(moved[TAG].0, "prod");
     assert_eq!(moved[DIGEST].0, second);
     // Consul leaves a key written with the value it holds at its index,
@@ -603,7 +573,7 @@ async fn a_repushed_docker_hub_tag_is_a_change_once_its_digest_is_resolved() {
     assert_eq!(digests, [second.as_str(), first.as_str()], "{h:?}");
 
     // The registry is gone: 502 with a one-line reason, nothing written.
-    drop(reg.take());
+    drop(c.registry.take());
     let before = tokio::task::block_in_place(|| consul.fingerprint());
     let (status, body) = hub_push(&client, &serving, "prod").await;
     assert_eq!(status, 502, "{body}");
@@ -640,9 +610,9 @@ async fn a_repushed_docker_hub_tag_is_a_change_once_its_digest_is_resolved() {
     // A tag written without a known digest (an operator's deploy) takes
     // the digest key away: it never names the digest of another tag.
     let (code, _, err) =
-        tokio::task::block_in_place(|| tagbridge(&cfg, &consul, &["deploy", "web", "hotfix-1"]));
+        tokio::task::block_in_place(|| tagbridge(&cfg, consul, &["deploy", "web", "hotfix-1"]));
     assert_eq!(code, 0, "{err}");
-    let keys = tokio::task::block_in_place(|| web_keys(&consul));
+    let keys = tokio::task::block_in_place(|| web_keys(consul));
     assert_eq!(keys[TAG].0, "hotfix-1");
     assert!(!keys.contains_key(DIGEST), "{keys:?}");
 }

@@ -3,150 +3,25 @@
 
 mod common;
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::*;
-use common::nomad::*;
 use common::*;
 use serde_json::{json, Value};
 
-/// Nomad tests are heavy (an agent, three services each): at most two at
-/// once on a 2-core machine, or health checks start timing out.
-struct Slot;
-static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
-
-impl Slot {
-    fn take() -> Slot {
-        let (lock, cv) = &SLOTS;
-        let mut n = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while *n >= 2 {
-            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
-        }
-        *n += 1;
-        Slot
-    }
+/// Rollout tests' configuration: service "web" rolling job "web" (3 min
+/// timeout) with `rollout` further lines in its rollout block, `extra`
+/// top-level text.
+fn config(c: &Cluster, rollout: &str, extra: &str) -> String {
+    c.web_config(
+        extra,
+        Some(&["job     = \"web\"", "timeout = \"3m\"", rollout]),
+    )
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (lock, cv) = &SLOTS;
-        let mut n = lock.lock().unwrap_or_else(|e| e.into_inner());
-        *n -= 1;
-        cv.notify_one();
-    }
-}
-
-struct Cluster {
-    // Field order is drop order: tagbridge users first, Nomad before Consul.
-    nomad: NomadAgent,
-    /// A separate, restartable server (`start_split` only).
-    server: Option<NomadServer>,
-    consul: ConsulAgent,
-    dir: TempDir,
-    tls: TestTls,
-    _slot: Slot,
-}
-
-impl Cluster {
-    fn start() -> Self {
-        Self::start_with(false, false)
-    }
-
-    /// With `split`, Nomad runs as a durable server agent plus a separate
-    /// client agent, so the server can be restarted; with `durable_consul`,
-    /// Consul is a server with a data dir, so it can be restarted too.
-    fn start_with(split: bool, durable_consul: bool) -> Self {
-        let slot = tokio::task::block_in_place(Slot::take);
-        let consul = if durable_consul {
-            tokio::task::block_in_place(ConsulAgent::start_durable)
-        } else {
-            ConsulAgent::start()
-        };
-        let (nomad, server) = tokio::task::block_in_place(|| {
-            if split {
-                let (n, s) = NomadAgent::start_split(&consul);
-                (n, Some(s))
-            } else {
-                (NomadAgent::start(&consul), None)
-            }
-        });
-        let dir = TempDir::new("rollout");
-        let tls = TestTls::new(&dir);
-        Cluster {
-            nomad,
-            server,
-            consul,
-            dir,
-            tls,
-            _slot: slot,
-        }
-    }
-
-    /// Write the key, register the example job at `tag`, wait until it
-    /// runs healthy.
-    fn run_job(&self, file: &str, tag: &str, vars: &[(&str, &str)]) {
-        self.run_job_with(file, tag, vars, |_| {});
-    }
-
-    fn run_job_with(
-        &self,
-        file: &str,
-        tag: &str,
-        vars: &[(&str, &str)],
-        edit: impl FnOnce(&mut Value),
-    ) {
-        tokio::task::block_in_place(|| {
-            let limit = Duration::from_secs(90);
-            run_example_job(&self.consul, &self.nomad, file, tag, vars, edit, limit);
-        });
-    }
-
-    fn config(&self, rollout: &str, extra: &str) -> String {
-        let rollout = format!("job     = \"web\"\n    timeout = \"3m\"\n    {rollout}");
-        rollout_config(self, &self.consul, &self.nomad, extra, Some(&rollout))
-    }
-
-    fn deployed(&self) -> Option<Value> {
-        self.consul
-            .kv("tagbridge/deployed/web")
-            .map(|v| serde_json::from_str(&v).expect("deployed record is JSON"))
-    }
-
-    /// Wait until the controller records a final outcome for `tag`.
-    async fn outcome_for(&self, tag: &str, limit: Duration) -> Value {
-        poll(&format!("an outcome for {tag}"), limit, || {
-            self.deployed().filter(|d| {
-                let busy = matches!(d["outcome"].as_str(), Some("in_progress" | "rolling_back"));
-                !busy && (d["tag"] == tag || d["previous"] == tag)
-            })
-        })
-        .await
-    }
-}
-
-/// Poll `f` (which may block) every 250 ms for at most `limit`.
-async fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = tokio::task::block_in_place(&mut f) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-impl Site for Cluster {
-    fn dir(&self) -> &TempDir {
-        &self.dir
-    }
-    fn tls(&self) -> &TestTls {
-        &self.tls
-    }
+/// Consul and a Nomad dev agent.
+fn cluster() -> Cluster {
+    Cluster::options("rollout").nomad().start()
 }
 
 fn events(h: &[Value]) -> Vec<(String, String)> {
@@ -165,13 +40,12 @@ fn events(h: &[Value]) -> Vec<(String, String)> {
 async fn two_replicas(c: &Cluster) -> (Serving, Serving) {
     let cfg = c
         .dir
-        .write("tagbridge.hcl", c.config("strategy = \"template\"", ""));
+        .write("tagbridge.hcl", config(c, "strategy = \"template\"", ""));
     let envs = [("TAGBRIDGE_LOG", "info".to_string())];
     let a = tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("a.log")));
-    poll("the first process to lead", Duration::from_secs(30), || {
-        a.log_text().contains("leadership acquired").then_some(())
-    })
-    .await;
+    wait("the first process to lead", Duration::from_secs(30))
+        .until_async(|| a.log_text().contains("leadership acquired").then_some(()))
+        .await;
     let b = tokio::task::block_in_place(|| Serving::start(&cfg, &envs, c.dir.path().join("b.log")));
     (a, b)
 }
@@ -216,7 +90,7 @@ fn sampler(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn good_tag_rolls_out_one_instance_at_a_time_and_notifies() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job("web-template", "1.0.0", &[]);
     let hook = Receiver::start(200);
     let url = c.dir.write("notify.url", hook.url("/notify"));
@@ -224,13 +98,13 @@ async fn good_tag_rolls_out_one_instance_at_a_time_and_notifies() {
         "notify \"ops\" {{\n url_file = \"{}\"\n format = \"json\"\n events = [\"deployed\", \"rolled_back\"]\n}}",
         url.display()
     );
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", &notify), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", &notify), None).await;
 
     let (status, body) = tb.push("1.1.0").await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["rollout"], "queued");
 
-    let (stop, collect) = sampler(&c.nomad);
+    let (stop, collect) = sampler(c.nomad());
     let counts = std::thread::scope(|s| {
         let h = s.spawn(collect);
         let rt = tokio::runtime::Handle::current();
@@ -253,14 +127,14 @@ async fn good_tag_rolls_out_one_instance_at_a_time_and_notifies() {
         (d["tag"].as_str(), d["seq"].as_u64()),
         (Some("1.1.0"), Some(1))
     );
-    let job = c.nomad.job("web");
+    let job = c.nomad().job("web");
     assert_eq!(job["Meta"]["image_tag"], "1.1.0");
     assert_eq!(job["Version"], 1, "exactly one new job version");
     assert_eq!(d["job_version"], 1);
-    let latest = c.nomad.latest_deployment("web").unwrap();
+    let latest = c.nomad().latest_deployment("web").unwrap();
     assert_eq!(d["deployment"], latest["ID"]);
     assert_eq!(latest["Status"], "successful");
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.1.0"; 3]);
     assert_eq!(
         c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
         Some("1.1.0")
@@ -275,11 +149,12 @@ async fn good_tag_rolls_out_one_instance_at_a_time_and_notifies() {
     );
     assert_eq!(h[0]["previous"], "1.0.0");
 
-    let notices = poll("the deployed notification", Duration::from_secs(20), || {
-        let b = hook.bodies();
-        (!b.is_empty()).then_some(b)
-    })
-    .await;
+    let notices = wait("the deployed notification", Duration::from_secs(20))
+        .until_async(|| {
+            let b = hook.bodies();
+            (!b.is_empty()).then_some(b)
+        })
+        .await;
     let n: Value = serde_json::from_str(&notices[0]).unwrap();
     assert_eq!(
         (
@@ -294,7 +169,7 @@ async fn good_tag_rolls_out_one_instance_at_a_time_and_notifies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_tag_is_rolled_back_key_job_and_instances() {
-    let c = Cluster::start();
+    let c = cluster();
     // As operators run it: Nomad may reschedule a failed allocation, so on
     // its own it would keep the deployment running until the 5-minute
     // progress_deadline.
@@ -312,7 +187,7 @@ async fn bad_tag_is_rolled_back_key_job_and_instances() {
     let slack = Receiver::start(200);
     let url = c.dir.write("slack.url", slack.url("/services/T0/B0/x"));
     let notify = format!("notify \"chat\" {{\n url_file = \"{}\"\n}}", url.display());
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", &notify), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", &notify), None).await;
     let started = Instant::now();
     let (status, _) = tb.push("bad-2.0").await;
     assert_eq!(status, 202);
@@ -327,7 +202,7 @@ async fn bad_tag_is_rolled_back_key_job_and_instances() {
     );
 
     // Failed fast: Nomad alone fails only at progress_deadline.
-    let versions = c.nomad.api_ok("GET", "/v1/job/web/deployments", None);
+    let versions = c.nomad().api_ok("GET", "/v1/job/web/deployments", None);
     let failed: Vec<&Value> = versions
         .as_array()
         .unwrap()
@@ -350,10 +225,10 @@ async fn bad_tag_is_rolled_back_key_job_and_instances() {
         c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
         Some("1.0.0")
     );
-    let job = c.nomad.job("web");
+    let job = c.nomad().job("web");
     assert_eq!(job["Version"], 2, "v1 = bad, v2 = revert to v0");
     assert_eq!(job["Meta"]["image_tag"], "1.0.0");
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.0.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.0.0"; 3]);
     let h = c.consul.history("web");
     assert_eq!(
         events(&h),
@@ -365,15 +240,12 @@ async fn bad_tag_is_rolled_back_key_job_and_instances() {
     assert_eq!(h[0]["previous"], "bad-2.0");
     assert_eq!(h[0]["detail"].as_str(), Some(reason.as_str()));
     // Slack-compatible notice, sent once the outcome is known.
-    let notices = poll(
-        "the rolled_back notification",
-        Duration::from_secs(20),
-        || {
+    let notices = wait("the rolled_back notification", Duration::from_secs(20))
+        .until_async(|| {
             let b = slack.bodies();
             (!b.is_empty()).then_some(b)
-        },
-    )
-    .await;
+        })
+        .await;
     let n: Value = serde_json::from_str(&notices[0]).unwrap();
     let text = n["text"].as_str().unwrap();
     assert!(
@@ -386,14 +258,14 @@ async fn bad_tag_is_rolled_back_key_job_and_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn canary_is_promoted_only_when_verify_url_passes() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job("web-canary", "1.0.0", &[]);
     let verify = Receiver::start(500);
     let rollout = format!(
         "strategy = \"template\"\n    verify_url = \"{}\"",
         verify.url("/verify")
     );
-    let tb = Tagbridge::start(&c, &c.config(&rollout, ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, &rollout, ""), None).await;
 
     assert_eq!(tb.push("1.1.0").await.0, 202);
     let d = c.outcome_for("1.1.0", Duration::from_secs(150)).await;
@@ -401,7 +273,7 @@ async fn canary_is_promoted_only_when_verify_url_passes() {
     assert!(d["detail"].as_str().unwrap().contains("verify_url"), "{d}");
     assert!(d["detail"].as_str().unwrap().contains("HTTP 500"), "{d}");
     assert!(!verify.bodies().is_empty(), "verify_url was called");
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.0.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.0.0"; 3]);
     assert_eq!(
         c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
         Some("1.0.0")
@@ -411,9 +283,9 @@ async fn canary_is_promoted_only_when_verify_url_passes() {
     assert_eq!(tb.push("1.2.0").await.0, 202);
     let d = c.outcome_for("1.2.0", Duration::from_secs(150)).await;
     assert_eq!(d["outcome"], "deployed", "{d}");
-    let dep = c.nomad.latest_deployment("web").unwrap();
+    let dep = c.nomad().latest_deployment("web").unwrap();
     assert_eq!(dep["TaskGroups"]["web"]["Promoted"], true, "{dep}");
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.2.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.2.0"; 3]);
     tb.stop().await;
 }
 
@@ -422,14 +294,14 @@ async fn canary_is_promoted_only_when_verify_url_passes() {
 /// then the job), the same as a failing canary gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verify_url_without_canaries_rolls_back_a_deployment_it_refuses() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job("web-template", "1.0.0", &[]);
     let verify = Receiver::start(503);
     let rollout = format!(
         "strategy = \"template\"\n    verify_url = \"{}\"",
         verify.url("/verify")
     );
-    let tb = Tagbridge::start(&c, &c.config(&rollout, ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, &rollout, ""), None).await;
 
     assert_eq!(tb.push("1.1.0").await.0, 202);
     let d = c.outcome_for("1.1.0", Duration::from_secs(150)).await;
@@ -440,31 +312,31 @@ async fn verify_url_without_canaries_rolls_back_a_deployment_it_refuses() {
         "{d}"
     );
     assert_eq!(verify.bodies().len(), 3, "three attempts, a second apart");
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.0.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.0.0"; 3]);
     assert_eq!(c.consul.kv(KEY).as_deref(), Some("1.0.0"));
 
     verify.set_status(200);
     assert_eq!(tb.push("1.2.0").await.0, 202);
     let d = c.outcome_for("1.2.0", Duration::from_secs(150)).await;
     assert_eq!(d["outcome"], "deployed", "{d}");
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.2.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.2.0"; 3]);
     tb.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_during_a_rollout_coalesce_to_the_newest() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job("web-template", "1.0.0", &[]);
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", ""), None).await;
     assert_eq!(tb.push("1.1.0").await.0, 202);
-    poll(
+    wait(
         "the rollout of 1.1.0 to be in flight",
         Duration::from_secs(60),
-        || {
-            c.deployed()
-                .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
-        },
     )
+    .until_async(|| {
+        c.deployed()
+            .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
+    })
     .await;
     let (s2, b2) = tb.push("1.2.0").await;
     let (s3, b3) = tb.push("1.3.0").await;
@@ -476,8 +348,8 @@ async fn webhooks_during_a_rollout_coalesce_to_the_newest() {
     );
     let d = c.outcome_for("1.3.0", Duration::from_secs(240)).await;
     assert_eq!(d["outcome"], "deployed", "{d}");
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.3.0"; 3]);
-    let versions = c.nomad.api_ok("GET", "/v1/job/web/versions", None);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.3.0"; 3]);
+    let versions = c.nomad().api_ok("GET", "/v1/job/web/versions", None);
     let metas: Vec<String> = versions["Versions"]
         .as_array()
         .unwrap()
@@ -510,9 +382,9 @@ async fn webhooks_during_a_rollout_coalesce_to_the_newest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_changed_between_read_and_register_is_reread_not_overwritten() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job("web-template", "1.0.0", &[]);
-    let nomad_addr = c.nomad.addr();
+    let nomad_addr = c.nomad().addr();
     let hook: tagbridge::rollout::Hook = Arc::new(move |attempt| {
         let addr = nomad_addr.clone();
         Box::pin(async move {
@@ -530,11 +402,11 @@ async fn a_job_changed_between_read_and_register_is_reread_not_overwritten() {
             .unwrap();
         })
     });
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), Some(hook)).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", ""), Some(hook)).await;
     assert_eq!(tb.push("1.1.0").await.0, 202);
     let d = c.outcome_for("1.1.0", Duration::from_secs(180)).await;
     assert_eq!(d["outcome"], "deployed", "{d}");
-    let job = c.nomad.job("web");
+    let job = c.nomad().job("web");
     assert_eq!(
         job["Meta"]["owner"], "someone-else",
         "their change survives"
@@ -581,9 +453,9 @@ fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rollback_pins_until_unpin() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job("web-template", "1.0.0", &[]);
-    let config = c.config("strategy = \"template\"", "");
+    let config = config(&c, "strategy = \"template\"", "");
     let tb = Tagbridge::start(&c, &config, None).await;
     let cfg_path = c.dir.path().join("tagbridge.hcl");
     assert_eq!(tb.push("1.1.0").await.0, 202);
@@ -601,19 +473,24 @@ async fn rollback_pins_until_unpin() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("group web: desired 3"), "{out}");
     assert!(out.contains("web: deployed 1.0.0"), "{out}");
-    let d = poll("the rollback to 1.0.0", Duration::from_secs(150), || {
-        c.deployed()
-            .filter(|d| d["tag"] == "1.0.0" && d["outcome"] == "deployed")
-    })
-    .await;
+    let d = wait("the rollback to 1.0.0", Duration::from_secs(150))
+        .until_async(|| {
+            c.deployed()
+                .filter(|d| d["tag"] == "1.0.0" && d["outcome"] == "deployed")
+        })
+        .await;
     assert_eq!(d["seq"], 2);
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.0.0"; 3]);
-    let version = c.nomad.job("web")["Version"].clone();
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.0.0"; 3]);
+    let version = c.nomad().job("web")["Version"].clone();
 
     let (status, body) = tb.push("1.2.0").await;
     assert_eq!((status, &body["reason"]), (200, &json!("pinned")), "{body}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(c.nomad.job("web")["Version"], version, "pinned: no deploy");
+    assert_eq!(
+        c.nomad().job("web")["Version"],
+        version,
+        "pinned: no deploy"
+    );
     assert_eq!(
         c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
         Some("1.0.0")
@@ -644,31 +521,30 @@ async fn rollback_pins_until_unpin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_connect_reports_what_the_live_job_lacks() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job("web-classic", "1.0.0", &[]);
     let cfg = c
         .dir
-        .write("tagbridge.hcl", c.config("strategy = \"template\"", ""));
+        .write("tagbridge.hcl", config(&c, "strategy = \"template\"", ""));
     let (code, out, err) = tokio::task::block_in_place(|| cli(&cfg, &["check", "--connect"]));
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("change_mode = \"restart\""), "{err}");
     let js = c
         .dir
-        .write("js.hcl", c.config("strategy = \"jobspec\"", ""));
+        .write("js.hcl", config(&c, "strategy = \"jobspec\"", ""));
     let (code, _, err) = tokio::task::block_in_place(|| cli(&js, &["check", "--connect"]));
     assert_eq!(code, 1);
     assert!(err.contains("NOMAD_META_image_tag"), "{err}");
     let missing = c.dir.write(
         "missing.hcl",
-        c.config("strategy = \"template\"", "")
-            .replace("job     = \"web\"", "job = \"nope\""),
+        config(&c, "strategy = \"template\"", "").replace("job     = \"web\"", "job = \"nope\""),
     );
     let (code, _, err) = tokio::task::block_in_place(|| cli(&missing, &["check", "--connect"]));
     assert_eq!(code, 1);
     assert!(err.contains("job does not exist"), "{err}");
 
     // The template example meets every requirement.
-    c.nomad.stop_job("web");
+    c.nomad().stop_job("web");
     c.run_job("web-template", "1.0.0", &[]);
     let (code, out, err) = tokio::task::block_in_place(|| cli(&cfg, &["check", "--connect"]));
     assert_eq!(code, 0, "{out}{err}");
@@ -691,7 +567,7 @@ async fn check_connect_reports_what_the_live_job_lacks() {
             templates[0]["ChangeMode"] = json!(mode);
         }
     };
-    c.nomad.stop_job("web");
+    c.nomad().stop_job("web");
     c.run_job_with("web-prefix", "1.0.0", &[], classic("restart"));
     let (code, out, err) = tokio::task::block_in_place(|| cli(&cfg, &["check", "--connect"]));
     assert_eq!(code, 1, "{out}{err}");
@@ -714,21 +590,18 @@ async fn check_connect_reports_what_the_live_job_lacks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_leader_is_replaced_and_the_same_deployment_finishes() {
-    let c = Cluster::start();
+    let c = cluster();
     // A slower start per instance leaves time to kill the leader mid-way.
     c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
     let (mut a, b) = two_replicas(&c).await;
 
     assert_eq!(push_to(&c, &a, "1.1.0").await.0, 202);
-    let inflight = poll(
-        "the rollout to be in flight",
-        Duration::from_secs(60),
-        || {
+    let inflight = wait("the rollout to be in flight", Duration::from_secs(60))
+        .until_async(|| {
             c.deployed()
                 .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
-        },
-    )
-    .await;
+        })
+        .await;
     let deployment = inflight["deployment"].as_str().unwrap().to_string();
     tokio::task::block_in_place(|| a.kill9());
     assert_eq!(
@@ -744,15 +617,15 @@ async fn a_killed_leader_is_replaced_and_the_same_deployment_finishes() {
         Some(deployment.as_str()),
         "the same deployment was finished"
     );
-    let job = c.nomad.job("web");
+    let job = c.nomad().job("web");
     assert_eq!(job["Version"], 1, "no second registration");
-    let deployments = c.nomad.api_ok("GET", "/v1/job/web/deployments", None);
+    let deployments = c.nomad().api_ok("GET", "/v1/job/web/deployments", None);
     assert_eq!(
         deployments.as_array().unwrap().len(),
         2,
         "initial + this rollout, never a second one"
     );
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.1.0"; 3]);
     let log = b.log_text();
     assert!(log.contains("leadership acquired"), "{log}");
     assert!(log.contains("resuming an unfinished rollout"), "{log}");
@@ -778,7 +651,7 @@ async fn a_killed_leader_is_replaced_and_the_same_deployment_finishes() {
 /// then passes the health gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_webhook_while_no_replica_leads_leaves_the_key_to_the_next_leader() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job("web-template", "1.0.0", &[]);
     let (mut a, b) = two_replicas(&c).await;
     let index_of =
@@ -807,18 +680,17 @@ async fn a_webhook_while_no_replica_leads_leaves_the_key_to_the_next_leader() {
     );
 
     // Sample every 100 ms until the key changes (bounded).
-    let (changed, kv) = loop {
-        let kv = tokio::task::block_in_place(|| c.consul.fingerprint());
-        if index_of(&kv, key) != before {
-            break (Instant::now(), kv);
-        }
-        assert!(
-            acked.elapsed() < Duration::from_secs(90),
-            "the key never changed; b log:\n{}",
-            b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (changed, kv) = wait(
+        "the key to change",
+        Duration::from_secs(90).saturating_sub(acked.elapsed()),
+    )
+    .every(Duration::from_millis(100))
+    .attempt_async(|| {
+        let kv = c.consul.fingerprint();
+        (index_of(&kv, key) != before).then(|| (Instant::now(), kv))
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the key never changed; b log:\n{}", b.log_text()));
     let key_index = index_of(&kv, key);
     let deployed_index = index_of(&kv, "tagbridge/deployed/web");
     assert!(
@@ -841,7 +713,7 @@ async fn a_webhook_while_no_replica_leads_leaves_the_key_to_the_next_leader() {
     );
     assert_eq!(versions_naming(&c, "1.1.0"), vec![1], "I3: registered once");
     assert_eq!(c.consul.kv(key).as_deref(), Some("1.1.0"));
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.1.0"; 3]);
     assert_eq!(
         events(&c.consul.history("web")),
         [
@@ -856,13 +728,13 @@ async fn a_webhook_while_no_replica_leads_leaves_the_key_to_the_next_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobspec_with_nomads_auto_revert_is_mirrored_into_kv_and_history() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job(
         "web-jobspec",
         "1.0.0",
         &[("auto_revert", "true"), ("initial_tag", "1.0.0")],
     );
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"jobspec\"", ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"jobspec\"", ""), None).await;
     assert_eq!(tb.push("bad-3").await.0, 202);
     let d = c.outcome_for("bad-3", Duration::from_secs(180)).await;
     assert_eq!(d["outcome"], "rolled_back", "{d}");
@@ -870,15 +742,15 @@ async fn jobspec_with_nomads_auto_revert_is_mirrored_into_kv_and_history() {
         c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
         Some("1.0.0")
     );
-    let job = c.nomad.job("web");
+    let job = c.nomad().job("web");
     assert_eq!(job["Meta"]["image_tag"], "1.0.0", "Nomad reverted the job");
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.0.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.0.0"; 3]);
     assert_eq!(c.consul.history("web")[0]["event"], "rolled_back");
 
     assert_eq!(tb.push("1.1.0").await.0, 202);
     let d = c.outcome_for("1.1.0", Duration::from_secs(150)).await;
     assert_eq!(d["outcome"], "deployed", "{d}");
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.1.0"; 3]);
     assert_eq!(
         c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
         Some("1.1.0")
@@ -888,7 +760,7 @@ async fn jobspec_with_nomads_auto_revert_is_mirrored_into_kv_and_history() {
 
 /// Versions of the job whose meta names `tag` (I3 counts registrations).
 fn versions_naming(c: &Cluster, tag: &str) -> Vec<u64> {
-    let versions = c.nomad.api_ok("GET", "/v1/job/web/versions", None);
+    let versions = c.nomad().api_ok("GET", "/v1/job/web/versions", None);
     versions["Versions"]
         .as_array()
         .unwrap()
@@ -904,7 +776,7 @@ fn versions_naming(c: &Cluster, tag: &str) -> Vec<u64> {
 /// prior tag (I1) and the operator's key survives (I4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_edit_during_a_failing_rollout_is_kept_and_the_tag_restored() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job_with(
         "web-template",
         "1.0.0",
@@ -916,16 +788,17 @@ async fn an_operator_edit_during_a_failing_rollout_is_kept_and_the_tag_restored(
             });
         },
     );
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", ""), None).await;
     assert_eq!(tb.push("bad-8").await.0, 202);
-    poll("bad-8 to be registered", Duration::from_secs(60), || {
-        c.deployed()
-            .filter(|d| d["outcome"] == "in_progress" && d["job_version"].is_u64())
-    })
-    .await;
+    wait("bad-8 to be registered", Duration::from_secs(60))
+        .until_async(|| {
+            c.deployed()
+                .filter(|d| d["outcome"] == "in_progress" && d["job_version"].is_u64())
+        })
+        .await;
     // The operator's `nomad job run` of an edited file, 0.1 s later.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let addr = c.nomad.addr();
+    let addr = c.nomad().addr();
     tokio::task::block_in_place(|| {
         let (_, mut job) = get_json(&addr, "/v1/job/web");
         job["Meta"]["owner"] = json!("someone-else");
@@ -935,7 +808,7 @@ async fn an_operator_edit_during_a_failing_rollout_is_kept_and_the_tag_restored(
 
     let d = c.outcome_for("bad-8", Duration::from_secs(240)).await;
     assert_eq!(d["outcome"], "rolled_back", "{d}");
-    let job = c.nomad.job("web");
+    let job = c.nomad().job("web");
     assert_eq!(
         (
             c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
@@ -955,15 +828,12 @@ async fn an_operator_edit_during_a_failing_rollout_is_kept_and_the_tag_restored(
         2,
         "ours and the operator's run, nothing else"
     );
-    let tags = poll(
-        "every instance back on 1.0.0",
-        Duration::from_secs(120),
-        || {
-            let t = c.nomad.running_tags("web");
+    let tags = wait("every instance back on 1.0.0", Duration::from_secs(120))
+        .until_async(|| {
+            let t = c.nomad().running_tags("web");
             (t == vec!["1.0.0"; 3]).then_some(t)
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(tags.len(), 3);
     tb.stop().await;
 }
@@ -975,34 +845,31 @@ async fn an_operator_edit_during_a_failing_rollout_is_kept_and_the_tag_restored(
 /// their version, and their key survives (I4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_edit_during_the_rollbacks_revert_is_followed() {
-    let c = Cluster::start();
+    let c = cluster();
     // A slower start per instance keeps the revert's deployment running
     // long enough to run the job again on top of it.
     c.run_job("web-template", "1.0.0", &[("warmup", "4")]);
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", ""), None).await;
     assert_eq!(tb.push("bad-5").await.0, 202);
-    poll(
-        "the revert to be registered",
-        Duration::from_secs(120),
-        || {
-            let job = c.nomad.job("web");
+    wait("the revert to be registered", Duration::from_secs(120))
+        .until_async(|| {
+            let job = c.nomad().job("web");
             let reverted = job["Version"] == 2 && job["Meta"]["image_tag"] == "1.0.0";
             // Nomad creates the revert's deployment a moment after the
             // version: the edit below must land on top of that deployment.
             let deploying = reverted
-                && c.nomad
+                && c.nomad()
                     .latest_deployment("web")
                     .is_some_and(|d| d["JobVersion"] == 2);
             c.deployed()
                 .filter(|d| deploying && d["outcome"] == "rolling_back")
                 .map(|_| ())
-        },
-    )
-    .await;
-    let addr = c.nomad.addr();
+        })
+        .await;
+    let addr = c.nomad().addr();
     let revert_deployment = tokio::task::block_in_place(|| {
         let dep = c
-            .nomad
+            .nomad()
             .latest_deployment("web")
             .expect("the revert's deployment");
         let (_, mut job) = get_json(&addr, "/v1/job/web");
@@ -1015,7 +882,7 @@ async fn an_operator_edit_during_the_rollbacks_revert_is_followed() {
 
     let d = c.outcome_for("bad-5", Duration::from_secs(180)).await;
     assert_eq!(d["outcome"], "rolled_back", "{d}");
-    let job = c.nomad.job("web");
+    let job = c.nomad().job("web");
     assert_eq!(
         job["Version"], 3,
         "the operator's version on top of the revert"
@@ -1024,7 +891,7 @@ async fn an_operator_edit_during_the_rollbacks_revert_is_followed() {
         d["job_version"], 3,
         "their deployment settled the rollback: {d}"
     );
-    let cancelled = c.nomad.api_ok(
+    let cancelled = c.nomad().api_ok(
         "GET",
         &format!(
             "/v1/deployment/{}",
@@ -1046,11 +913,12 @@ async fn an_operator_edit_during_the_rollbacks_revert_is_followed() {
         "I1"
     );
     assert_eq!(job["Meta"]["owner"], "someone-else", "I4");
-    let tags = poll("every instance on 1.0.0", Duration::from_secs(120), || {
-        let t = c.nomad.running_tags("web");
-        (t == vec!["1.0.0"; 3]).then_some(t)
-    })
-    .await;
+    let tags = wait("every instance on 1.0.0", Duration::from_secs(120))
+        .until_async(|| {
+            let t = c.nomad().running_tags("web");
+            (t == vec!["1.0.0"; 3]).then_some(t)
+        })
+        .await;
     assert_eq!(tags.len(), 3);
     tb.stop().await;
 }
@@ -1059,31 +927,24 @@ async fn an_operator_edit_during_the_rollbacks_revert_is_followed() {
 /// its term, campaigns again, and the rollout completes exactly once (I3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deleted_lock_key_mid_rollout_is_noticed_and_the_rollout_completes_once() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", ""), None).await;
     assert_eq!(tb.push("1.1.0").await.0, 202);
-    let inflight = poll(
-        "the rollout to be in flight",
-        Duration::from_secs(60),
-        || {
+    let inflight = wait("the rollout to be in flight", Duration::from_secs(60))
+        .until_async(|| {
             c.deployed()
                 .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
-        },
-    )
-    .await;
-    poll("the lock to be held", Duration::from_secs(10), || {
-        c.consul.kv("tagbridge/leader").map(|_| ())
-    })
-    .await;
+        })
+        .await;
+    wait("the lock to be held", Duration::from_secs(10))
+        .until_async(|| c.consul.kv("tagbridge/leader").map(|_| ()))
+        .await;
     tokio::task::block_in_place(|| c.consul.delete("tagbridge/leader"));
     // The controller campaigns again and takes the lock back.
-    poll(
-        "the lock to be taken again",
-        Duration::from_secs(30),
-        || c.consul.kv("tagbridge/leader").map(|_| ()),
-    )
-    .await;
+    wait("the lock to be taken again", Duration::from_secs(30))
+        .until_async(|| c.consul.kv("tagbridge/leader").map(|_| ()))
+        .await;
 
     let d = c.outcome_for("1.1.0", Duration::from_secs(180)).await;
     assert_eq!(d["outcome"], "deployed", "{d}");
@@ -1092,13 +953,13 @@ async fn a_deleted_lock_key_mid_rollout_is_noticed_and_the_rollout_completes_onc
         "the same deployment was finished"
     );
     assert_eq!(versions_naming(&c, "1.1.0"), vec![1], "I3: registered once");
-    let deployments = c.nomad.api_ok("GET", "/v1/job/web/deployments", None);
+    let deployments = c.nomad().api_ok("GET", "/v1/job/web/deployments", None);
     assert_eq!(
         deployments.as_array().unwrap().len(),
         2,
         "initial + this rollout"
     );
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.1.0"; 3]);
     let h = c.consul.history("web");
     assert_eq!(
         events(&h),
@@ -1116,19 +977,16 @@ async fn a_deleted_lock_key_mid_rollout_is_noticed_and_the_rollout_completes_onc
 /// a failure, and records the outcome soon after Nomad reports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_nomad_server_restart_mid_rollout_is_waited_out() {
-    let mut c = Cluster::start_with(true, false);
+    let mut c = Cluster::options("rollout").split_nomad().start();
     c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", ""), None).await;
     assert_eq!(tb.push("1.1.0").await.0, 202);
-    let inflight = poll(
-        "the rollout to be in flight",
-        Duration::from_secs(60),
-        || {
+    let inflight = wait("the rollout to be in flight", Duration::from_secs(60))
+        .until_async(|| {
             c.deployed()
                 .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
-        },
-    )
-    .await;
+        })
+        .await;
     let server = c.server.as_mut().expect("split cluster");
     tokio::task::block_in_place(|| {
         server.stop();
@@ -1147,25 +1005,22 @@ async fn a_nomad_server_restart_mid_rollout_is_waited_out() {
         inflight["deployment"].as_str().unwrap()
     );
     let mut nomad_done: Option<Instant> = None;
-    let started = Instant::now();
-    let recorded = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "no outcome within 180 s"
-        );
-        let (terminal, rec) = tokio::task::block_in_place(|| {
-            let terminal = matches!(c.nomad.api("GET", &dep_path, None),
+    let recorded = wait(
+        "an outcome after the server restart",
+        Duration::from_secs(180),
+    )
+    .every(Duration::from_millis(50))
+    .until_async(|| {
+        let terminal = matches!(c.nomad().api("GET", &dep_path, None),
                 Ok((200, d)) if TERMINAL_DEPLOYMENT.contains(&d["Status"].as_str().unwrap_or("")));
-            (terminal, c.deployed())
-        });
+        let rec = c.deployed();
         if terminal && nomad_done.is_none() {
             nomad_done = Some(Instant::now());
         }
-        if let Some(d) = rec.filter(|d| d["outcome"] != "in_progress") {
-            break (Instant::now(), d);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        rec.filter(|d| d["outcome"] != "in_progress")
+            .map(|d| (Instant::now(), d))
+    })
+    .await;
     let (at, d) = recorded;
     assert_eq!(d["outcome"], "deployed", "{d}");
     assert_eq!(d["deployment"], inflight["deployment"]);
@@ -1180,7 +1035,7 @@ async fn a_nomad_server_restart_mid_rollout_is_waited_out() {
         c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
         Some("1.1.0")
     );
-    assert_eq!(c.nomad.job("web")["Meta"]["image_tag"], "1.1.0", "I1");
+    assert_eq!(c.nomad().job("web")["Meta"]["image_tag"], "1.1.0", "I1");
     tb.stop().await;
 }
 
@@ -1189,7 +1044,7 @@ async fn a_nomad_server_restart_mid_rollout_is_waited_out() {
 /// the settled state satisfies I1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_killed_during_a_rollback_is_replaced_and_the_rollback_finishes() {
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job_with(
         "web-template",
         "1.0.0",
@@ -1203,15 +1058,14 @@ async fn a_leader_killed_during_a_rollback_is_replaced_and_the_rollback_finishes
     );
     let (mut a, b) = two_replicas(&c).await;
     assert_eq!(push_to(&c, &a, "bad-4").await.0, 202);
-    poll("the rollback to begin", Duration::from_secs(120), || {
-        c.deployed().filter(|d| d["outcome"] == "rolling_back")
-    })
-    .await;
+    wait("the rollback to begin", Duration::from_secs(120))
+        .until_async(|| c.deployed().filter(|d| d["outcome"] == "rolling_back"))
+        .await;
     tokio::task::block_in_place(|| a.kill9());
 
     let d = c.outcome_for("bad-4", Duration::from_secs(180)).await;
     assert_eq!(d["outcome"], "rolled_back", "{d}");
-    let job = c.nomad.job("web");
+    let job = c.nomad().job("web");
     assert_eq!(
         (
             c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
@@ -1237,25 +1091,22 @@ async fn a_leader_killed_during_a_rollback_is_replaced_and_the_rollback_finishes
 /// acknowledged webhook is kept (I5), and the settled state satisfies I1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_consul_restart_mid_rollout_is_waited_out() {
-    let mut c = Cluster::start_with(false, true);
+    let mut c = Cluster::options("rollout").nomad().durable_consul().start();
     c.run_job("web-template", "1.0.0", &[("warmup", "3")]);
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", ""), None).await;
     assert_eq!(tb.push("1.1.0").await.0, 202);
-    poll(
-        "the rollout to be in flight",
-        Duration::from_secs(60),
-        || {
+    wait("the rollout to be in flight", Duration::from_secs(60))
+        .until_async(|| {
             c.deployed()
                 .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
-        },
-    )
-    .await;
+        })
+        .await;
     tokio::task::block_in_place(|| c.consul.restart_durable(Duration::from_secs(2)));
 
     let d = c.outcome_for("1.1.0", Duration::from_secs(180)).await;
     assert_eq!(d["outcome"], "deployed", "{d}");
     assert_eq!(versions_naming(&c, "1.1.0"), vec![1], "I3: registered once");
-    let job = c.nomad.job("web");
+    let job = c.nomad().job("web");
     assert_eq!(
         (
             c.consul.kv("configs/web/IMAGE_TAG").as_deref(),
@@ -1264,7 +1115,7 @@ async fn a_consul_restart_mid_rollout_is_waited_out() {
         (Some("1.1.0"), Some("1.1.0")),
         "I1"
     );
-    assert_eq!(c.nomad.running_tags("web"), vec!["1.1.0"; 3]);
+    assert_eq!(c.nomad().running_tags("web"), vec!["1.1.0"; 3]);
     let h = c.consul.history("web");
     assert_eq!(
         events(&h),
@@ -1296,7 +1147,7 @@ async fn a_consul_restart_mid_rollout_is_waited_out() {
 /// pending). Their deployment then fails and tagbridge rightly rolls back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_scale_mid_rollout_is_kept_and_the_rollout_completes() {
-    let c = Cluster::start();
+    let c = cluster();
     // Generous health deadlines: a healthy tag must not fail on a loaded
     // 2-core machine (four instances start one after another).
     c.run_job(
@@ -1308,34 +1159,31 @@ async fn an_operator_scale_mid_rollout_is_kept_and_the_rollout_completes() {
             ("progress_deadline", "5m"),
         ],
     );
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", ""), None).await;
     assert_eq!(tb.push("1.1.0").await.0, 202);
-    poll(
-        "the rollout to be in flight",
-        Duration::from_secs(60),
-        || {
+    wait("the rollout to be in flight", Duration::from_secs(60))
+        .until_async(|| {
             c.deployed()
                 .filter(|d| d["outcome"] == "in_progress" && d["deployment"].is_string())
-        },
-    )
-    .await;
-    poll(
+        })
+        .await;
+    wait(
         "the server to see every allocation of our version running",
         Duration::from_secs(90),
-        || {
-            let allocs = c.nomad.allocations("web");
-            let ours: Vec<&Value> = allocs
-                .iter()
-                .filter(|a| a["JobVersion"] == 1 && a["DesiredStatus"] == "run")
-                .collect();
-            let running = |a: &&Value| {
-                a["ClientStatus"] == "running" && a["TaskStates"]["web"]["State"] == "running"
-            };
-            (!ours.is_empty() && ours.iter().all(running)).then_some(())
-        },
     )
+    .until_async(|| {
+        let allocs = c.nomad().allocations("web");
+        let ours: Vec<&Value> = allocs
+            .iter()
+            .filter(|a| a["JobVersion"] == 1 && a["DesiredStatus"] == "run")
+            .collect();
+        let running = |a: &&Value| {
+            a["ClientStatus"] == "running" && a["TaskStates"]["web"]["State"] == "running"
+        };
+        (!ours.is_empty() && ours.iter().all(running)).then_some(())
+    })
     .await;
-    let addr = c.nomad.addr();
+    let addr = c.nomad().addr();
     tokio::task::block_in_place(|| {
         let (status, body) = post_json(
             &addr,
@@ -1354,14 +1202,14 @@ async fn an_operator_scale_mid_rollout_is_kept_and_the_rollout_completes() {
     let d = c.outcome_for("1.1.0", Duration::from_secs(240)).await;
     if d["outcome"] != "deployed" {
         // Which allocation failed, and whether it was updated in place.
-        let versions = c.nomad.api_ok("GET", "/v1/job/web/versions", None);
+        let versions = c.nomad().api_ok("GET", "/v1/job/web/versions", None);
         for v in versions["Versions"].as_array().into_iter().flatten() {
             eprintln!(
                 "version {} JobModifyIndex {}",
                 v["Version"], v["JobModifyIndex"]
             );
         }
-        for a in c.nomad.allocations("web") {
+        for a in c.nomad().allocations("web") {
             eprintln!(
                 "alloc {} {} v{} create {} client {} healthy {} events {}",
                 a["ID"],
@@ -1375,7 +1223,7 @@ async fn an_operator_scale_mid_rollout_is_kept_and_the_rollout_completes() {
         }
     }
     assert_eq!(d["outcome"], "deployed", "followed their deployment: {d}");
-    let job = c.nomad.job("web");
+    let job = c.nomad().job("web");
     assert_eq!(
         job["TaskGroups"][0]["Count"], 4,
         "I4: the operator's count survives"
@@ -1395,11 +1243,12 @@ async fn an_operator_scale_mid_rollout_is_kept_and_the_rollout_completes() {
         (Some("1.1.0"), Some("1.1.0"), Some("1.1.0")),
         "I1"
     );
-    let tags = poll("four instances on 1.1.0", Duration::from_secs(120), || {
-        let t = c.nomad.running_tags("web");
-        (t == vec!["1.1.0"; 4]).then_some(t)
-    })
-    .await;
+    let tags = wait("four instances on 1.1.0", Duration::from_secs(120))
+        .until_async(|| {
+            let t = c.nomad().running_tags("web");
+            (t == vec!["1.1.0"; 4]).then_some(t)
+        })
+        .await;
     assert_eq!(tags.len(), 4);
     tb.stop().await;
 }
@@ -1423,9 +1272,9 @@ async fn the_readme_ci_step_fails_the_pipeline_on_a_rollback() {
         .and_then(|b| b.strip_suffix("```"))
         .expect("a sh block")
         .to_string();
-    let c = Cluster::start();
+    let c = cluster();
     c.run_job("web-template", "1.0.0", &[]);
-    let tb = Tagbridge::start(&c, &c.config("strategy = \"template\"", ""), None).await;
+    let tb = Tagbridge::start(&c, &config(&c, "strategy = \"template\"", ""), None).await;
     let ca = c.dir.write("ca.pem", &c.tls.ca_pem);
     let url = tb
         .server
@@ -1457,10 +1306,10 @@ async fn the_readme_ci_step_fails_the_pipeline_on_a_rollback() {
     // Nomad leaves a deployment's ModifyTime at zero: its end is taken as
     // the last change to an allocation of its job version.
     let deployment_took = |c: &Cluster| {
-        let d = c.nomad.latest_deployment("web").expect("a deployment");
+        let d = c.nomad().latest_deployment("web").expect("a deployment");
         let created = d["CreateTime"].as_u64().unwrap_or(0);
         let ended = c
-            .nomad
+            .nomad()
             .allocations("web")
             .iter()
             .filter(|a| a["JobVersion"] == d["JobVersion"])
@@ -1550,7 +1399,7 @@ async fn the_readme_ci_step_fails_the_pipeline_on_a_rollback() {
 /// The deployment of `job`'s `version`, from Nomad's list of them.
 fn deployment_of(c: &Cluster, job: &str, version: u64) -> Value {
     let all = c
-        .nomad
+        .nomad()
         .api_ok("GET", &format!("/v1/job/{job}/deployments"), None);
     all.as_array()
         .and_then(|a| a.iter().find(|d| d["JobVersion"] == version).cloned())
@@ -1563,7 +1412,7 @@ fn deployment_of(c: &Cluster, job: &str, version: u64) -> Value {
 /// included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn several_jobs_roll_in_order_and_a_failure_rolls_back_all_of_them() {
-    let c = Cluster::start();
+    let c = cluster();
     // Web fails only tags starting with "bad-web"; the worker every "bad".
     let set_bad_prefix = |prefix: &'static str| {
         move |job: &mut Value| {
@@ -1578,28 +1427,30 @@ async fn several_jobs_roll_in_order_and_a_failure_rolls_back_all_of_them() {
             ("count", "2"),
             ("job_name", "worker"),
         ];
-        let mut job = c.nomad.parse_job(&job_file("web-template"), &vars);
+        let mut job = c.nomad().parse_job(&job_file("web-template"), &vars);
         job["Meta"]["image_tag"] = json!("1.0.0");
         set_bad_prefix("bad")(&mut job);
-        c.nomad.register(&job);
+        c.nomad().register(&job);
         let d = c
-            .nomad
+            .nomad()
             .wait_deployment_terminal("worker", Duration::from_secs(90));
         assert_eq!(d["Status"], "successful", "worker's first deployment: {d}");
     });
-    let rollout =
-        "jobs     = [\"web\", \"worker\"]\n    timeout  = \"3m\"\n    strategy = \"template\"";
-    let config = rollout_config(&c, &c.consul, &c.nomad, "", Some(rollout));
-    let tb = Tagbridge::start(&c, &config, None).await;
+    let rollout = [
+        "jobs     = [\"web\", \"worker\"]",
+        "timeout  = \"3m\"",
+        "strategy = \"template\"",
+    ];
+    let tb = Tagbridge::start(&c, &c.web_config("", Some(&rollout)), None).await;
 
     let (status, body) = tb.push("2.0.0").await;
     assert_eq!(status, 202, "{body}");
     let d = c.outcome_for("2.0.0", Duration::from_secs(240)).await;
     assert_eq!(d["outcome"], "deployed", "{d}");
-    assert_eq!(c.nomad.job("web")["Meta"]["image_tag"], "2.0.0");
-    assert_eq!(c.nomad.job("worker")["Meta"]["image_tag"], "2.0.0");
-    assert_eq!(c.nomad.running_tags("web"), vec!["2.0.0"; 3]);
-    assert_eq!(c.nomad.running_tags("worker"), vec!["2.0.0"; 2]);
+    assert_eq!(c.nomad().job("web")["Meta"]["image_tag"], "2.0.0");
+    assert_eq!(c.nomad().job("worker")["Meta"]["image_tag"], "2.0.0");
+    assert_eq!(c.nomad().running_tags("web"), vec!["2.0.0"; 3]);
+    assert_eq!(c.nomad().running_tags("worker"), vec!["2.0.0"; 2]);
     // In order, each gated: web's deployment had finished (its last
     // change) before the worker's was created.
     let (web, worker) = (deployment_of(&c, "web", 1), deployment_of(&c, "worker", 1));
@@ -1629,10 +1480,10 @@ async fn several_jobs_roll_in_order_and_a_failure_rolls_back_all_of_them() {
     );
     assert_eq!(c.consul.kv(KEY).as_deref(), Some("2.0.0"), "the key too");
     for (job, count) in [("web", 3), ("worker", 2)] {
-        let j = c.nomad.job(job);
+        let j = c.nomad().job(job);
         assert_eq!(j["Meta"]["image_tag"], "2.0.0", "{job}: {j}");
         assert_eq!(j["Version"], 3, "{job}: v2 = bad-worker-3, v3 = its revert");
-        assert_eq!(c.nomad.running_tags(job), vec!["2.0.0"; count], "{job}");
+        assert_eq!(c.nomad().running_tags(job), vec!["2.0.0"; count], "{job}");
     }
     // Web had run the tag healthily before the worker failed it.
     assert_eq!(deployment_of(&c, "web", 2)["Status"], "successful");

@@ -44,13 +44,12 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::nomad::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -159,14 +158,19 @@ struct KeyChange {
     baseline: bool,
 }
 
-/// Watch `configs/` with blocking queries until `stop`; record every
-/// change of a service key.
-fn watch_keys(consul: String, services: Vec<String>, stop: Arc<AtomicBool>) -> Vec<KeyChange> {
+/// Watch `configs/` with blocking queries until `stop` (or `until`, a
+/// backstop); record every change of a service key.
+fn watch_keys(
+    consul: String,
+    services: Vec<String>,
+    stop: Arc<AtomicBool>,
+    until: Instant,
+) -> Vec<KeyChange> {
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut out = Vec::new();
     let mut index = 0u64;
-    // Bounded by `stop`, which the soak sets before it returns.
-    while !stop.load(Ordering::Relaxed) {
+    // Bounded by `stop`, which the soak sets before it returns, and `until`.
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
         let url = format!("{consul}/v1/kv/configs/?recurse&index={index}&wait=5s");
         let entries: Vec<Value> = match blocking_get_status(&url) {
             Ok((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
@@ -221,14 +225,16 @@ struct Version {
 }
 
 /// Poll every job's versions (Nomad keeps only the last few, so poll
-/// often) until `stop`; every version ever seen, per job.
+/// often) until `stop` (or `until`, a backstop); every version ever seen,
+/// per job.
 fn watch_versions(
     nomad: String,
     jobs: Vec<String>,
     stop: Arc<AtomicBool>,
+    until: Instant,
 ) -> HashMap<String, BTreeMap<u64, Version>> {
     let mut out: HashMap<String, BTreeMap<u64, Version>> = HashMap::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
         for job_id in &jobs {
             let url = format!("{nomad}/v1/job/{job_id}/versions");
             let Ok((200, body)) = blocking_get_status(&url) else {
@@ -312,71 +318,58 @@ struct Soak {
     _dir: TempDir,
 }
 
+/// The soak's configuration: every service signed `generic`, numeric tag
+/// order, a long history, rolling its job(s) with the template strategy.
 fn config(
     s: &[String],
     workers: bool,
     consul: &str,
     nomad: &str,
     tls: &TestTls,
-    signing: &str,
+    signing: &Path,
 ) -> String {
-    let mut cfg = format!(
-        r#"
-listen       = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-log_format   = "json"
-tls {{
-  cert_file = "{cert}"
-  key_file  = "{key}"
-}}
-consul {{
-  address = "{consul}"
-}}
-nomad {{
-  address = "{nomad}"
-}}
-"#,
-        cert = tls.cert_file.display(),
-        key = tls.key_file.display(),
-    );
+    let mut cfg = TbConfig::new()
+        .admin_listen("127.0.0.1:0")
+        .log_format("json")
+        .tls(tls)
+        .consul(consul)
+        .nomad(nomad);
     for svc in s {
-        let (_, hash) = secret_pair(svc);
         let jobs = match workers {
             true => format!("jobs     = {:?}", jobs_of(svc, true)),
             false => format!("job      = \"{svc}\""),
         };
-        cfg.push_str(&format!(
-            r#"
-service "{svc}" {{
-  secret_sha256       = "{hash}"
-  source              = "generic"
-  repository          = "acme/{svc}"
-  key                 = "configs/{svc}/IMAGE_TAG"
-  signing_secret_file = "{signing}"
-  history_keep        = 10000
-  tags {{
-    order = "numeric"
-  }}
-  rollout {{
-    {jobs}
-    strategy = "template"
-    timeout  = "4m"
-  }}
-}}
-"#
-        ));
+        cfg = cfg.service(
+            Service::new(svc, "generic")
+                .signing_file(signing)
+                .line("history_keep        = 10000")
+                .line("tags {\n    order = \"numeric\"\n  }")
+                .rollout(&[
+                    jobs.as_str(),
+                    "strategy = \"template\"",
+                    "timeout  = \"4m\"",
+                ]),
+        );
     }
-    cfg
+    cfg.render()
 }
 
 impl Soak {
     /// The cluster, the jobs running `ok-0`, the config and both replicas
     /// (one straight sequence, hence its length).
     fn start(seed: u64, n: usize, workers: bool) -> Self {
-        let consul = ConsulAgent::start_durable();
-        let (nomad, server) = NomadAgent::start_split(&consul);
-        let dir = TempDir::new("soak");
-        let tls = TestTls::new(&dir);
+        let Cluster {
+            consul,
+            nomad,
+            server,
+            dir,
+            tls,
+            ..
+        } = Cluster::options("soak")
+            .durable_consul()
+            .split_nomad()
+            .start();
+        let (nomad, server) = (nomad.expect("nomad"), server.expect("nomad server"));
         let services: Vec<String> = (0..n).map(|i| format!("svc{i}")).collect();
         let testsvc = testsvc_bin();
         for svc in &services {
@@ -419,7 +412,7 @@ impl Soak {
             &consul.addr(),
             &nomad.addr(),
             &tls,
-            &signing.display().to_string(),
+            &signing,
         );
         let cfg = dir.write("tagbridge.hcl", text);
         let logs = std::env::var_os("TAGBRIDGE_SOAK_LOGS")
@@ -1197,17 +1190,20 @@ fn soak() {
     ));
 
     let stop = Arc::new(AtomicBool::new(false));
+    let settle = Duration::from_secs(600);
+    // The watchers' backstop: the faults, the settling and half an hour.
+    let until = Instant::now() + Duration::from_secs(secs) + settle + Duration::from_secs(1800);
     let keys = {
         let (c, s, st) = (soak.consul.addr(), soak.services.clone(), stop.clone());
-        std::thread::spawn(move || watch_keys(c, s, st))
+        std::thread::spawn(move || watch_keys(c, s, st, until))
     };
     let versions = {
         let (a, s, st) = (soak.nomad.addr(), soak.all_jobs(), stop.clone());
-        std::thread::spawn(move || watch_versions(a, s, st))
+        std::thread::spawn(move || watch_versions(a, s, st, until))
     };
     soak.run(Instant::now() + Duration::from_secs(secs));
     soak.say("faults over; waiting for quiet");
-    let settled = soak.settle(Duration::from_secs(600));
+    let settled = soak.settle(settle);
     stop.store(true, Ordering::Relaxed);
     let keys = keys.join().expect("key watcher");
     let versions = versions.join().expect("version watcher");

@@ -15,18 +15,25 @@
 //! this machine; readiness (node `ready`, raw_exec healthy) takes a few
 //! seconds.
 
-use super::*;
-
 use std::collections::HashMap;
-use std::net::TcpStream;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+
+use super::agents::{ConsulAgent, Watched};
+use super::http1::{blocking_get, http1_request_h, probe};
+use super::paths::{free_ports, provide, repo_root, TempDir};
+use super::wait::wait;
 
 /// Path of the pinned Nomad binary (built once, then cached).
 pub fn nomad_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| super::provide("nomad")).clone()
+    BIN.get_or_init(|| provide("install-agents.sh", &["nomad"]))
+        .clone()
 }
 
 /// Path of the built `tagbridge-testsvc` (Cargo builds every bin target of
@@ -181,47 +188,50 @@ client {{
 
     /// `POST /v1/acl/bootstrap` (retried until the server has a leader).
     fn bootstrap_acl(&self) -> String {
-        let start = Instant::now();
-        let mut last = String::new();
-        while start.elapsed() < READY_WITHIN {
-            match self.api("POST", "/v1/acl/bootstrap", None) {
-                Ok((200, v)) => return v["SecretID"].as_str().expect("SecretID").to_string(),
-                Ok((status, body)) => last = format!("{status} {body}"),
-                Err(e) => last = e.to_string(),
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        panic!("nomad ACL bootstrap failed: {last}\nlog:\n{}", self.log());
+        wait("the nomad ACL bootstrap", READY_WITHIN)
+            .attempt(|| match self.api("POST", "/v1/acl/bootstrap", None) {
+                Ok((200, v)) => Ok(v["SecretID"].as_str().expect("SecretID").to_string()),
+                Ok((status, body)) => Err(format!("{status} {body}")),
+                Err(e) => Err(e.to_string()),
+            })
+            .unwrap_or_else(|last| {
+                panic!(
+                    "nomad ACL bootstrap failed: {}\nlog:\n{}",
+                    last.unwrap_or_default(),
+                    self.log()
+                )
+            })
     }
 
     fn wait_ready(&self) {
-        let start = Instant::now();
-        let mut last = String::new();
-        while start.elapsed() < READY_WITHIN {
-            match self.api("GET", "/v1/nodes", None) {
+        let ready = wait("a ready nomad node", READY_WITHIN).attempt(|| {
+            let last = match self.api("GET", "/v1/nodes", None) {
                 Ok((200, Value::Array(nodes))) => {
                     let ready = nodes.iter().any(|n| {
                         n["Status"] == "ready" && n["Drivers"]["raw_exec"]["Healthy"] == true
                     });
                     if ready {
-                        return;
+                        return Ok(());
                     }
-                    last = format!("nodes: {}", Value::Array(nodes));
+                    format!("nodes: {}", Value::Array(nodes))
                 }
-                Ok((status, body)) => last = format!("GET /v1/nodes: {status} {body}"),
-                Err(e) => last = format!("GET /v1/nodes: {e}"),
-            }
+                Ok((status, body)) => format!("GET /v1/nodes: {status} {body}"),
+                Err(e) => format!("GET /v1/nodes: {e}"),
+            };
             let log = self.log();
             if log.contains("agent: shutdown complete") || log.contains("==> Error") {
                 panic!("nomad agent exited during start-up; log:\n{log}");
             }
-            std::thread::sleep(Duration::from_millis(250));
+            Err(last)
+        });
+        if let Err(last) = ready {
+            panic!(
+                "nomad agent not ready (node ready + raw_exec healthy) within {} s; last: {}\nlog:\n{}",
+                READY_WITHIN.as_secs(),
+                last.unwrap_or_default(),
+                self.log()
+            );
         }
-        panic!(
-            "nomad agent not ready (node ready + raw_exec healthy) within {} s; last: {last}\nlog:\n{}",
-            READY_WITHIN.as_secs(),
-            self.log()
-        );
     }
 
     /// One request to the Nomad HTTP API: status and body parsed as JSON
@@ -329,23 +339,23 @@ client {{
         timeout: Duration,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        let start = Instant::now();
         let mut last = Value::Null;
-        while start.elapsed() < timeout {
+        let found = wait(format!("the deployment of {job_id}"), timeout).attempt(|| {
             let version = self.job(job_id)["Version"].as_u64();
-            if let Some(d) = self.latest_deployment(job_id) {
-                if version.is_some() && d["JobVersion"].as_u64() == version && done(&d) {
-                    return d;
-                }
-                last = d;
+            let d = self.latest_deployment(job_id)?;
+            if version.is_some() && d["JobVersion"].as_u64() == version && done(&d) {
+                return Some(d);
             }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        panic!(
-            "deployment of {job_id} not done within {timeout:?}; last deployment: {last}\nallocations: {}\nnomad log tail:\n{}",
-            summarize_allocs(&self.allocations(job_id)),
-            self.log_tail(40)
-        );
+            last = d;
+            None
+        });
+        found.unwrap_or_else(|_| {
+            panic!(
+                "deployment of {job_id} not done within {timeout:?}; last deployment: {last}\nallocations: {}\nnomad log tail:\n{}",
+                summarize_allocs(&self.allocations(job_id)),
+                self.log_tail(40)
+            )
+        })
     }
 
     /// Wait until the deployment of the job's current version is terminal
@@ -497,31 +507,6 @@ fn probe_all(
     })
 }
 
-/// One plain HTTP GET with an overall `timeout`.
-pub fn probe(ip: &str, port: u16, path: &str, timeout: Duration) -> Option<(u16, String)> {
-    use std::io::Read as _;
-    let start = Instant::now();
-    let addr: SocketAddr = format!("{ip}:{port}").parse().ok()?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    let left = timeout.checked_sub(start.elapsed())?;
-    s.set_read_timeout(Some(left)).ok()?;
-    s.set_write_timeout(Some(left)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).ok()?;
-    if start.elapsed() > timeout {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&resp);
-    let status: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Some((status, body.to_string()))
-}
-
 /// One line per allocation, for failure messages.
 pub fn summarize_allocs(allocs: &[Value]) -> String {
     allocs
@@ -644,17 +629,15 @@ impl NomadServer {
         assert!(self.proc.is_none(), "already running");
         self.proc = Some(Watched::spawn(&nomad_bin(), &self.args, &self.log, &[]));
         let url = format!("http://127.0.0.1:{}/v1/status/leader", self.http_port);
-        let start = Instant::now();
-        while start.elapsed() < READY_WITHIN {
-            if blocking_get(&url).is_ok_and(|b| b.len() > 4) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let leader = wait("a nomad server leader", READY_WITHIN)
+            .every(Duration::from_millis(100))
+            .attempt(|| blocking_get(&url).is_ok_and(|b| b.len() > 4));
+        if leader.is_err() {
+            panic!(
+                "nomad server had no leader within 60 s; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
-        panic!(
-            "nomad server had no leader within 60 s; log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
     }
 }
 

@@ -3,27 +3,19 @@
 //! images pushed by crane itself.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{blocking_get_status, free_ports, repo_root, TempDir, Watched};
+use super::agents::Watched;
+use super::http1::blocking_get_status;
+use super::paths::{free_ports, provide, TempDir};
+use super::wait::wait;
 
 /// Path of the pinned crane binary (built once, then cached).
 pub fn crane_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/install-crane.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/install-crane.sh");
-        assert!(out.status.success(), "scripts/install-crane.sh failed");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().expect("a CRANE_BIN= line");
-        PathBuf::from(line.split_once('=').expect("NAME=path").1.trim())
-    })
-    .clone()
+    BIN.get_or_init(|| provide("install-crane.sh", &[])).clone()
 }
 
 /// `crane registry serve` on a free loopback port, stopped on drop.
@@ -48,17 +40,11 @@ impl CraneRegistry {
             dir,
             _proc: proc,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if matches!(
-                blocking_get_status(&format!("{}/v2/", reg.addr())),
-                Ok((200, _))
-            ) {
-                return reg;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("crane registry did not answer within 20 s");
+        let v2 = format!("{}/v2/", reg.addr());
+        wait("the crane registry to answer", Duration::from_secs(20))
+            .every(Duration::from_millis(50))
+            .until(|| matches!(blocking_get_status(&v2), Ok((200, _))));
+        reg
     }
 
     /// `http://127.0.0.1:<port>`.
