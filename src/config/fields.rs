@@ -14,7 +14,6 @@ use ipnet::IpNet;
 use serde::de::{DeserializeOwned, IntoDeserializer as _};
 use serde::Serialize;
 
-use super::raw::RawConfig;
 use super::{ConfigError, Problem, Secret};
 
 /// Every problem found so far, each naming the file.
@@ -414,29 +413,6 @@ pub(super) fn nets(
     list.iter()
         .filter_map(|n| parse_net(n).map_err(|e| c.add(service, field, e)).ok())
         .collect()
-}
-
-/// The file's text as its raw shape (each value of the wrong type reported
-/// and dropped, see [`super::typed`]), or the one problem that stops
-/// everything (too deeply nested, not HCL, an unknown field).
-pub(super) fn read_raw(c: &mut Collector, text: &str) -> Option<RawConfig> {
-    if let Err(msg) = nesting_within(text, MAX_NESTING) {
-        c.add(None, "", msg);
-        return None;
-    }
-    match hcl::parse(text).and_then(|body| super::typed::read(c, body)) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            let msg = e
-                .to_string()
-                .lines()
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ");
-            c.add(None, "", msg);
-            None
-        }
-    }
 }
 
 pub(super) fn parse_net(s: &str) -> Result<IpNet, String> {

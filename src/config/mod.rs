@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::http::ClientTlsFiles;
 use crate::policy::{Order, TagPolicy};
-use crate::store::Event;
+use crate::store::records::Event;
 use crate::webhook::Source;
 pub use fields::parse_duration;
 use fields::Collector;
@@ -399,7 +399,7 @@ impl Config {
         env: EnvLookup<'_>,
     ) -> Result<Config, ConfigError> {
         let mut c = Collector::new(path.display().to_string());
-        let Some(raw) = fields::read_raw(&mut c, text) else {
+        let Some(raw) = typed::read_raw(&mut c, text) else {
             return Err(ConfigError(c.problems));
         };
         let front = listener::front(&mut c, &raw);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::fields::{read_secret_file, valid_name, word, word_or, Collector};
 use super::raw::RawNotify;
 use super::{NotifyConfig, NotifyFormat, Purpose};
-use crate::store::Event;
+use crate::store::records::Event;
 
 /// The events a notice can announce: a rollout's terminal outcomes.
 const NOTIFY_EVENTS: [Event; 3] = [Event::Deployed, Event::RolledBack, Event::Failed];

@@ -13,7 +13,7 @@
 
 use hcl::{Attribute, Block, BlockLabel, Body, Expression, Identifier, Structure};
 
-use super::fields::Collector;
+use super::fields::{nesting_within, Collector, MAX_NESTING};
 use super::raw::RawConfig;
 
 /// Longest value shown in a problem; a longer one is cut with `…`.
@@ -176,6 +176,29 @@ fn shown(e: &Expression) -> String {
     match one_line.char_indices().nth(SHOWN_MAX) {
         Some((cut, _)) => format!("{}…", &one_line[..cut]),
         None => one_line,
+    }
+}
+
+/// The file's text as its raw shape (each value of the wrong type reported
+/// and dropped, see [`read`]), or the one problem that stops
+/// everything (too deeply nested, not HCL, an unknown field).
+pub(super) fn read_raw(c: &mut Collector, text: &str) -> Option<RawConfig> {
+    if let Err(msg) = nesting_within(text, MAX_NESTING) {
+        c.add(None, "", msg);
+        return None;
+    }
+    match hcl::parse(text).and_then(|body| read(c, body)) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            let msg = e
+                .to_string()
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            c.add(None, "", msg);
+            None
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
-use super::reply::Rejection;
+use super::reply::{declared_length, Rejection};
 use super::MAX_BODY;
 
 /// Read and drop a small body before answering a rejected request, so
@@ -29,13 +29,6 @@ pub(super) async fn drain(body: &mut Incoming) {
         }
     })
     .await;
-}
-
-pub(super) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Read the body, refusing more than [`MAX_BODY`] while it streams. The

@@ -17,7 +17,6 @@ use http::{HeaderValue, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use serde_json::json;
 
-use super::body::declared_length;
 use super::{digest, MAX_BODY};
 use crate::ingest::IngestError;
 use crate::webhook::WebhookError;
@@ -347,4 +346,13 @@ pub(super) fn too_large(
         }
     };
     resp
+}
+
+/// The body length a request declares (`Content-Length`), if it is a
+/// number.
+pub(super) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }

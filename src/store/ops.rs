@@ -9,8 +9,7 @@
 //! "unchanged" means for a record that did not exist.
 
 use super::history::{self, Head, HeadRead};
-use super::read::STARTED;
-use super::records::{Deployed, Desired, HistoryEntry, PinRecord};
+use super::records::{Deployed, Desired, HistoryEntry, PinRecord, STARTED};
 use super::{corrupt, Keys, StoreError};
 use crate::clients::consul::TxnOp;
 

@@ -13,14 +13,10 @@ use serde::de::DeserializeOwned;
 
 use super::history::{self, decode_head, Head, HeadRead};
 use super::ops::Txn;
-use super::records::{Deployed, Desired, PinRecord};
+use super::records::{Deployed, Desired, PinRecord, STARTED};
 use super::{corrupt, Keys, KvRead, StoreError};
 use crate::clients::consul::{Consul, ConsulError, KvPair, TxnOp};
 use crate::config::ServiceConfig;
-
-/// The field of a busy deployed record that holds when its rollout
-/// started (Unix ms). Readers of [`Deployed`] ignore it.
-pub const STARTED: &str = "started";
 
 /// What was read for one service, with the indexes to CAS against.
 #[derive(Debug, Clone, Default)]

@@ -109,6 +109,10 @@ pub struct Deployed {
     pub done: Vec<JobDone>,
 }
 
+/// The field of a busy deployed record that holds when its rollout
+/// started (Unix ms). Readers of [`Deployed`] ignore it.
+pub const STARTED: &str = "started";
+
 /// One job a multi-job rollout already rolled (and gated).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobDone {
