@@ -151,7 +151,7 @@ pub async fn wait_for(
     seq: u64,
     wait: Duration,
 ) -> Result<Option<SeqStatus>, StoreError> {
-    let deadline = Instant::now() + wait;
+    let deadline = crate::clock::deadline_in(wait);
     let mut index = BlockingIndex::default();
     loop {
         let desired = read_desired(consul, keys).await?;

@@ -4,9 +4,37 @@
 //! Every record tagbridge writes carries an RFC 3339 UTC time to the
 //! second (`2026-11-25T09:34:32Z`), so operators can sort and diff them as
 //! text. Calendar arithmetic comes from the `time` crate.
+//!
+//! Deadlines are made here too ([`after`], [`deadline_in`]): an instant
+//! plus a duration that cannot panic.
+
+use std::time::Duration;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use tokio::time::Instant;
+
+/// Where a deadline lands when `at + d` does not fit an `Instant`: about
+/// 30 years on, as tokio's own `sleep` does for an over-long duration.
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `at + d`, or a far deadline when the sum overflows.
+// `Instant + Duration` panics on overflow. Configured durations are
+// bounded by `check`, but a deadline is also built from a client's
+// `?wait`, sums and products of durations, and `Duration::MAX` in
+// tests; every deadline goes through here so none of them can panic.
+#[must_use]
+pub fn after(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
+}
+
+/// `d` from now, as [`after`] (never panics).
+#[must_use]
+pub fn deadline_in(d: Duration) -> Instant {
+    after(Instant::now(), d)
+}
 
 /// The current time as an RFC 3339 UTC timestamp, to the second.
 #[must_use]
@@ -46,6 +74,19 @@ mod tests {
             "9999-12-31T23:59:59Z"
         );
         assert_eq!(format_unix(i64::MAX), None);
+    }
+
+    #[test]
+    fn deadlines_do_not_panic_on_huge_durations() {
+        let now = Instant::now();
+        assert_eq!(
+            after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        let far = after(now, Duration::MAX);
+        assert!(far >= now + FAR, "{far:?}");
+        assert!(deadline_in(Duration::MAX) > now);
+        assert!(after(far, Duration::MAX) >= far);
     }
 
     #[test]

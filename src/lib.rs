@@ -55,7 +55,7 @@
 //! * `notify` — Slack-compatible and JSON notices of rollout outcomes.
 //! * `metrics` — the Prometheus registry.
 //! * `tls` — the serving certificate and its reloads; `x509` — its expiry.
-//! * `clock` — RFC 3339 timestamps.
+//! * `clock` — RFC 3339 timestamps, and deadlines that cannot overflow.
 //! * `cli` — the operator commands, one group per file: `check`,
 //!   `secret`, `history`, `status`, `watch` (`status --watch`), `deploy`,
 //!   `pin` (`rollback`, `unpin`), `sync`; the clap definitions and

@@ -104,3 +104,42 @@ fn a_wrong_type_in_a_block_is_named_once_as_written() {
     assert!(!output.contains("expected i64"), "{output}");
     one_problem_per_line(&output, &file);
 }
+
+/// An absurd duration (past what an `Instant` can hold) is one problem
+/// naming its field and bound, not a panic later on `?wait`.
+#[test]
+fn an_absurd_duration_is_one_problem_naming_its_field() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, pair.cert.pem()).expect("write the certificate");
+    std::fs::write(&key, pair.signing_key.serialize_pem()).expect("write the key");
+    let (code, output, file) = check(&format!(
+        r#"tls {{
+  cert_file = "{}"
+  key_file  = "{}"
+}}
+service "web" {{
+  secret_sha256 = "{}"
+  source        = "dockerhub"
+  repository    = "acme/web"
+  key           = "configs/web/IMAGE_TAG"
+  rollout {{
+    job     = "web"
+    timeout = "100000000h"
+  }}
+}}
+"#,
+        cert.display(),
+        key.display(),
+        "9f2c1e6b8a0d4c3b2a19f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3",
+    ));
+    assert_eq!(code, Some(1), "{output}");
+    one_problem_per_line(&output, &file);
+    assert_eq!(
+        output.trim_end(),
+        format!(
+            r#"tagbridge: {file}: service "web": rollout.timeout: "100000000h" is over the maximum of 24h"#
+        ),
+    );
+}

@@ -26,8 +26,11 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     let consul = consul_client(cfg)?;
     let nomad = nomad_client(cfg)?;
     let keys = Keys::new(cfg, svc);
-    let deadline =
-        tokio::time::Instant::now() + rc.total_timeout() * 3 + std::time::Duration::from_secs(120);
+    let deadline = crate::clock::deadline_in(
+        rc.total_timeout()
+            .saturating_mul(3)
+            .saturating_add(std::time::Duration::from_secs(120)),
+    );
     let mut last_lines: Vec<String> = Vec::new();
     let mut index = crate::clients::consul::BlockingIndex::default();
     let mut record_index = crate::clients::consul::BlockingIndex::default();

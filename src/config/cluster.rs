@@ -43,7 +43,7 @@ pub(super) fn consul(c: &mut Collector, rc: RawConsul, env: EnvLookup<'_>) -> Co
         None,
         "consul.timeout",
         rc.timeout.as_deref(),
-        Duration::from_millis(100)..=Duration::MAX,
+        Duration::from_millis(100)..=Duration::from_secs(10 * 60),
         Duration::from_secs(5),
     );
     ConsulConfig {

@@ -304,7 +304,8 @@ pub(super) fn at_least_one<T: PartialEq + Default + Copy>(
 }
 
 /// A duration field: its value when it parses and lies inside `range`,
-/// otherwise the default (and a problem when it was set).
+/// otherwise the default (and a problem when it was set). Every duration
+/// field has a finite upper bound: a deadline is built from each.
 pub(super) fn duration_within(
     c: &mut Collector,
     service: Option<&str>,
@@ -323,7 +324,7 @@ pub(super) fn duration_within(
             "must be longer than zero".to_string()
         }
         Ok(d) if d < *range.start() => format!("must be at least {}", spell(*range.start())),
-        Ok(_) => format!("{text:?} is over {}", spell(*range.end())),
+        Ok(_) => format!("{text:?} is over the maximum of {}", spell(*range.end())),
         Err(e) => e,
     };
     c.add(service, field, problem);

@@ -787,12 +787,70 @@ mod tests {
         assert_eq!(
             err.to_string(),
             [
-                r#"t.hcl: idle_timeout: "61m" is over 1h"#,
+                r#"t.hcl: idle_timeout: "61m" is over the maximum of 1h"#,
                 "t.hcl: consul.timeout: must be at least 100ms",
                 r#"t.hcl: service "web": rollout.timeout: must be at least 10s"#,
             ]
             .join("\n")
         );
+    }
+
+    /// Every duration field has an upper bound: at it the value is taken;
+    /// past it (even absurdly, past what an `Instant` can hold) `check`
+    /// reports one problem naming the field and the bound.
+    #[test]
+    fn every_duration_has_an_upper_bound() {
+        let file = |field: &str, value: &str| {
+            let (top, consul, poll, rollout) = match field {
+                "consul.timeout" => ("", format!("timeout = \"{value}\""), "", String::new()),
+                "poll_interval" => ("", String::new(), value, String::new()),
+                "rollout.timeout" => ("", String::new(), "", format!("timeout = \"{value}\"")),
+                _ => (field, String::new(), "", String::new()),
+            };
+            let top = if top.is_empty() {
+                String::new()
+            } else {
+                format!("{top} = \"{value}\"")
+            };
+            let poll = if poll.is_empty() {
+                String::new()
+            } else {
+                format!("poll_interval = \"{poll}\"")
+            };
+            let extra = format!(
+                "tags {{\n order = \"semver\"\n }}\n {poll}\n rollout {{\n job = \"web\"\n {rollout}\n }}"
+            );
+            format!(
+                "{top}\nconsul {{\n {consul}\n}}\n{}",
+                web("dockerhub", &extra)
+            )
+        };
+        for (field, max, over, prefix) in [
+            ("first_request_timeout", "1h", "61m", ""),
+            ("idle_timeout", "1h", "3601s", ""),
+            ("consul.timeout", "10m", "601s", ""),
+            ("poll_interval", "24h", "1441m", r#"service "web": "#),
+            ("rollout.timeout", "24h", "100000000h", r#"service "web": "#),
+        ] {
+            let cfg = parse(&file(field, max)).unwrap_or_else(|e| panic!("{field} = {max}: {e}"));
+            let rc = cfg.services[0].rollout.as_ref().unwrap();
+            let got = match field {
+                "first_request_timeout" => cfg.listener.first_request_timeout,
+                "idle_timeout" => cfg.listener.idle_timeout,
+                "consul.timeout" => cfg.consul.timeout,
+                "poll_interval" => cfg.services[0].poll_interval.unwrap(),
+                _ => rc.timeout,
+            };
+            assert_eq!(Some(got), parse_duration(max).ok(), "{field}");
+
+            for over in [over, "18446744073709551615s", "99999999999999999h"] {
+                let err = parse(&file(field, over)).unwrap_err();
+                assert_eq!(
+                    err.to_string(),
+                    format!("t.hcl: {prefix}{field}: {over:?} is over the maximum of {max}"),
+                );
+            }
+        }
     }
 
     #[test]

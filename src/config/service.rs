@@ -333,7 +333,7 @@ fn rollout(c: &mut Collector, name: &str, r: RawRollout) -> RolloutConfig {
         svc,
         "rollout.timeout",
         r.timeout.as_deref(),
-        Duration::from_secs(10)..=Duration::MAX,
+        Duration::from_secs(10)..=Duration::from_secs(24 * 3600),
         Duration::from_secs(15 * 60),
     );
     RolloutConfig {

@@ -374,7 +374,7 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
 
     fn set_patience(&self, left: Duration) {
         *self.patience.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(tokio::time::Instant::now() + left);
+            Some(crate::clock::deadline_in(left));
     }
 
     /// The rollout's deadline (persisted start + timeout).
@@ -383,9 +383,9 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
         match self.started() {
             Some(at) => {
                 let elapsed = Duration::from_millis(unix_ms().saturating_sub(at));
-                now + self.rc.timeout.saturating_sub(elapsed)
+                crate::clock::after(now, self.rc.timeout.saturating_sub(elapsed))
             }
-            None => now + self.rc.timeout,
+            None => crate::clock::after(now, self.rc.timeout),
         }
     }
 
@@ -401,7 +401,7 @@ impl<'a, N: NomadPort, C: ConsulPort> Driver<'a, N, C> {
             .patience
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .unwrap_or_else(|| tokio::time::Instant::now() + self.rc.timeout);
+            .unwrap_or_else(|| crate::clock::deadline_in(self.rc.timeout));
         let name = &self.svc.name;
         let attempt = (|| op())
             .retry(outage_backoff())

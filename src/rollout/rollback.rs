@@ -455,7 +455,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             true => (self.deployment_for(version).await?, version),
             false => (None, version),
         };
-        let deadline = tokio::time::Instant::now() + self.rc.timeout;
+        let deadline = crate::clock::deadline_in(self.rc.timeout);
         // Someone ran the job again on top of the revert (an edit, a
         // scale): Nomad cancels its deployment, but when their version
         // still names the restored tag, its deployment settles the

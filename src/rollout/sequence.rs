@@ -326,7 +326,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
                 }
                 Err(e) if e.is_transient() => {
                     let wait = match outage.next() {
-                        Some(d) if tokio::time::Instant::now() + d < self.deadline() => d,
+                        Some(d) if crate::clock::deadline_in(d) < self.deadline() => d,
                         _ => return Err(e.into()),
                     };
                     tracing::warn!(service = %self.svc.name, error = %e, "register unanswered; re-reading before trying again");

@@ -16,7 +16,7 @@ use crate::clients::nomad::{Allocation, Deployment};
 impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
     /// Wait for the register's evaluation; placement failures fail fast.
     pub(super) async fn evaluation(&self, id: &str) -> Result<Result<(), Failure>, RolloutError> {
-        let deadline = Instant::now() + self.ctx.timings.evaluation;
+        let deadline = crate::clock::deadline_in(self.ctx.timings.evaluation);
         let mut index = BlockingIndex::default();
         while Instant::now() < deadline {
             let wait = deadline.saturating_duration_since(Instant::now());
@@ -55,7 +55,7 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
         &self,
         version: u64,
     ) -> Result<Option<Deployment>, RolloutError> {
-        let deadline = Instant::now() + self.ctx.timings.deployment_appears;
+        let deadline = crate::clock::deadline_in(self.ctx.timings.deployment_appears);
         let mut index = BlockingIndex::default();
         while Instant::now() < deadline {
             let wait = deadline

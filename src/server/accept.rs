@@ -210,7 +210,7 @@ async fn serve_one(
     accepted_at: Instant,
 ) -> conn::End {
     let state = &shared.state;
-    let deadline = accepted_at + state.limits.first_request;
+    let deadline = crate::clock::after(accepted_at, state.limits.first_request);
     let (tls, deadline) =
         match tls_handshake(&shared.acceptor, tcp, peer, deadline, &shared.stopping).await {
             Ok(done) => done,

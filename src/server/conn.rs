@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::AddrKey;
+use crate::clock::{after, deadline_in};
 
 /// How long a connection asked to close (idle, or the server stopping)
 /// may take to finish before it is dropped. An HTTP/2 peer that never
@@ -125,10 +126,13 @@ impl Activity {
     /// has been idle for `idle`.
     fn idle_check(&self, now: Instant, idle: Duration) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Some(now + idle);
+            return Some(after(now, idle));
         }
-        let last = self.born + Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
-        let due = last + idle;
+        let last = after(
+            self.born,
+            Duration::from_millis(self.last_done_ms.load(Ordering::Acquire)),
+        );
+        let due = after(last, idle);
         (due > now).then_some(due)
     }
 }
@@ -205,7 +209,7 @@ where
                     // connection closes.
                     conn.as_mut().graceful_shutdown();
                 } else {
-                    timer.as_mut().reset(Instant::now() + idle);
+                    timer.as_mut().reset(deadline_in(idle));
                 }
             }
             () = &mut timer => {

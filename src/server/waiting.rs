@@ -130,6 +130,9 @@ mod tests {
             Ok(Duration::from_secs(90))
         );
         assert_eq!(wait_param(Some("wait=2h"), cap), Ok(cap));
+        // Past what an `Instant` can hold: capped, not overflowed.
+        assert_eq!(wait_param(Some("wait=100000000h"), cap), Ok(cap));
+        assert_eq!(wait_param(Some("wait=99999999999999999h"), cap), Ok(cap));
         assert!(wait_param(Some("wait=soon"), cap)
             .unwrap_err()
             .starts_with("wait: "));
