@@ -82,6 +82,14 @@ async fn poll(
             .when(transient)
             .await;
         wait = every;
+        if let Ok(s) = &round {
+            if let Some(bound) = s.truncated {
+                tracing::warn!(
+                    service = %name, listed = s.listed, bound = %bound,
+                    "poll: the tag listing stopped at its bound; later tags not seen"
+                );
+            }
+        }
         match round {
             Ok(s) => match s.applied {
                 Some(o) if o.changed => tracing::info!(

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::clients::registry::{Registry, RegistryError, TagList};
+use crate::clients::registry::{ListingBound, Registry, RegistryError, TagList};
 use crate::clients::{registry_client, registry_repository};
 use crate::config::ServiceConfig;
 use crate::ingest::{Change, Ingest, IngestError, Ingested};
@@ -21,9 +21,10 @@ use crate::webhook::{grammar, ImagePush};
 /// What one sync saw and did.
 #[derive(Debug, Clone)]
 pub struct Synced {
-    /// Tags listed, and whether the listing stopped at its bound.
+    /// Tags listed, and the bound the listing stopped at, if it did: the
+    /// best tag is then the best of those listed, not of the repository.
     pub listed: usize,
-    pub truncated: bool,
+    pub truncated: Option<ListingBound>,
     /// Registry requests made (token fetches and the digest included).
     pub requests: u32,
     pub elapsed: Duration,

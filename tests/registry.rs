@@ -88,7 +88,7 @@ async fn every_tag_is_listed_across_pages_and_the_listing_ends() {
     let r = client(&reg.addr(), RegistryAuth::Anonymous);
     let list = r.tags("acme/web").await.unwrap();
     assert_eq!(list.tags.len(), 2 * PAGE_SIZE);
-    assert!(!list.truncated);
+    assert_eq!(list.truncated, None);
     let mut sorted = list.tags.clone();
     sorted.sort();
     sorted.dedup();
@@ -305,14 +305,16 @@ fn sync_config_with(c: &Cluster, order: &str, extra: &str) -> std::path::PathBuf
 /// in the service block), serving the cluster's certificate; Consul comes
 /// from `CONSUL_HTTP_ADDR`.
 fn served_config(c: &Cluster, order: &str, extra: &str) -> std::path::PathBuf {
+    served_config_at(c, &c.registry().addr(), order, extra)
+}
+
+/// [`served_config`] with the registry at `address` (a front).
+fn served_config_at(c: &Cluster, address: &str, order: &str, extra: &str) -> std::path::PathBuf {
     let web = Service::new("web", "dockerhub")
         .line(format!(
             "tags {{\n    order   = \"{order}\"\n    exclude = [\"-rc\", \"-beta\"]\n  }}"
         ))
-        .line(format!(
-            "registry {{\n    address = \"{}\"\n  }}",
-            c.registry().addr()
-        ))
+        .line(format!("registry {{\n    address = \"{address}\"\n  }}"))
         .line(extra);
     TbConfig::new()
         .admin_listen("127.0.0.1:0")
@@ -615,4 +617,121 @@ async fn a_repushed_docker_hub_tag_is_a_change_once_its_digest_is_resolved() {
     let keys = tokio::task::block_in_place(|| web_keys(consul));
     assert_eq!(keys[TAG].0, "hotfix-1");
     assert!(!keys.contains_key(DIGEST), "{keys:?}");
+}
+
+/// A front that scripts `acme/web`'s tag listing and forwards the rest
+/// (the digest's `HEAD`) to the real registry. Not `endless`: page one is
+/// `1.0.0, latest`, page two (linked) `1.2.0, 1.1.0`, all sorting before
+/// `latest`, and page three repeats page one with a link back to page
+/// two. `endless`: every page holds one new (`-rc`, excluded) tag and
+/// links to the next.
+async fn paging_front(backend: String, endless: bool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for _ in 0..10_000 {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (http, backend) = (http.clone(), backend.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (http, backend) = (http.clone(), backend.clone());
+                    async move { Ok::<_, Infallible>(paging(req, &http, &backend, endless).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn paging(
+    req: Request<hyper::body::Incoming>,
+    http: &reqwest::Client,
+    backend: &str,
+    endless: bool,
+) -> Response<Full<Bytes>> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    if path.starts_with("/v2/acme/web/tags/list?") {
+        let n: u32 = path
+            .rsplit_once("&page=")
+            .map_or(1, |(_, n)| n.parse().unwrap());
+        let (tags, next) = match (endless, n) {
+            (true, n) => (format!(r#"["0.0.{n}-rc"]"#), n + 1),
+            (false, 2) => (r#"["1.2.0","1.1.0"]"#.to_string(), 3),
+            (false, _) => (r#"["1.0.0","latest"]"#.to_string(), 2),
+        };
+        return Response::builder()
+            .header("content-type", "application/json")
+            .header(
+                "link",
+                format!(r#"</v2/acme/web/tags/list?n={PAGE_SIZE}&page={next}>; rel="next""#),
+            )
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"name":"acme/web","tags":{tags}}}"#
+            ))))
+            .unwrap();
+    }
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
+    let mut fwd = http.request(method, format!("{backend}{path}"));
+    if let Some(a) = req.headers().get("accept") {
+        fwd = fwd.header("accept", a.to_str().unwrap());
+    }
+    let got = fwd.send().await.expect("forward to crane");
+    let mut r = Response::builder().status(got.status().as_u16());
+    for (k, v) in got.headers() {
+        r = r.header(k.as_str(), v.as_bytes());
+    }
+    r.body(Full::new(got.bytes().await.unwrap_or_default()))
+        .unwrap()
+}
+
+/// Item 8 of "the edge, round two": a registry listing out of lexical
+/// order loses no tag, a repeated page ends the listing, and a bound
+/// reached is named in `tagbridge sync`'s output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_picks_the_best_tag_of_a_page_listed_out_of_lexical_order() {
+    let c = Cluster::options("sync-order").registry().start();
+    let (reg, consul) = (c.registry(), &c.consul);
+    reg.push_empty("acme/web", "1.0.0");
+    let extra: Vec<String> = ["latest", "1.2.0", "1.1.0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    add_tags(reg, "acme/web", "1.0.0", &extra).await;
+    let want_digest = reg.digest("acme/web", "1.2.0");
+    let front = paging_front(reg.addr(), false).await;
+    let cfg = served_config_at(&c, &front, "semver", "");
+    let endless = paging_front(reg.addr(), true).await;
+    tokio::task::block_in_place(|| {
+        let (code, out, err) = tagbridge(&cfg, consul, &["sync", "web"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("(unset) -> 1.2.0"), "{out}");
+        // Three pages (the third repeats the first and ends it) and the
+        // digest; complete, so no bound named.
+        assert!(out.contains("4 tags, 4 registry requests"), "{out}");
+        assert!(!out.contains("listing stopped"), "{out}");
+        assert_eq!(consul.kv("configs/web/IMAGE_TAG").as_deref(), Some("1.2.0"));
+        let h = history(&cfg, consul);
+        assert_eq!(h[0]["digest"], want_digest.as_str());
+
+        // The same file, now naming the endless front.
+        let endless_cfg = served_config_at(&c, &endless, "semver", "");
+        let (code, out, err) = tagbridge(&endless_cfg, consul, &["sync", "web"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("100 tags, 100 registry requests"), "{out}");
+        assert!(
+            out.contains("listing stopped at MAX_PAGES (100 pages)"),
+            "{out}"
+        );
+    });
 }

@@ -29,11 +29,10 @@ pub async fn sync(cfg: Arc<Config>, name: &str, out: &mut dyn Write) -> Result<(
         synced.listed,
         synced.requests,
         synced.elapsed.as_millis(),
-        if synced.truncated {
-            ", listing truncated"
-        } else {
-            ""
-        }
+        synced
+            .truncated
+            .map(|b| format!(", listing stopped at {b}; later tags not seen"))
+            .unwrap_or_default()
     );
     match synced.applied {
         None => writeln!(

@@ -15,6 +15,7 @@
 //! username and password directly; a configured token is sent as a bearer
 //! token from the start.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -115,8 +116,91 @@ pub struct TagList {
     pub tags: Vec<String>,
     /// HTTP requests made, token fetches included.
     pub requests: u32,
-    /// The listing stopped at [`MAX_TAGS`] or [`MAX_PAGES`].
-    pub truncated: bool,
+    /// The listing stopped at [`MAX_TAGS`] or [`MAX_PAGES`], and which;
+    /// tags past it were not seen.
+    pub truncated: Option<ListingBound>,
+}
+
+/// The bound a listing stopped at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListingBound {
+    /// [`MAX_TAGS`] tags were kept and a page held another.
+    Tags,
+    /// [`MAX_PAGES`] pages were fetched and the registry named another.
+    Pages,
+}
+
+impl std::fmt::Display for ListingBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListingBound::Tags => write!(f, "MAX_TAGS ({MAX_TAGS} tags)"),
+            ListingBound::Pages => write!(f, "MAX_PAGES ({MAX_PAGES} pages)"),
+        }
+    }
+}
+
+/// A listing in progress: the tags so far, in the registry's order, each
+/// once, whatever order the registry lists them in.
+#[derive(Debug, Default)]
+struct Listing {
+    tags: Vec<String>,
+    seen: HashSet<String>,
+    /// The paths fetched, so a `next` link back to one ends the listing.
+    fetched: HashSet<String>,
+    truncated: Option<ListingBound>,
+}
+
+impl Listing {
+    /// Take the page fetched from `path` (with its `Link` next, if any);
+    /// the path of the page to fetch next, or `None` when the listing is
+    /// over: no next page, a page with no new tag (a registry repeating
+    /// itself), a next page already fetched (a loop), or a bound reached
+    /// (then `truncated` says which).
+    fn page(
+        &mut self,
+        repository: &str,
+        path: &str,
+        page: Vec<String>,
+        link: Option<String>,
+    ) -> Option<String> {
+        self.fetched.insert(path.to_string());
+        // The fallback cursor is the registry's own last entry, not ours:
+        // a `last` is where *its* order continues.
+        let full = page.len() >= PAGE_SIZE;
+        let cursor = page.last().cloned();
+        let before = self.tags.len();
+        for t in page {
+            if grammar::check_tag(&t).is_err() || self.seen.contains(&t) {
+                continue;
+            }
+            if self.tags.len() == MAX_TAGS {
+                self.truncated = Some(ListingBound::Tags);
+                return None;
+            }
+            self.seen.insert(t.clone());
+            self.tags.push(t);
+        }
+        if self.tags.len() == before {
+            return None;
+        }
+        let next = link.or_else(|| {
+            cursor.filter(|_| full).map(|c| {
+                format!(
+                    "/v2/{repository}/tags/list?n={PAGE_SIZE}&last={}",
+                    percent_encoding::utf8_percent_encode(&c, QUERY)
+                )
+            })
+        })?;
+        if self.fetched.contains(&next) {
+            return None;
+        }
+        // Every page fetched is a different path, so this counts pages.
+        if self.fetched.len() >= MAX_PAGES {
+            self.truncated = Some(ListingBound::Pages);
+            return None;
+        }
+        Some(next)
+    }
 }
 
 /// A bearer token for one scope, until it expires.
@@ -200,9 +284,11 @@ impl Registry {
     ///
     /// Pages follow the registry's `Link: <…>; rel="next"` header when it
     /// sends one (its path and query only: the origin stays the configured
-    /// registry), or else continue after the last tag of a full page. A
-    /// page that does not move forward ends the listing: some registries
-    /// answer a `last` past their final tag with the first page again.
+    /// registry), or else continue after the last tag of a full page. The
+    /// registry's order is not assumed: every new tag of every page is
+    /// kept, once. A page that adds no new tag, or a next page already
+    /// fetched, ends the listing: some registries answer a `last` past
+    /// their final tag with the first page again. See [`Listing`].
     ///
     /// # Errors
     ///
@@ -210,19 +296,9 @@ impl Registry {
     pub async fn tags(&self, repository: &str) -> Result<TagList, RegistryError> {
         const OP: &str = "tags";
         let mut requests = 0;
-        let mut tags: Vec<String> = Vec::new();
+        let mut listing = Listing::default();
         let mut next = Some(format!("/v2/{repository}/tags/list?n={PAGE_SIZE}"));
-        let mut pages = 0;
         while let Some(path) = next.take() {
-            if pages == MAX_PAGES || tags.len() >= MAX_TAGS {
-                tags.truncate(MAX_TAGS);
-                return Ok(TagList {
-                    tags,
-                    requests,
-                    truncated: true,
-                });
-            }
-            pages += 1;
             let resp = self
                 .call(
                     OP,
@@ -238,32 +314,12 @@ impl Registry {
             }
             let page = parse_page(&resp.body)
                 .map_err(|reason| RegistryError::Protocol { op: OP, reason })?;
-            let last = tags.last().cloned();
-            let fresh: Vec<String> = page
-                .into_iter()
-                .filter(|t| last.as_ref().is_none_or(|l| t > l) && grammar::check_tag(t).is_ok())
-                .collect();
-            if fresh.is_empty() {
-                break;
-            }
-            let full = fresh.len() >= PAGE_SIZE;
-            tags.extend(fresh);
-            next = match link_next(&resp, repository) {
-                Some(p) => Some(p),
-                None if full => Some(format!(
-                    "/v2/{repository}/tags/list?n={PAGE_SIZE}&last={}",
-                    percent_encoding::utf8_percent_encode(
-                        tags.last().map_or("", String::as_str),
-                        QUERY
-                    )
-                )),
-                None => None,
-            };
+            next = listing.page(repository, &path, page, link_next(&resp, repository));
         }
         Ok(TagList {
-            tags,
+            tags: listing.tags,
             requests,
-            truncated: false,
+            truncated: listing.truncated,
         })
     }
 
@@ -725,6 +781,143 @@ mod tests {
         assert!(!same_site("http://auth.docker.io/token", hub), "https only");
         assert!(!same_site("https://10.0.0.2/token", "https://10.0.0.1"));
         assert!(!same_site("https://auth.docker.io@evil.example/t", hub));
+    }
+
+    /// Run a [`Listing`] against a scripted registry: `serve` answers a
+    /// path with its page and `Link` next. (tags, paths fetched, bound.)
+    fn list(
+        serve: impl Fn(&str) -> (Vec<String>, Option<String>),
+    ) -> (Vec<String>, Vec<String>, Option<ListingBound>) {
+        let mut listing = Listing::default();
+        let mut fetched = Vec::new();
+        let mut next = Some(format!("/v2/r/tags/list?n={PAGE_SIZE}"));
+        while let Some(path) = next.take() {
+            assert!(fetched.len() <= MAX_PAGES, "the listing must end");
+            let (page, link) = serve(&path);
+            next = listing.page("r", &path, page, link);
+            fetched.push(path);
+        }
+        (listing.tags, fetched, listing.truncated)
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    fn link(page: u32) -> Option<String> {
+        Some(format!("/v2/r/tags/list?n={PAGE_SIZE}&page={page}"))
+    }
+
+    #[test]
+    fn pages_out_of_lexical_order_are_listed_whole() {
+        let (tags, fetched, bound) = list(|path| {
+            if path.ends_with("page=2") {
+                // All sort before page one's last tag.
+                (strings(&["1.2.0", "1.1.0", "1.0.0"]), link(3))
+            } else if path.ends_with("page=3") {
+                (strings(&["0.9.0", "2.0.0"]), None)
+            } else {
+                (strings(&["1.0.0", "latest"]), link(2))
+            }
+        });
+        assert_eq!(
+            tags,
+            strings(&["1.0.0", "latest", "1.2.0", "1.1.0", "0.9.0", "2.0.0"]),
+            "each tag once, none dropped"
+        );
+        assert_eq!(fetched.len(), 3);
+        assert_eq!(bound, None);
+    }
+
+    #[test]
+    fn the_last_fallback_continues_from_the_registry_s_own_last_entry() {
+        let first: Vec<String> = (0..PAGE_SIZE).rev().map(|i| format!("t{i:04}")).collect();
+        let (tags, fetched, bound) = list(|path| {
+            if path.contains("&last=") {
+                (strings(&["a", "t0000"]), None)
+            } else {
+                (first.clone(), None)
+            }
+        });
+        assert_eq!(
+            fetched[1],
+            format!("/v2/r/tags/list?n={PAGE_SIZE}&last=t0000")
+        );
+        assert_eq!(tags.len(), PAGE_SIZE + 1);
+        assert_eq!(tags.last().map(String::as_str), Some("a"));
+        assert_eq!(bound, None);
+    }
+
+    #[test]
+    fn a_repeating_or_looping_registry_ends_the_listing() {
+        // A full first page, and `last=` answered with it again.
+        let full: Vec<String> = (0..PAGE_SIZE).map(|i| format!("t{i:04}")).collect();
+        let (tags, fetched, bound) = list(|_| (full.clone(), None));
+        assert_eq!((tags.len(), fetched.len(), bound), (PAGE_SIZE, 2, None));
+
+        // Fresh tags on every page, but the links run in a circle.
+        let (tags, fetched, bound) = list(|path| {
+            let n: u32 = path.rsplit("page=").next().unwrap().parse().unwrap_or(1);
+            (vec![format!("t{n}")], link(if n == 3 { 2 } else { n + 1 }))
+        });
+        assert_eq!(fetched.len(), 3, "{fetched:?}");
+        assert_eq!(tags.len(), 3);
+        assert_eq!(bound, None);
+
+        // A page of only tags already seen, though it links on.
+        let (tags, fetched, bound) = list(|path| {
+            if path.ends_with("page=2") {
+                (strings(&["b", "a"]), link(3))
+            } else {
+                (strings(&["a", "b"]), link(2))
+            }
+        });
+        assert_eq!(
+            (tags, fetched.len(), bound),
+            (strings(&["a", "b"]), 2, None)
+        );
+    }
+
+    #[test]
+    fn a_bound_reached_is_reported_and_named() {
+        // Endless pages of one new tag: MAX_PAGES fetched, no more.
+        let (tags, fetched, bound) = list(|path| {
+            let n: u32 = path.rsplit("page=").next().unwrap().parse().unwrap_or(1);
+            (vec![format!("t{n}")], link(n + 1))
+        });
+        assert_eq!((tags.len(), fetched.len()), (MAX_PAGES, MAX_PAGES));
+        assert_eq!(bound, Some(ListingBound::Pages));
+        assert_eq!(
+            ListingBound::Pages.to_string(),
+            format!("MAX_PAGES ({MAX_PAGES} pages)")
+        );
+
+        // Full pages of new tags: exactly MAX_TAGS kept, never more.
+        let (tags, fetched, bound) = list(|path| {
+            let n: usize = path.rsplit("page=").next().unwrap().parse().unwrap_or(1);
+            let page = (0..PAGE_SIZE).map(|i| format!("t{n}-{i}")).collect();
+            (page, link(u32::try_from(n).unwrap() + 1))
+        });
+        assert_eq!(tags.len(), MAX_TAGS);
+        assert_eq!(fetched.len(), MAX_TAGS / PAGE_SIZE + 1);
+        assert_eq!(bound, Some(ListingBound::Tags));
+        assert_eq!(
+            ListingBound::Tags.to_string(),
+            format!("MAX_TAGS ({MAX_TAGS} tags)")
+        );
+
+        // Exactly MAX_TAGS tags and no further page is complete.
+        let (tags, _, bound) = list(|path| {
+            let n: usize = path.rsplit("page=").next().unwrap().parse().unwrap_or(1);
+            let page = (0..PAGE_SIZE).map(|i| format!("t{n}-{i}")).collect();
+            (
+                page,
+                (n < MAX_TAGS / PAGE_SIZE)
+                    .then(|| link(u32::try_from(n).unwrap() + 1))
+                    .flatten(),
+            )
+        });
+        assert_eq!((tags.len(), bound), (MAX_TAGS, None));
     }
 
     #[test]
