@@ -71,16 +71,7 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
                 None
             }
         };
-        let mut lines = vec![format!(
-            "{name}: {} {}{}",
-            deployed.as_ref().map_or("-", |d| d.state.as_str()),
-            deployed.as_ref().map_or("", |d| d.tag.as_str()),
-            deployed
-                .as_ref()
-                .and_then(|d| d.job.as_deref())
-                .filter(|_| deployed.as_ref().is_some_and(Deployed::is_busy))
-                .map_or(String::new(), |j| format!(" (job {j})"))
-        )];
+        let mut lines = vec![record_line(name, deployed.as_ref())];
         if let Some(d) = &dep {
             lines.extend(deployment_lines(d));
         }
@@ -98,6 +89,20 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     Err(CliError::Other(format!(
         "{name}: still rolling out; stopped watching"
     )))
+}
+
+/// The deployed record's line: its state and tag, and the job in flight
+/// while a several-jobs rollout is busy.
+fn record_line(name: &str, deployed: Option<&Deployed>) -> String {
+    format!(
+        "{name}: {} {}{}",
+        deployed.map_or("-", |d| d.state.as_str()),
+        deployed.map_or("", |d| d.tag.as_str()),
+        deployed
+            .filter(|d| d.is_busy())
+            .and_then(|d| d.job.as_deref())
+            .map_or(String::new(), |j| format!(" (job {j})"))
+    )
 }
 
 /// Whether the controller still has work for the service: a rollout in
