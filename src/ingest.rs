@@ -418,8 +418,8 @@ impl Ingest {
         change: &Change,
     ) -> Result<Ingested, IngestError> {
         // Filters need no state: answer without touching Consul.
-        if let Some(outcome) = filtered(svc, change) {
-            return Ok(outcome);
+        if let Some(ingested) = filtered(svc, change) {
+            return Ok(ingested);
         }
         let lane = self.lanes.get(&svc.name);
         let _turn = match lane {
@@ -464,9 +464,9 @@ impl Ingest {
             let plan = match self.plan(svc, keys, &snap, change)? {
                 Some(plan) => plan,
                 None if fresh => {
-                    let outcome = self.unchanged(svc, change, &snap);
+                    let ingested = self.unchanged(svc, change, &snap);
                     self.remember(&svc.name, Some(snap));
-                    return Ok(outcome);
+                    return Ok(ingested);
                 }
                 None => {
                     // Never answer "unchanged" from a guess.

@@ -15,7 +15,8 @@ use crate::metrics::Metrics;
 ///
 /// # Errors
 ///
-/// Unknown service, a tag the service's filters refuse, pinned service,
+/// Unknown service, a tag the service's filters refuse (the order does
+/// not apply: an operator may deploy an older tag), pinned service,
 /// Consul failures.
 pub async fn deploy(
     cfg: Arc<Config>,
@@ -30,7 +31,7 @@ pub async fn deploy(
     let consul = consul_client(&cfg)?;
     let ingest = Ingest::new(consul, cfg.clone(), Arc::new(Metrics::new()));
     let actor = crate::config::process_env("USER").or_else(|| Some("cli".into()));
-    let outcome = ingest
+    let ingested = ingest
         .apply(
             &svc,
             &Change::Manual {
@@ -40,8 +41,8 @@ pub async fn deploy(
             },
         )
         .await?;
-    if !outcome.changed {
-        let reason = outcome.reason.unwrap_or_default();
+    if !ingested.changed {
+        let reason = ingested.reason.unwrap_or_default();
         if reason == "unchanged" {
             if svc.rollout.is_some() {
                 writeln!(
@@ -61,8 +62,8 @@ pub async fn deploy(
         out,
         "{name}: {} {} -> {tag}{}",
         svc.key,
-        outcome.previous.as_deref().unwrap_or("(unset)"),
-        if outcome.rollout_queued() {
+        ingested.previous.as_deref().unwrap_or("(unset)"),
+        if ingested.rollout_queued() {
             " (rollout queued)"
         } else {
             ""

@@ -233,8 +233,8 @@ impl<N: NomadPort, C: ConsulPort> Driver<'_, N, C> {
             let txn = self.commit_txn(&w, &seen, guard)?;
             // The write itself is not retried blindly on a transport error:
             // the loop re-reads and builds it again.
-            let outcome = self.patient(|| self.consul.txn(txn.ops())).await?;
-            let TxnOutcome::Conflict(errors) = outcome else {
+            let written = self.patient(|| self.consul.txn(txn.ops())).await?;
+            let TxnOutcome::Conflict(errors) = written else {
                 return Ok(Committed::Yes);
             };
             tracing::debug!(service = %self.svc.name, ?errors, "record write lost a race");
