@@ -7,12 +7,10 @@
 use std::io::Write;
 
 use super::{service, CliError};
-use crate::clients::consul::TxnOutcome;
+use crate::clients::consul::{Consul, TxnOutcome};
 use crate::clients::consul_client;
 use crate::config::{Config, ServiceConfig};
-use crate::store::{
-    read_for_write, read_pin_target, HistoryEntry, Keys, PinRecord, Snapshot, StoreError, Txn,
-};
+use crate::store::{read_for_write, HistoryEntry, Keys, PinRecord, Snapshot, StoreError, Txn};
 
 /// History entries a rollback looks through for its target.
 const ROLLBACK_SCAN: usize = 200;
@@ -33,6 +31,17 @@ fn rollback_target(history: &[HistoryEntry], running: Option<&str>) -> Option<St
         .map(str::to_string)
 }
 
+/// What `rollback` and `unpin` write with: the service, a Consul client,
+/// its keys, and the actor their history entry names (`$USER`).
+fn writer<'a>(
+    cfg: &'a Config,
+    name: &str,
+) -> Result<(&'a ServiceConfig, Consul, Keys, String), CliError> {
+    let svc = service(cfg, name)?;
+    let actor = crate::config::process_env("USER").unwrap_or_else(|| "cli".into());
+    Ok((svc, consul_client(cfg)?, Keys::new(cfg, svc), actor))
+}
+
 /// `tagbridge rollback <svc> [--to <tag>]`: pin the service to the target
 /// and make it the desired tag (the controller deploys it; a KV-only
 /// service gets its key set here).
@@ -47,17 +56,14 @@ pub async fn rollback(
     reason: Option<String>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let svc = service(cfg, name)?;
-    let consul = consul_client(cfg)?;
-    let keys = Keys::new(cfg, svc);
-    let actor = crate::config::process_env("USER").unwrap_or_else(|| "cli".into());
+    let (svc, consul, keys, actor) = writer(cfg, name)?;
     for _ in 0..8 {
         let snap = read_for_write(&consul, &keys, svc.history_keep).await?;
         // I6: a second `rollback` (a retry after a timed-out first one)
         // must not take the rollback's own target for "running" and undo
         // it: while pinned to a target, the same request changes nothing.
-        if let Some(pinned) = read_pin_target(&consul, &keys).await? {
-            if to.as_ref().is_none_or(|t| *t == pinned) {
+        if let Some(pinned) = snap.pin_target() {
+            if to.as_deref().is_none_or(|t| t == pinned) {
                 writeln!(
                     out,
                     "{name}: already rolling back to {pinned} (pinned); nothing to do"
@@ -198,10 +204,7 @@ fn rollback_ops(
 ///
 /// Unknown service, Consul failures.
 pub async fn unpin(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), CliError> {
-    let svc = service(cfg, name)?;
-    let consul = consul_client(cfg)?;
-    let keys = Keys::new(cfg, svc);
-    let actor = crate::config::process_env("USER").unwrap_or_else(|| "cli".into());
+    let (svc, consul, keys, actor) = writer(cfg, name)?;
     for _ in 0..8 {
         let snap = read_for_write(&consul, &keys, svc.history_keep).await?;
         let Some(pin_index) = snap.pin_index else {

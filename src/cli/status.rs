@@ -8,7 +8,7 @@ use super::{service, table, CliError};
 use crate::clients::consul::Consul;
 use crate::clients::{consul_client, nomad_client};
 use crate::config::{Config, ServiceConfig};
-use crate::store::{read_deployed, read_snapshot, Keys};
+use crate::store::{read_snapshot, Keys};
 
 /// `tagbridge status [<svc>]`.
 ///
@@ -76,7 +76,6 @@ async fn status_of(
 ) -> Result<(serde_json::Value, Vec<String>), CliError> {
     let keys = Keys::new(cfg, svc);
     let snap = read_snapshot(consul, &keys).await?;
-    let deployed = read_deployed(consul, &keys).await?;
     let last_change = crate::store::history::recent(consul, &keys.history, 1)
         .await?
         .first()
@@ -87,7 +86,7 @@ async fn status_of(
         "tag": snap.tag,
         "last_change": last_change,
         "desired": snap.desired,
-        "deployed": deployed,
+        "deployed": snap.deployed,
         "pinned": snap.pinned(),
         "rollout": svc.rollout.as_ref().map(|r| serde_json::json!({"job": r.first_job(), "jobs": r.jobs, "namespace": r.namespace})),
     });
@@ -98,7 +97,7 @@ async fn status_of(
         snap.desired
             .as_ref()
             .map_or("-".into(), |d| format!("{} (#{})", d.tag, d.seq)),
-        deployed
+        snap.deployed
             .as_ref()
             .map_or("-".into(), |d| format!("{} ({})", d.tag, d.state)),
         if snap.pinned() { "yes" } else { "no" }.into(),

@@ -8,7 +8,7 @@ use super::status::deployment_lines;
 use super::{service, CliError};
 use crate::clients::{consul_client, nomad_client};
 use crate::config::Config;
-use crate::store::{read_deployed, read_snapshot, Deployed, Keys, RolloutState, Snapshot};
+use crate::store::{read_snapshot, Deployed, Keys, RolloutState, Snapshot};
 
 /// `tagbridge status <svc> --watch`: follow the rollout until the
 /// controller records an outcome.
@@ -36,8 +36,8 @@ pub async fn watch(cfg: &Config, name: &str, out: &mut dyn Write) -> Result<(), 
     let mut record_index = crate::clients::consul::BlockingIndex::default();
     let mut current: Option<String> = None;
     while tokio::time::Instant::now() < deadline {
-        let deployed = read_deployed(&consul, &keys).await?;
         let snap = read_snapshot(&consul, &keys).await?;
+        let deployed = snap.deployed.clone();
         let waiting_for_controller = awaiting_controller(deployed.as_ref(), &snap);
         let dep_id = deployed.as_ref().and_then(|d| d.deployment.clone());
         if dep_id != current {

@@ -29,10 +29,7 @@ use crate::config::{Config, ServiceConfig};
 
 pub use history::{HeadRead, HistoryKeys};
 pub use ops::Txn;
-pub use read::{
-    read_deployed, read_desired, read_for_write, read_pin_target, read_snapshot, read_state,
-    Snapshot, State,
-};
+pub use read::{read_desired, read_for_write, read_snapshot, read_state, Snapshot, State};
 pub use records::{Deployed, Desired, Event, HistoryEntry, JobDone, PinRecord, RolloutState};
 
 /// Keys of one service's records.

@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub desired_index: u64,
     /// `Some(index)` when the pin key exists.
     pub pin_index: Option<u64>,
+    /// The pin's target tag (`Some("")` for a pin without one).
+    pub pin: Option<String>,
     /// The controller's `deployed` record, and its ModifyIndex (0: absent).
     pub deployed: Option<Deployed>,
     pub deployed_index: u64,
@@ -42,6 +44,11 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn pinned(&self) -> bool {
         self.pin_index.is_some()
+    }
+
+    /// The tag the service is pinned to, when its pin names one.
+    pub fn pin_target(&self) -> Option<&str> {
+        self.pin.as_deref().filter(|t| !t.is_empty())
     }
 
     /// The newest accepted tag: for services with a rollout, the desired
@@ -226,6 +233,7 @@ pub async fn read_snapshot(consul: &Consul, keys: &Keys) -> Result<Snapshot, Sto
         desired: decode(&keys.desired, desired.value.as_ref())?,
         desired_index: desired.value.as_ref().map_or(0, |kv| kv.modify_index),
         pin_index: pin.value.as_ref().map(|kv| kv.modify_index),
+        pin: decode_pin(pin.value.as_ref()),
         deployed_index: deployed.value.as_ref().map_or(0, |kv| kv.modify_index),
         deployed: deployed_rec,
     })
@@ -285,22 +293,6 @@ pub async fn read_desired<C: KvRead>(
     decode(&keys.desired, read.value.as_ref())
 }
 
-/// The deployed record; one that cannot be read is shown as absent (the
-/// controller reports it).
-///
-/// # Errors
-///
-/// Consul failures.
-pub async fn read_deployed<C: KvRead>(
-    consul: &C,
-    keys: &Keys,
-) -> Result<Option<Deployed>, StoreError> {
-    let read = consul.kv_get(&keys.deployed).await?;
-    Ok(decode_deployed(&keys.deployed, read.value.as_ref())
-        .ok()
-        .and_then(|(d, _)| d))
-}
-
 /// The deployed record as a blocking read returned it (`index`: the
 /// read's index, for the next one). Unlike [`read_deployed`], an
 /// unreadable record is an error: a caller waiting on it must not be told
@@ -323,19 +315,6 @@ pub async fn read_deployed_blocking(
     };
     let (d, _) = decode_deployed(&keys.deployed, read.value.as_ref())?;
     Ok((d, read.index))
-}
-
-/// The target tag of the service's pin, when it is pinned to one.
-///
-/// # Errors
-///
-/// Consul failures.
-pub async fn read_pin_target<C: KvRead>(
-    consul: &C,
-    keys: &Keys,
-) -> Result<Option<String>, StoreError> {
-    let read = consul.kv_get(&keys.pin).await?;
-    Ok(decode_pin(read.value.as_ref()).filter(|t| !t.is_empty()))
 }
 
 /// The service's key as it is now (`None`: absent), with its index.
