@@ -209,6 +209,17 @@ async fn front(
         );
         return r;
     }
+    forward(req, http, backend, &path).await
+}
+
+/// Pass `req` on to crane at `backend` (its method, path and `Accept`),
+/// and crane's answer back (status, headers, body).
+async fn forward(
+    req: Request<hyper::body::Incoming>,
+    http: &reqwest::Client,
+    backend: &str,
+    path: &str,
+) -> Response<Full<Bytes>> {
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
     let accept = req.headers().get("accept").cloned();
     let _ = req.into_body().collect().await;
@@ -292,14 +303,6 @@ fn tagbridge(
     )
 }
 
-fn sync_config(c: &Cluster, order: &str) -> std::path::PathBuf {
-    sync_config_with(c, order, "")
-}
-
-fn sync_config_with(c: &Cluster, order: &str, extra: &str) -> std::path::PathBuf {
-    served_config(c, order, extra)
-}
-
 /// The configuration of the Docker Hub service "web" on the cluster's
 /// registry (tag order `order`, `-rc` and `-beta` excluded, `extra` lines
 /// in the service block), serving the cluster's certificate; Consul comes
@@ -340,7 +343,7 @@ async fn sync_sends_the_best_listed_tag_through_ingest_and_never_regresses() {
         .collect();
     add_tags(reg, "acme/web", "1.0.0", &extra).await;
     let want_digest = reg.digest("acme/web", "1.2.0");
-    let cfg = sync_config(&c, "semver");
+    let cfg = served_config(&c, "semver", "");
     tokio::task::block_in_place(|| {
         // An http registry loads, with a warning `check` prints.
         let (code, out, err) = tagbridge(&cfg, consul, &["check"]);
@@ -377,7 +380,7 @@ async fn sync_sends_the_best_listed_tag_through_ingest_and_never_regresses() {
         assert_eq!(history(&cfg, consul).len(), 2, "the manual deploy only");
 
         // A listing has no push order.
-        let pushed = sync_config(&c, "pushed");
+        let pushed = served_config(&c, "pushed", "");
         let (code, _, err) = tagbridge(&pushed, consul, &["sync", "web"]);
         assert_eq!(code, 1);
         assert!(err.contains("\"pushed\""), "{err}");
@@ -397,7 +400,7 @@ async fn measure_sync_against_ten_thousand_tags() {
         .map(|i| format!("1.{}.{}", i / 100, i % 100))
         .collect();
     add_tags(reg, "acme/web", "1.0.0", &names).await;
-    let cfg = sync_config(&c, "semver");
+    let cfg = served_config(&c, "semver", "");
     tokio::task::block_in_place(|| {
         for run in ["first", "again"] {
             let t = std::time::Instant::now();
@@ -420,7 +423,7 @@ async fn the_leader_polls_the_registry_and_applies_a_missed_tag() {
     let (reg, consul, dir) = (c.registry(), &c.consul, &c.dir);
     reg.push_empty("acme/web", "1.0.0");
     add_tags(reg, "acme/web", "1.0.0", &["1.4.2".to_string()]).await;
-    let cfg = sync_config_with(&c, "semver", r#"poll_interval = "1m""#);
+    let cfg = served_config(&c, "semver", r#"poll_interval = "1m""#);
     let log = dir.path().join("serve.log");
     let serving = tokio::task::block_in_place(|| {
         Serving::start(
@@ -452,7 +455,7 @@ async fn the_leader_polls_the_registry_and_applies_a_missed_tag() {
     );
 
     // Without a registry or with the pushed order, the config is refused.
-    let pushed = sync_config_with(&c, "pushed", r#"poll_interval = "1m""#);
+    let pushed = served_config(&c, "pushed", r#"poll_interval = "1m""#);
     let (code, _, err) = tokio::task::block_in_place(|| tagbridge(&pushed, consul, &["check"]));
     assert_eq!(code, 1);
     assert!(err.contains("poll_interval: needs tags.order"), "{err}");
@@ -681,18 +684,7 @@ async fn paging(
             ))))
             .unwrap();
     }
-    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
-    let mut fwd = http.request(method, format!("{backend}{path}"));
-    if let Some(a) = req.headers().get("accept") {
-        fwd = fwd.header("accept", a.to_str().unwrap());
-    }
-    let got = fwd.send().await.expect("forward to crane");
-    let mut r = Response::builder().status(got.status().as_u16());
-    for (k, v) in got.headers() {
-        r = r.header(k.as_str(), v.as_bytes());
-    }
-    r.body(Full::new(got.bytes().await.unwrap_or_default()))
-        .unwrap()
+    forward(req, http, backend, &path).await
 }
 
 /// Item 8 of "the edge, round two": a registry listing out of lexical

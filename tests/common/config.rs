@@ -26,18 +26,11 @@ pub struct TbConfig {
     listen: String,
     admin_listen: Option<String>,
     log_format: Option<String>,
-    state_prefix: Option<String>,
     top: Vec<String>,
     tls: Option<(PathBuf, PathBuf)>,
     consul: Option<Agent>,
     nomad: Option<Agent>,
     services: Vec<String>,
-}
-
-impl Default for TbConfig {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl TbConfig {
@@ -47,18 +40,12 @@ impl TbConfig {
             listen: "127.0.0.1:0".into(),
             admin_listen: None,
             log_format: None,
-            state_prefix: None,
             top: Vec::new(),
             tls: None,
             consul: None,
             nomad: None,
             services: Vec::new(),
         }
-    }
-
-    pub fn listen(mut self, addr: impl Into<String>) -> Self {
-        self.listen = addr.into();
-        self
     }
 
     pub fn admin_listen(mut self, addr: impl Into<String>) -> Self {
@@ -72,18 +59,10 @@ impl TbConfig {
         self
     }
 
-    pub fn state_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.state_prefix = Some(prefix.into());
-        self
-    }
-
     /// Further top-level text, as it is (settings, `notify` blocks…);
     /// nothing when empty.
     pub fn top(mut self, text: impl Into<String>) -> Self {
-        let text = text.into();
-        if !text.trim().is_empty() {
-            self.top.push(text);
-        }
+        push_text(&mut self.top, text.into());
         self
     }
 
@@ -157,9 +136,6 @@ impl TbConfig {
         if let Some(f) = &self.log_format {
             let _ = writeln!(out, "log_format = {}", quoted(f));
         }
-        if let Some(p) = &self.state_prefix {
-            let _ = writeln!(out, "state_prefix = {}", quoted(p));
-        }
         for t in &self.top {
             let _ = writeln!(out, "{t}");
         }
@@ -220,12 +196,6 @@ impl Service {
         }
     }
 
-    /// Another `secret_sha256` than the hash of [`secret_pair`]`(name)`.
-    pub fn secret_sha256(mut self, hash: &str) -> Self {
-        self.secret_sha256 = hash.into();
-        self
-    }
-
     pub fn repository(mut self, repository: &str) -> Self {
         self.repository = repository.into();
         self
@@ -245,20 +215,16 @@ impl Service {
     /// Further text inside the block, as it is (`history_keep = 10`,
     /// `tags { … }`, `digest_key = "…"`…); nothing when empty.
     pub fn line(mut self, text: impl Into<String>) -> Self {
-        let text = text.into();
-        if !text.trim().is_empty() {
-            self.lines.push(text);
-        }
+        push_text(&mut self.lines, text.into());
         self
     }
 
     /// A `rollout` block with these lines (`job = "web"`, `strategy = …`).
     pub fn rollout<S: AsRef<str>>(mut self, lines: &[S]) -> Self {
-        let lines = lines
-            .iter()
-            .map(|l| l.as_ref().to_string())
-            .filter(|l| !l.trim().is_empty());
-        self.rollout.get_or_insert_with(Vec::new).extend(lines);
+        let block = self.rollout.get_or_insert_with(Vec::new);
+        for l in lines {
+            push_text(block, l.as_ref().to_string());
+        }
         self
     }
 
@@ -299,4 +265,11 @@ fn quoted(s: &str) -> String {
 
 fn quoted_path(p: &Path) -> String {
     quoted(&p.display().to_string())
+}
+
+/// Keep `text` unless it is blank: callers pass optional snippets as "".
+fn push_text(to: &mut Vec<String>, text: String) {
+    if !text.trim().is_empty() {
+        to.push(text);
+    }
 }
